@@ -1,0 +1,108 @@
+"""Synthetic text for the canary model: training rows and held-out eval documents.
+
+Every task needs attention over the context (and, when generating, over the KV cache):
+- recall:  "recall: ab 37; cd 42; ... | cd ->" + " 42"       (find the key, copy its value)
+- copy:    "copy: qzmfk ->" + " qzmfk"                       (copy a random string)
+- story:   short stories whose second half restates facts from the first half.
+
+All generators take a `random.Random`, so the same seed gives the same text.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+LETTERS = string.ascii_lowercase
+NAMES = ["anna", "ben", "cara", "dan", "eva", "finn", "gus", "hana", "ivan", "jo",
+         "kim", "leo", "mia", "ned", "olga", "pia", "rex", "sara", "tom", "uma"]
+COLORS = ["red", "blue", "green", "black", "white", "brown", "grey", "pink"]
+ANIMALS = ["cat", "dog", "fox", "owl", "hen", "cow", "pig", "bee", "rat", "elk"]
+CITIES = ["rome", "oslo", "lima", "kyiv", "baku", "doha", "riga", "bern"]
+FILLERS = ["it is a sunny day.", "the wind is cold.", "we walk to the park.",
+           "the bus is late.", "it rains a lot."]
+
+RECALL_PAIRS = (8, 16)  # inclusive range of key/value pairs in one recall prompt
+RECALL_CHOICES = 10
+COPY_LEN = (4, 8)       # inclusive range of letters in one copy string
+
+
+def recall_example(rng: random.Random, n_pairs: int | None = None) -> dict:
+    """A key->value list and one key to look up. Values are distinct two-digit numbers."""
+    n_pairs = n_pairs or rng.randint(*RECALL_PAIRS)
+    keys = rng.sample([a + b for a in LETTERS for b in LETTERS], n_pairs)
+    values = rng.sample(range(10, 100), n_pairs)
+    asked = rng.randrange(n_pairs)
+    listing = "; ".join(f"{k} {v}" for k, v in zip(keys, values))
+    prompt = f"recall: {listing} | {keys[asked]} ->"
+    return {"prompt": prompt, "answer": f" {values[asked]}", "values": [str(v) for v in values],
+            "asked": asked}
+
+
+def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
+    """RECALL_CHOICES values from the prompt itself (so seeing a value is not enough); gold index."""
+    values = example["values"]
+    gold = values[example["asked"]]
+    others = [v for v in values if v != gold]
+    choices = rng.sample(others, RECALL_CHOICES - 1) + [gold]
+    rng.shuffle(choices)
+    return choices, choices.index(gold)
+
+
+def copy_example(rng: random.Random) -> dict:
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(*COPY_LEN)))
+    return {"prompt": f"copy: {word} ->", "answer": f" {word}"}
+
+
+def story(rng: random.Random) -> str:
+    """Facts about three people, then some of them said again (predictable only by looking back)."""
+    people = rng.sample(NAMES, 3)
+    facts = {p: (rng.choice(COLORS), rng.choice(ANIMALS), rng.choice(CITIES)) for p in people}
+    intro = []
+    for p, (color, animal, city) in facts.items():
+        intro += [f"{p} has a {color} {animal}.", f"{p} lives in {city}."]
+    rng.shuffle(intro)
+    recap = []
+    for p, (color, animal, city) in facts.items():
+        recap += [f"the {animal} of {p} is {color}.", f"{p} is from {city}."]
+    recap = rng.sample(recap, rng.randint(3, len(recap)))
+    return " ".join(intro + [rng.choice(FILLERS)] + recap)
+
+
+def training_line(rng: random.Random) -> str:
+    """One training example as a line of text (recall-heavy: it is the hardest task)."""
+    kind = rng.choices(["recall", "copy", "story"], weights=[5, 3, 2])[0]
+    if kind == "recall":
+        ex = recall_example(rng)
+        return ex["prompt"] + ex["answer"]
+    if kind == "copy":
+        ex = copy_example(rng)
+        return ex["prompt"] + ex["answer"]
+    return story(rng)
+
+
+def tokenizer_corpus(rng: random.Random, n_lines: int) -> list[str]:
+    return [training_line(rng) for _ in range(n_lines)]
+
+
+# ---- held-out eval documents (written as jsonl beside the task YAMLs) ----
+
+def recall_docs(rng: random.Random, n: int) -> list[dict]:
+    docs = []
+    for i in range(n):
+        ex = recall_example(rng, n_pairs=rng.randint(RECALL_CHOICES + 2, RECALL_PAIRS[1]))
+        choices, gold = recall_choices(rng, ex)
+        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices, "gold": gold})
+    return docs
+
+
+def copy_docs(rng: random.Random, n: int) -> list[dict]:
+    docs = []
+    for i in range(n):
+        ex = copy_example(rng)
+        docs.append({"id": i, "prompt": ex["prompt"], "target": ex["answer"].strip()})
+    return docs
+
+
+def text_docs(rng: random.Random, n: int) -> list[dict]:
+    return [{"id": i, "text": story(rng)} for i in range(n)]

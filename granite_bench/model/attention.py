@@ -1,0 +1,110 @@
+"""Attention base: GQA with a fused QKV projection, Granite's q·k scale, fp32 softmax.
+
+Two paths, as in a Neuron port:
+- `prefill_attention`: context encoding attends over the freshly computed k/v of the bucket (causal + padding mask)
+  and writes them to the KV cache prefix;
+- `decode_attention`: token generation writes the new k/v at each row's position, then attends over the cache's
+  first `kv_len` positions (prior + active token).
+Both use `self.scaling` = config.attention_multiplier, never 1/sqrt(head_dim).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .kv_cache import KVCacheManager
+from .parallel_layers import ColumnParallelLinear, RowParallelLinear
+from .rope import apply_rotary_pos_emb
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """How attention heads sit on one TP rank (the same on every rank)."""
+
+    q_heads_per_rank: int
+    kv_heads_per_rank: int
+    head_dim: int
+
+    @property
+    def groups(self) -> int:
+        return self.q_heads_per_rank // self.kv_heads_per_rank
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scaling: float) -> torch.Tensor:
+    """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], mask [B, 1, Lq, Lk] (True = attend) -> [B, Hq, Lq, d].
+
+    Query heads are grouped over their KV head without materialising repeated k/v; softmax runs in fp32.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    q = q.view(batch, kv_heads, q_heads // kv_heads, q_len, head_dim)  # [B, Hkv, G, Lq, d]
+    scores = torch.matmul(q, k.unsqueeze(2).transpose(-1, -2)).float() * scaling  # [B, Hkv, G, Lq, Lk]
+    scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(torch.float32).min)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.matmul(probs, v.unsqueeze(2))  # [B, Hkv, G, Lq, d]
+    return out.view(batch, q_heads, q_len, head_dim)
+
+
+class GraniteAttention(nn.Module):
+    def __init__(self, config, layout: HeadLayout, layer_idx: int, dtype: torch.dtype, fused_qkv: bool = True):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.layout = layout
+        self.scaling = float(config.attention_multiplier)
+        self.fused_qkv = fused_qkv
+        from . import parallel_state as ps
+        tp = ps.get_tensor_model_parallel_size()
+        d = layout.head_dim
+        q_size, kv_size = layout.q_heads_per_rank * d, layout.kv_heads_per_rank * d
+        bias = bool(getattr(config, "attention_bias", False))
+        if fused_qkv:
+            self.qkv_proj = ColumnParallelLinear(config.hidden_size, (q_size + 2 * kv_size) * tp, bias=bias,
+                                                 gather_output=False, dtype=dtype)
+        else:
+            self.q_proj = ColumnParallelLinear(config.hidden_size, q_size * tp, bias=bias, gather_output=False,
+                                               dtype=dtype)
+            self.k_proj = ColumnParallelLinear(config.hidden_size, kv_size * tp, bias=bias, gather_output=False,
+                                               dtype=dtype)
+            self.v_proj = ColumnParallelLinear(config.hidden_size, kv_size * tp, bias=bias, gather_output=False,
+                                               dtype=dtype)
+        self.o_proj = RowParallelLinear(q_size * tp, config.hidden_size, bias=bias, input_is_parallel=True,
+                                        dtype=dtype)
+
+    def project_qkv(self, hidden: torch.Tensor):
+        """hidden [B, L, H] -> q [B, Hq, L, d], k/v [B, Hkv, L, d] (this rank's heads)."""
+        batch, length, _ = hidden.shape
+        d = self.layout.head_dim
+        q_size, kv_size = self.layout.q_heads_per_rank * d, self.layout.kv_heads_per_rank * d
+        if self.fused_qkv:
+            q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            q, k, v = self.q_proj(hidden), self.k_proj(hidden), self.v_proj(hidden)
+        q = q.view(batch, length, -1, d).transpose(1, 2)
+        k = k.view(batch, length, -1, d).transpose(1, 2)
+        v = v.view(batch, length, -1, d).transpose(1, 2)
+        return q, k, v
+
+    def prefill_attention(self, q, k, v, mask):
+        return grouped_attention(q, k, v, mask, self.scaling)
+
+    def decode_attention(self, q, k_cache, v_cache, mask):
+        return grouped_attention(q, k_cache, v_cache, mask, self.scaling)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                kv_cache: KVCacheManager, positions: torch.Tensor | None = None, kv_len: int = 0) -> torch.Tensor:
+        """Context encoding when `positions` is None, else token generation at `positions` [B] over `kv_len` slots."""
+        q, k, v = self.project_qkv(hidden)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if positions is None:
+            kv_cache.update_context_encoding(self.layer_idx, k, v)
+            out = self.prefill_attention(q, k, v, mask)
+        else:
+            kv_cache.update_token_generation(self.layer_idx, k, v, positions)
+            k_all, v_all = kv_cache.read(self.layer_idx, kv_len)
+            out = self.decode_attention(q, k_all, v_all, mask)
+        batch, _, length, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))

@@ -1,0 +1,48 @@
+"""Static KV cache manager: one (batch, kv_heads_per_rank, sequence_length, head_dim) tensor pair per layer.
+
+Context encoding fills the prefix [0, bucket) of every row; token generation writes one position per row,
+at that row's own position. Token generation reads the first `kv_len` (its bucket) positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVCacheManager(nn.Module):
+    def __init__(self, num_layers: int, batch_size: int, kv_heads: int, sequence_length: int, head_dim: int,
+                 dtype: torch.dtype):
+        super().__init__()
+        self.num_layers = num_layers
+        shape = (batch_size, kv_heads, sequence_length, head_dim)
+        for layer_idx in range(num_layers):
+            self.register_buffer(f"k_cache_{layer_idx}", torch.zeros(shape, dtype=dtype), persistent=False)
+            self.register_buffer(f"v_cache_{layer_idx}", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def caches(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"k_cache_{layer_idx}"), getattr(self, f"v_cache_{layer_idx}")
+
+    def update_context_encoding(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [B, Hkv, L, d] -> cache[:, :, :L]."""
+        k_cache, v_cache = self.caches(layer_idx)
+        length = k.shape[2]
+        k_cache[:, :, :length] = k
+        v_cache[:, :, :length] = v
+
+    def update_token_generation(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor,
+                                positions: torch.Tensor) -> None:
+        """k, v [B, Hkv, 1, d] written at cache[b, :, positions[b]] for each row b."""
+        k_cache, v_cache = self.caches(layer_idx)
+        rows = torch.arange(k.shape[0], device=k.device)
+        k_cache[rows, :, positions] = k[:, :, 0]
+        v_cache[rows, :, positions] = v[:, :, 0]
+
+    def read(self, layer_idx: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first kv_len positions: k, v [B, Hkv, kv_len, d]."""
+        k_cache, v_cache = self.caches(layer_idx)
+        return k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+
+    def reset(self) -> None:
+        for buffer in self.buffers():
+            buffer.zero_()

@@ -1,0 +1,104 @@
+"""HF Granite checkpoint -> one rank's Neuron-style state dict.
+
+QKV fusion (per rank: [q_r; k_r; v_r] so column sharding keeps each rank's own heads), GQA head placement from
+`head_sharding`, tied embeddings (lm_head = embed_tokens when the checkpoint has no lm_head), vocabulary padding of
+the LM head to a multiple of tp, and the dtype cast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .head_sharding import HeadPlan
+from .parallel_layers import pad_to_multiple
+
+
+def load_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint directory."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state = {}
+    for name in files:
+        path = model_dir / name
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint file {path} is missing: re-download or re-create the model")
+        state.update(load_file(str(path)))
+    return state
+
+
+def select_heads(weight: torch.Tensor, heads: list[int | None], head_dim: int, dim: int) -> torch.Tensor:
+    """Pick head blocks (of size head_dim along `dim`) in order; None gives a zero block."""
+    blocks = []
+    for h in heads:
+        if h is None:
+            shape = list(weight.shape)
+            shape[dim] = head_dim
+            blocks.append(torch.zeros(shape, dtype=weight.dtype))
+        else:
+            blocks.append(weight.narrow(dim, h * head_dim, head_dim))
+    return torch.cat(blocks, dim=dim)
+
+
+def shard(weight: torch.Tensor, rank: int, tp: int, dim: int) -> torch.Tensor:
+    return weight.chunk(tp, dim=dim)[rank].clone()
+
+
+def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qkv: bool) -> dict:
+    d = plan.head_dim
+    q_heads, kv_heads = plan.q_heads[rank], plan.kv_heads[rank]
+    out = {}
+    for kind in ("weight", "bias"):
+        q_key = f"{prefix}.q_proj.{kind}"
+        if q_key not in hf:
+            continue
+        q = select_heads(hf[q_key], q_heads, d, 0)
+        k = select_heads(hf[f"{prefix}.k_proj.{kind}"], kv_heads, d, 0)
+        v = select_heads(hf[f"{prefix}.v_proj.{kind}"], kv_heads, d, 0)
+        if fused_qkv:
+            out[f"qkv_proj.{kind}"] = torch.cat([q, k, v], dim=0)
+        else:
+            out.update({f"q_proj.{kind}": q, f"k_proj.{kind}": k, f"v_proj.{kind}": v})
+    out["o_proj.weight"] = select_heads(hf[f"{prefix}.o_proj.weight"], q_heads, d, 1)
+    if f"{prefix}.o_proj.bias" in hf:  # the row-parallel bias is added once, after the all-reduce
+        out["o_proj.bias"] = hf[f"{prefix}.o_proj.bias"]
+    return out
+
+
+def convert_hf_state_dict(hf: dict[str, torch.Tensor], config, plan: HeadPlan, rank: int, tp: int,
+                          dtype: torch.dtype, fused_qkv: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of rank `rank` of `tp` for `NeuronGraniteForCausalLM`."""
+    out = {}
+    embed = hf["model.embed_tokens.weight"]
+    out["embed_tokens.weight"] = shard(embed, rank, tp, dim=1)
+    lm_head = hf.get("lm_head.weight")
+    if lm_head is None:
+        if not getattr(config, "tie_word_embeddings", False):
+            raise KeyError("checkpoint has no lm_head.weight and tie_word_embeddings is false")
+        lm_head = embed
+    padded_vocab = pad_to_multiple(lm_head.shape[0], tp)
+    lm_head = torch.nn.functional.pad(lm_head, (0, 0, 0, padded_vocab - lm_head.shape[0]))
+    out["lm_head.weight"] = shard(lm_head, rank, tp, dim=0)
+    out["norm.weight"] = hf["model.norm.weight"]
+
+    for i in range(config.num_hidden_layers):
+        src, dst = f"model.layers.{i}", f"layers.{i}"
+        for key, value in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items():
+            out[f"{dst}.self_attn.{key}"] = value
+        for name in ("gate_proj", "up_proj"):
+            out[f"{dst}.mlp.{name}.weight"] = shard(hf[f"{src}.mlp.{name}.weight"], rank, tp, dim=0)
+            if f"{src}.mlp.{name}.bias" in hf:
+                out[f"{dst}.mlp.{name}.bias"] = shard(hf[f"{src}.mlp.{name}.bias"], rank, tp, dim=0)
+        out[f"{dst}.mlp.down_proj.weight"] = shard(hf[f"{src}.mlp.down_proj.weight"], rank, tp, dim=1)
+        if f"{src}.mlp.down_proj.bias" in hf:
+            out[f"{dst}.mlp.down_proj.bias"] = hf[f"{src}.mlp.down_proj.bias"]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[f"{dst}.{norm}.weight"] = hf[f"{src}.{norm}.weight"]
+    return {key: value.to(dtype).contiguous() for key, value in out.items()}

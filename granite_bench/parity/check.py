@@ -1,0 +1,106 @@
+"""`granite-bench parity`: the implementation against the HF reference, per position, then where it fails.
+
+Orchestration only: numbers come from the pure functions in `metrics`, inputs from the runner and the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..reference.hf_reference import forward_with_hidden_states, greedy_tokens
+from .localise import first_failing_block, sub_block_errors
+from .metrics import greedy_comparison, position_metrics, verdict
+from .teacher_forcing import hidden_states_at, teacher_forced_logits
+from .tolerances import ToleranceProfile
+
+POSITION_COLUMNS = ("max_abs_err", "mean_abs_err", "max_rel_err", "kl_ref_impl", "top1_match", "topk_overlap",
+                    "expected_top1_prob", "passed")
+
+
+@dataclass
+class ParityOutcome:
+    positions: list[dict]                 # one row per (prompt, position)
+    prompts: list[dict]                   # one row per prompt: verdict summary + greedy comparison
+    passed: bool
+    localisation: dict | None = None      # first failing sub-block and the error of every sub-block
+    block_errors: list[dict] = field(default_factory=list)
+
+
+def batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield start, items[start:start + size]
+
+
+def check_batch(runner, reference, prompts: list[list[int]], num_tokens: int, profile: ToleranceProfile):
+    """Reference goldens, teacher-forced and free-running implementation runs for one batch of prompts."""
+    ref_tokens = [greedy_tokens(reference, p, num_tokens) for p in prompts]
+    goldens = [forward_with_hidden_states(reference, p + t) for p, t in zip(prompts, ref_tokens)]
+    actual = teacher_forced_logits(runner, prompts, ref_tokens)
+    free = runner.generate(prompts, num_tokens)
+    return ref_tokens, goldens, actual, free
+
+
+def prompt_rows(index: int, prompt: list[int], expected: torch.Tensor, actual: torch.Tensor,
+                ref_tokens: list[int], impl_tokens: list[int], profile: ToleranceProfile):
+    metrics = position_metrics(expected, actual, profile)
+    length = len(prompt)
+    step_logits = expected[length - 1:length - 1 + len(ref_tokens)]  # logits that chose each reference token
+    greedy = greedy_comparison(torch.tensor([ref_tokens]), torch.tensor([impl_tokens]), step_logits[None],
+                               profile.divergence_tolerance)[0]
+    result = verdict(metrics, [greedy])
+    columns = list(POSITION_COLUMNS) + [f"err_{k}" for k in metrics["tol_keys"]]
+    rows = []
+    for pos in range(expected.shape[0]):
+        row = {"prompt": index, "position": pos,
+               "phase": "context_encoding" if pos < length else "token_generation"}
+        row.update({name: _scalar(metrics[name][pos]) for name in columns})
+        rows.append(row)
+    summary = {"prompt": index, "prompt_len": length, "num_tokens": len(ref_tokens), **result.summary(),
+               "greedy_match_rate": greedy["match_rate"], "first_divergence": greedy["first_divergence"],
+               "divergence_gap": greedy["divergence_gap"], "divergence_acceptable": greedy["divergence_acceptable"]}
+    return rows, summary, result
+
+
+def run_parity(runner, reference, prompts: list[list[int]], num_tokens: int, profile: ToleranceProfile,
+               advance: Callable[[int], None] | None = None) -> ParityOutcome:
+    positions, summaries, failure = [], [], None
+    for start, batch in batches(prompts, runner.neuron_config.batch_size):
+        ref_tokens, goldens, actual, free = check_batch(runner, reference, batch, num_tokens, profile)
+        for b, prompt in enumerate(batch):
+            expected = goldens[b][0]
+            rows, summary, result = prompt_rows(start + b, prompt, expected, actual[b], ref_tokens[b],
+                                                free.tokens[b], profile)
+            positions += rows
+            summaries.append(summary)
+            if failure is None and not result.passed:
+                failure = (batch, ref_tokens, b, start + b, result, goldens[b][1])
+        if advance:
+            advance(len(batch))
+    outcome = ParityOutcome(positions, summaries, passed=failure is None)
+    if failure is not None:
+        outcome.localisation, outcome.block_errors = localise_failure(runner, profile, *failure)
+    return outcome
+
+
+def localise_failure(runner, profile, batch, ref_tokens, row, prompt_index, result, expected_hidden):
+    """Compare per-layer hidden states at the first failing position (or the first greedy divergence)."""
+    position = result.first_failed
+    if position is None:  # only the free-running greedy failed: look where it diverged
+        position = len(batch[row]) - 1
+    actual_hidden = hidden_states_at(runner, batch, ref_tokens, row, position)
+    expected_at = [(layer, sub, hidden[position]) for layer, sub, hidden in expected_hidden]
+    errors = sub_block_errors(expected_at, actual_hidden)
+    first = first_failing_block(errors, profile.localisation_rtol)
+    phase = "context_encoding" if position < len(batch[row]) else "token_generation"
+    where = {"prompt": prompt_index, "position": position, "phase": phase,
+             "layer": first["layer"] if first else None, "sub_block": first["sub_block"] if first else None,
+             "rel_err": first["rel_err"] if first else None}
+    return where, [{"prompt": prompt_index, "position": position, **e} for e in errors]
+
+
+def _scalar(value):
+    value = value.item() if isinstance(value, torch.Tensor) else value
+    return value

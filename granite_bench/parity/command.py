@@ -1,0 +1,136 @@
+"""`granite-bench parity` end to end: build runner and reference on the same files, check, store, report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from ..reference.hf_reference import load_reference
+from ..runtime.runner import GraniteRunner, InputError
+from .check import ParityOutcome, run_parity
+from .prompts import encode_prompts, read_prompts_file
+from .tolerances import profile_for
+
+
+@dataclass
+class ParityArgs:
+    model: str
+    dtype: str
+    batch_size: int
+    seq_len: int
+    buckets: list[int] | None
+    num_tokens: int
+    prompts: Path | None
+    suite_prompts: list | None
+    tolerance: str | None
+    tp: int
+    device: str
+    compile: bool
+    layers: int | None
+    results_dir: Path | None
+    suite: str = "default"
+    seed: int = 0
+
+
+def check_lengths(prompts: list[list[int]], runner, num_tokens: int) -> None:
+    """Refuse inputs the static shapes cannot hold before any work is done."""
+    largest = runner.neuron_config.context_encoding_buckets[-1]
+    for i, ids in enumerate(prompts):
+        if len(ids) > largest:
+            raise InputError(f"prompt {i} has {len(ids)} tokens, more than the largest bucket ({largest}): "
+                             f"raise --buckets/--seq-len or shorten it")
+        if len(ids) + num_tokens > runner.neuron_config.sequence_length:
+            raise InputError(f"prompt {i} ({len(ids)} tokens) + {num_tokens} new tokens exceeds --seq-len "
+                             f"{runner.neuron_config.sequence_length}: raise --seq-len or lower --num-tokens")
+
+
+def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
+    try:
+        profile = profile_for(args.dtype, args.tolerance)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
+    if not raw:
+        raise InputError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
+    console.print(f"[bold]parity[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device}"
+                  f"{' · compiled' if args.compile else ''} · profile {profile.name}")
+    runner = GraniteRunner.build(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
+                                 batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,
+                                 compile=args.compile, num_layers=args.layers)
+    try:
+        prompts = encode_prompts(raw, runner.model_dir, runner.hf_config.vocab_size)
+        check_lengths(prompts, runner, args.num_tokens)
+        reference = load_reference(runner.model_dir)
+        with progress_bar() as progress:
+            task = progress.add_task("prompts", total=len(prompts))
+            outcome = run_parity(runner, reference, prompts, args.num_tokens, profile,
+                                 advance=lambda n: progress.advance(task, n))
+        compile_info = compile_summary(runner)
+    finally:
+        runner.close()
+    render(console, outcome, profile)
+    if args.results_dir is not None:
+        paths = store(args, runner, profile, outcome, compile_info)
+        console.print(f"results: {', '.join(str(p) for p in paths)}")
+    return outcome.passed
+
+
+def compile_summary(runner) -> dict:
+    graphs = getattr(runner, "graphs", None)
+    if graphs is None:
+        return {}
+    return {"compiled_graphs": len(graphs.compile_seconds),
+            "compile_seconds_total": float(sum(graphs.compile_seconds.values()))}
+
+
+def render(console, outcome: ParityOutcome, profile) -> None:
+    table = Table(title="parity against the HF reference (fp32, CPU)", title_justify="left")
+    for column in ("prompt", "len", "positions", "failed", "max |Δ|", "worst top-k err", "max KL",
+                   "greedy match", "verdict"):
+        table.add_column(column, justify="right")
+    for s in outcome.prompts:
+        topk = [(k, v) for k, v in s.items() if k.startswith("worst_err_") and not k.endswith("_position")]
+        worst_k = max(topk, key=lambda kv: kv[1]) if topk else ("-", None)
+        table.add_row(str(s["prompt"]), str(s["prompt_len"]), str(s["n_positions"]), str(s["n_failed"]),
+                      f"{s.get('worst_max_abs_err', float('nan')):.2e}",
+                      f"{worst_k[1]:.2e} ({worst_k[0][len('worst_err_'):]})" if worst_k[1] is not None else "-",
+                      f"{s.get('worst_kl_ref_impl', float('nan')):.2e}", f"{s['greedy_match_rate']:.0%}",
+                      "[green]pass[/]" if s["passed"] else "[red]FAIL[/]")
+    console.print(table)
+    if outcome.passed:
+        console.print(f"[bold green]PASS[/] every position within profile '{profile.name}' "
+                      f"and greedy tokens agree")
+        return
+    where = outcome.localisation or {}
+    console.print(f"[bold red]FAIL[/] first failing: prompt {where.get('prompt')} position {where.get('position')} "
+                  f"({where.get('phase')}); first sub-block out of tolerance: layer {where.get('layer')} "
+                  f"{where.get('sub_block')} (rel err {where.get('rel_err') or float('nan'):.2e} > "
+                  f"{profile.localisation_rtol:g})")
+    blocks = Table(title="per-layer residual stream at that position", title_justify="left")
+    for column in ("layer", "sub-block", "max |Δ|", "rel err"):
+        blocks.add_column(column, justify="right")
+    for e in outcome.block_errors:
+        blocks.add_row(str(e["layer"]), e["sub_block"], f"{e['max_abs_err']:.2e}", f"{e['rel_err']:.2e}")
+    console.print(blocks)
+
+
+def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_info: dict) -> list[Path]:
+    from ..results import ResultStore, collect_run_metadata
+    config = {"model": args.model, "model_dir": str(runner.model_dir), "init": runner.init,
+              "neuron_config": runner.neuron_config.to_dict(), "tp_degree": args.tp, "compile": args.compile,
+              "num_tokens": args.num_tokens, "profile": {"name": profile.name,
+                                                         "tol_map": {str(k): v for k, v in profile.tol_map.items()},
+                                                         "divergence_tolerance": profile.divergence_tolerance}}
+    meta = collect_run_metadata(suite=f"parity/{args.suite}", device=args.device, dtype=args.dtype, config=config,
+                                seed=args.seed)
+    common = {"model": args.model, "tp_degree": args.tp, "compiled": args.compile}
+    summary = [{**common, **s} for s in outcome.prompts]
+    loc = outcome.localisation or {}
+    for row in summary:
+        row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
+                    "reduce_dtype": "float32", **compile_info})
+    store = ResultStore(args.results_dir)
+    return [p for p in (store.write("parity_positions", [{**common, **r} for r in outcome.positions], meta),
+                        store.write("parity_summary", summary, meta)) if p is not None]

@@ -1,0 +1,50 @@
+"""Model presets: YAML files in suites/models/ naming a real Granite shape, a tiny test shape, or a committed
+checkpoint folder. Data, not code: adding a shape means adding a file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
+MODELS_DIR = SUITES_DIR / "models"
+
+
+class PresetError(ValueError):
+    """Unknown or malformed preset."""
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str = ""
+    config: dict = field(default_factory=dict)      # GraniteConfig keyword arguments
+    init: dict = field(default_factory=dict)        # random-weight init (seed, target spreads)
+    checkpoint: Path | None = None                  # committed checkpoint folder instead of random weights
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> Preset:
+    path = MODELS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise PresetError(f"unknown model '{name}': use a local checkpoint directory or one of "
+                          f"{', '.join(available_presets())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise PresetError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not ("config" in data or "checkpoint" in data):
+        raise PresetError(f"{path} must define 'config' (a shape) or 'checkpoint' (a folder)")
+    checkpoint = data.get("checkpoint")
+    return Preset(
+        name=data.get("name", name),
+        description=data.get("description", ""),
+        config=dict(data.get("config") or {}),
+        init=dict(data.get("init") or {}),
+        checkpoint=(MODELS_DIR / checkpoint) if checkpoint else None,
+    )

@@ -1,0 +1,181 @@
+"""The one runner interface parity, perf and accuracy use: build once, then `context_encode`, `token_generate`,
+`generate`. Inputs are padded to the compiled batch size and to a bucket, so every call runs one of a fixed set of
+static graphs (one per phase and bucket), as on Neuron."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..model import parallel_state as ps
+from ..model.config import BucketError, NeuronConfig, pick_bucket
+from ..model.modeling_granite import NeuronGraniteForCausalLM, head_plan
+from ..model.rope import RotaryEmbedding, rope_parameters
+from ..model.state_dict import convert_hf_state_dict, load_hf_state_dict
+from ..reference.weights import load_hf_config, read_init, resolve_model_dir
+from .graphs import GraphSet
+
+PAD_TOKEN = 0
+
+
+class InputError(ValueError):
+    """An input the compiled shapes cannot take (one line, says what to change)."""
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[list[int]]          # new tokens per row
+    logits: torch.Tensor             # [B, N, V] float32, logits that chose each new token
+    timings: dict = field(default_factory=dict)
+
+
+def build_neuron_config(batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None,
+                        tp_degree: int = 1, dtype: str = "float32", max_context_length: int | None = None,
+                        output_logits: bool = True, fused_qkv: bool = True) -> NeuronConfig:
+    return NeuronConfig(batch_size=batch_size, sequence_length=seq_len, tp_degree=tp_degree, torch_dtype=dtype,
+                        max_context_length=max_context_length or (max(buckets) if buckets else None),
+                        context_encoding_buckets=buckets, output_logits=output_logits, fused_qkv=fused_qkv)
+
+
+def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",
+                    hf_state: dict | None = None) -> NeuronGraniteForCausalLM:
+    """This rank's model: modules built with per-rank shapes, then its converted shard loaded strictly."""
+    tp, rank = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
+    plan = head_plan(hf_config, tp)
+    with torch.device("meta"):
+        model = NeuronGraniteForCausalLM(hf_config, neuron_config)
+    state = convert_hf_state_dict(hf_state if hf_state is not None else load_hf_state_dict(model_dir), hf_config,
+                                  plan, rank, tp, neuron_config.dtype, neuron_config.fused_qkv)
+    model = model.to_empty(device=device)
+    model.load_state_dict(state, strict=True, assign=True)
+    # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the KV cache.
+    model.rotary_emb = RotaryEmbedding(plan.head_dim, neuron_config.sequence_length, rope_parameters(hf_config),
+                                       hf_config.max_position_embeddings).to(device)
+    model.kv_cache.reset()
+    return model.eval()
+
+
+class GraniteRunner:
+    """Single-process runner (tp_degree 1, or one rank of a TP group driven SPMD)."""
+
+    def __init__(self, model: NeuronGraniteForCausalLM, model_dir: Path, hf_config, neuron_config: NeuronConfig,
+                 device: str = "cpu", compile: bool = False):
+        self.model = model
+        self.model_dir = Path(model_dir)
+        self.hf_config = hf_config
+        self.neuron_config = neuron_config
+        self.device = device
+        self.init = read_init(model_dir)
+        self.graphs = GraphSet(model, compile=compile)
+        self.load_seconds = 0.0
+
+    @classmethod
+    def build(cls, model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1,
+              batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
+              num_layers: int | None = None, neuron_config: NeuronConfig | None = None):
+        start = time.perf_counter()
+        model_dir = resolve_model_dir(model, num_layers=num_layers)
+        hf_config = load_hf_config(model_dir)
+        if neuron_config is None:
+            neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
+        head_plan(hf_config, neuron_config.tp_degree)  # refuse a bad TP degree before anything starts
+        if neuron_config.tp_degree > 1 and not ps.get_tensor_model_parallel_size() > 1:
+            from .distributed import TPRunner  # drives tp_degree worker ranks
+            return TPRunner.start(model_dir, hf_config, neuron_config, device=device, compile=compile)
+        device = resolve_device(device)
+        runner = cls(load_rank_model(model_dir, hf_config, neuron_config, device), model_dir, hf_config,
+                     neuron_config, device, compile)
+        runner.load_seconds = time.perf_counter() - start
+        return runner
+
+    # -- static-shape entry points ---------------------------------------------------------------------------
+    def pad_rows(self, rows: int) -> int:
+        if rows > self.neuron_config.batch_size:
+            raise InputError(f"{rows} prompts exceed the compiled batch size {self.neuron_config.batch_size}: "
+                             f"raise --batch-size or pass fewer prompts")
+        return self.neuron_config.batch_size - rows
+
+    @torch.no_grad()
+    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False):
+        """Right-pad to a bucket and the batch size; logits [rows, max_len, V] (float32) of every position."""
+        if not input_ids or any(len(row) == 0 for row in input_ids):
+            raise InputError("every prompt needs at least one token")
+        longest = max(len(row) for row in input_ids)
+        try:
+            bucket = pick_bucket(self.neuron_config.context_encoding_buckets, longest, "prompt")
+        except BucketError as err:
+            raise InputError(str(err)) from None
+        rows = list(input_ids) + [[PAD_TOKEN]] * self.pad_rows(len(input_ids))
+        ids = torch.full((len(rows), bucket), PAD_TOKEN, dtype=torch.long)
+        mask = torch.zeros((len(rows), bucket), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        capture = [] if capture_hidden else None
+        logits = self.graphs.context_encoding(bucket, ids.to(self.device), mask.to(self.device), capture)
+        logits = logits[:len(input_ids), :longest].cpu()
+        return (logits, stack_capture(capture, len(input_ids), longest)) if capture_hidden else logits
+
+    @torch.no_grad()
+    def token_generate(self, next_ids: torch.Tensor, positions: torch.Tensor, capture_hidden: bool = False):
+        """One token per row at `positions` [B]; logits [B, V] (float32)."""
+        rows = len(next_ids)
+        needed = int(positions.max()) + 1
+        if needed > self.neuron_config.sequence_length:
+            raise InputError(f"position {needed - 1} is past the KV cache (sequence_length "
+                             f"{self.neuron_config.sequence_length}): raise --seq-len or generate fewer tokens")
+        kv_len = pick_bucket(self.neuron_config.token_generation_buckets, needed, "sequence")
+        pad = self.pad_rows(rows)
+        ids = torch.cat([next_ids.long().cpu(), torch.full((pad,), PAD_TOKEN)]).view(-1, 1)
+        pos = torch.cat([positions.long().cpu(), torch.zeros(pad, dtype=torch.long)])
+        capture = [] if capture_hidden else None
+        logits = self.graphs.token_generation(kv_len, ids.to(self.device), pos.to(self.device), capture)
+        logits = logits[:rows, 0].cpu()
+        return (logits, stack_capture(capture, rows, 1)) if capture_hidden else logits
+
+    def reset(self) -> None:
+        self.model.kv_cache.reset()
+
+    # -- host generation loop --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerationResult:
+        """Greedy decode of exactly max_new_tokens per row (no early stop)."""
+        lengths = torch.tensor([len(p) for p in prompts])
+        if int(lengths.max()) + max_new_tokens > self.neuron_config.sequence_length:
+            raise InputError(f"prompt of {int(lengths.max())} + {max_new_tokens} new tokens exceeds sequence_length "
+                             f"{self.neuron_config.sequence_length}: raise --seq-len or lower --num-tokens")
+        t0 = time.perf_counter()
+        logits = self.context_encode(prompts)
+        step_logits = [logits[torch.arange(len(prompts)), lengths - 1]]  # [B, V]
+        timings = {"context_encoding_s": time.perf_counter() - t0, "token_generation_s": []}
+        for step in range(1, max_new_tokens):
+            next_ids = step_logits[-1].argmax(-1)
+            t = time.perf_counter()
+            step_logits.append(self.token_generate(next_ids, lengths + step - 1))
+            timings["token_generation_s"].append(time.perf_counter() - t)
+        all_logits = torch.stack(step_logits, dim=1)  # [B, N, V]
+        return GenerationResult(all_logits.argmax(-1).tolist(), all_logits, timings)
+
+    def close(self) -> None:
+        """Nothing to release in one process (the TP runner stops its ranks here)."""
+
+
+def stack_capture(capture, rows: int, length: int):
+    """[(layer, sub, Tensor[B, L, H])] trimmed to the real rows and positions, on CPU, float32."""
+    return [(i // 2, sub, hidden[:rows, :length].float().cpu()) for i, (sub, hidden) in enumerate(capture)]
+
+
+def resolve_device(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is visible to torch here; use --device cpu")
+        return "cuda"
+    if device == "neuron":
+        from .neuron import require_neuron
+        require_neuron()
+    raise InputError(f"unknown --device {device!r}: choose cpu, cuda or neuron")
