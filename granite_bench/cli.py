@@ -125,6 +125,128 @@ def parity(
     raise typer.Exit(0 if passed else 1)
 
 
+@app.command()
+def perf(
+    model: Optional[str] = typer.Option(None, help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+    dtype: Optional[str] = typer.Option(None, help="Grid of dtypes, e.g. float32,bfloat16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | neuron."),
+    tp: Optional[str] = typer.Option(None, help="Grid of tensor-parallel degrees, e.g. 1,2,4,8."),
+    batch_sizes: Optional[str] = typer.Option(None, help="Grid of compiled batch sizes, e.g. 1,4."),
+    buckets: Optional[str] = typer.Option(None, help="Grid of context-encoding buckets, e.g. 32,128."),
+    new_tokens: Optional[int] = typer.Option(None, help="Fixed output length per prompt (no early stop)."),
+    seq_len: Optional[int] = typer.Option(None, help="Static KV-cache length (default: next power of two that "
+                                                      "holds the largest bucket + new tokens)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--eager", help="torch.compile each graph (default: "
+                                                                         "the suite's list)."),
+    rounds: Optional[int] = typer.Option(None, help="Timed generations per implementation and point."),
+    warmup: Optional[int] = typer.Option(None, help="Untimed generations first (compilation happens there)."),
+    baselines: Optional[str] = typer.Option(None, help="HF baselines: hf_eager,hf_static, or none."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: the cores available)."),
+    shard: Optional[str] = typer.Option(None, help="Run slice i of n of the grid, e.g. 2/4."),
+    suite: Path = typer.Option(SUITES / "perf" / "default.yaml", help="Suite file giving the grid."),
+    results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write results (and resume from them)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Measure points again even if stored for this commit."),
+):
+    """Latency, throughput and roofline over a tp x batch x bucket grid, with HF Transformers side by side."""
+    try:
+        from .perf.command import PerfArgs, build_spec, parse_names, run_perf_command
+        from .perf.grid import GridError
+        try:
+            spec = build_spec(load_suite(suite), model=model, layers=layers, dtypes=parse_names(dtype),
+                              device=device, tp=parse_int_list(tp, "--tp"),
+                              batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
+                              buckets=parse_int_list(buckets, "--buckets"), new_tokens=new_tokens, seq_len=seq_len,
+                              compile=None if compile is None else [compile], rounds=rounds, warmup=warmup,
+                              baselines=parse_names(baselines), threads=threads)
+            run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
+                                      fresh=fresh), console, progress_bar)
+        except GridError as err:
+            raise BadInput(str(err)) from None
+    except bad_input_types() as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+@app.command()
+def results(
+    results_dir: Path = typer.Option(Path("results"), help="The parquet store to read."),
+    table: Optional[str] = typer.Option(None, help="Print one table, e.g. parity_summary (default: the runs)."),
+    sql: Optional[str] = typer.Option(None, help="DuckDB SQL over the store; each table is a view of its name."),
+    all_columns: bool = typer.Option(False, "--all-columns", help="With --table: keep the run metadata columns."),
+    limit: int = typer.Option(50, help="Rows shown (the last N); 0 shows all."),
+    csv: Optional[Path] = typer.Option(None, help="Also write the rows to this CSV file."),
+):
+    """List runs (id, time, git sha, suite, device, verdicts), or print a table or a query result."""
+    from .results.listing import run_results_command
+    from .results.store import ResultStore
+    try:
+        run_results_command(ResultStore(results_dir), console, err_console, table=table, sql=sql,
+                            all_columns=all_columns, limit=limit, csv=csv)
+    except ValueError as err:
+        fail(str(err))
+    except Exception as err:  # DuckDB parser/binder errors: one line, exit 2
+        if type(err).__module__.startswith("duckdb") or type(err).__module__.startswith("_duckdb"):
+            fail(f"query failed: {str(err).splitlines()[0]}")
+        raise
+
+
+@app.command()
+def compare(
+    baseline: str = typer.Option(..., help="Stored run id(s) (comma-separated, prefixes ok) or a git ref (HEAD~1)."),
+    candidate: str = typer.Option("worktree", help="Run id(s), a git ref (HEAD), or 'worktree' (files as they are)."),
+    results_dir: Path = typer.Option(Path("results"), help="The parquet store (read, and written unless --no-save)."),
+    trials: int = typer.Option(8, help="Interleaved timing trials per side (at least 6)."),
+    reps: int = typer.Option(32, help="Decode steps per trial; a trial's value is their median."),
+    floor: float = typer.Option(0.10, help="Practical floor: slowdowns below it never fail (0.10 = 10%)."),
+    alpha: float = typer.Option(0.05, help="Significance level after Holm correction across the gated metrics."),
+    error_growth: float = typer.Option(2.0, help="An error metric fails when it grows past this factor."),
+    timing: bool = typer.Option(True, "--timing/--no-timing", help="Interleaved A/B timing when both are code."),
+    deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic", help="Gate parity/eval rows."),
+    rerun: bool = typer.Option(False, "--rerun", help="Run the deterministic commands in code trees even when the "
+                                                      "store has results of that commit."),
+    det_command: Optional[list[str]] = typer.Option(None, "--det-command", help="Deterministic command run in a "
+                                                    "code tree (repeatable; default: parity, eval)."),
+    timing_model: str = typer.Option("tiny-gqa", help="Preset whose decode step is timed."),
+    timing_layers: Optional[int] = typer.Option(None, help="Only the first N layers of the timing preset."),
+    threads: int = typer.Option(1, help="torch threads in each timing worker."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Store the comparison (table 'comparisons')."),
+):
+    """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    from .results.ab import TreeError
+    from .results.compare import CompareError, CompareSettings, render, run_compare
+    settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
+                               reps=reps, floor=floor, alpha=alpha, error_growth=error_growth, timing=timing,
+                               deterministic=deterministic, rerun=rerun,
+                               commands=list(det_command) if det_command else ["parity", "eval"],
+                               timing_model=timing_model, timing_layers=timing_layers, threads=threads, store=save)
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("timing trials", total=None, visible=False)
+
+            def on_trial(done: int, total: int):
+                progress.update(task, total=total, completed=done, visible=True)
+            comparison = run_compare(settings, console, on_trial)
+    except (CompareError, TreeError) as err:
+        fail(str(err))
+    render(console, comparison)
+    raise typer.Exit(1 if comparison.regressed else 0)
+
+
+@app.command()
+def dashboard(
+    results_dir: Path = typer.Option(Path("results"), help="The parquet store to draw."),
+    out: Path = typer.Option(Path("dashboard"), help="Folder for index.html and assets/."),
+):
+    """Static HTML dashboard of the store (no network needed to view it)."""
+    from .results.dashboard import build_dashboard
+    from .results.store import ResultStore
+    page = build_dashboard(ResultStore(results_dir), out)
+    console.print(f"dashboard: {page}")
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

@@ -61,14 +61,23 @@ class NeuronConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name in ("batch_size", "sequence_length", "max_context_length", "tp_degree"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise NeuronConfigError(f"neuron_config field '{name}' must be an integer, got {value!r}")
+        for name in ("context_encoding_buckets", "token_generation_buckets"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, list) or
+                                      any(isinstance(b, bool) or not isinstance(b, int) for b in value)):
+                raise NeuronConfigError(f"neuron_config field '{name}' must be a list of integers, got {value!r}")
         if self.max_context_length is None:
             self.max_context_length = self.sequence_length
         if self.context_encoding_buckets is None:
             self.context_encoding_buckets = autobucket(self.max_context_length)
         if self.token_generation_buckets is None:
             self.token_generation_buckets = autobucket(self.sequence_length)
-        self.context_encoding_buckets = sorted(int(b) for b in self.context_encoding_buckets)
-        self.token_generation_buckets = sorted(int(b) for b in self.token_generation_buckets)
+        self.context_encoding_buckets = sorted(self.context_encoding_buckets)
+        self.token_generation_buckets = sorted(self.token_generation_buckets)
         self.validate()
 
     @property

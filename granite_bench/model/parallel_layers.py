@@ -15,6 +15,10 @@ from torch import nn
 from . import parallel_state as ps
 
 
+# torch >= 2.10 names it all_gather_single (all_gather_tensor still works there but warns on every call).
+_all_gather_dim0 = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+
+
 def divide(numerator: int, denominator: int) -> int:
     if numerator % denominator:
         raise ValueError(f"{numerator} is not divisible by the tensor-parallel degree {denominator}")
@@ -40,7 +44,7 @@ def gather_from_tp_region(x: torch.Tensor, comm_dtype: torch.dtype = torch.float
         return x
     # all_gather_tensor concatenates along dim 0: move the split dim there and back.
     moved = x.to(comm_dtype).movedim(-1, 0).contiguous()
-    gathered = funcol.all_gather_tensor(moved, 0, ps.get_tensor_model_parallel_group())
+    gathered = _all_gather_dim0(moved, 0, ps.get_tensor_model_parallel_group())
     return gathered.movedim(0, -1).to(x.dtype)
 
 

@@ -102,3 +102,71 @@ def convert_hf_state_dict(hf: dict[str, torch.Tensor], config, plan: HeadPlan, r
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[f"{dst}.{norm}.weight"] = hf[f"{src}.{norm}.weight"]
     return {key: value.to(dtype).contiguous() for key, value in out.items()}
+
+
+# -- per-rank sharded checkpoints ------------------------------------------------------------------------------
+# Converted once by the driver and cached, so each TP rank reads only its own shard (never the whole checkpoint).
+SHARD_FORMAT_VERSION = 1
+SHARD_MANIFEST = "manifest.json"
+
+
+def shard_file_name(rank: int) -> str:
+    return f"rank{rank}.safetensors"
+
+
+def checkpoint_fingerprint(model_dir: Path) -> list[dict]:
+    """Name, size and modification time of every file the conversion reads: a changed checkpoint gets new shards."""
+    model_dir = Path(model_dir)
+    names = sorted(p.name for p in model_dir.iterdir() if p.suffix in (".safetensors", ".json"))
+    return [{"name": n, "size": (model_dir / n).stat().st_size, "mtime_ns": (model_dir / n).stat().st_mtime_ns}
+            for n in names]
+
+
+def shard_key(model_dir: Path, tp: int, dtype: torch.dtype, fused_qkv: bool) -> dict:
+    """Everything a set of rank shards depends on (hashed into its cache folder name)."""
+    return {"format": SHARD_FORMAT_VERSION, "model_dir": str(Path(model_dir).resolve()),
+            "files": checkpoint_fingerprint(model_dir), "tp": tp, "dtype": str(dtype).replace("torch.", ""),
+            "fused_qkv": fused_qkv}
+
+
+def save_sharded_checkpoint(hf: dict[str, torch.Tensor], config, plan: HeadPlan, tp: int, dtype: torch.dtype,
+                            directory: Path, fused_qkv: bool = True, manifest: dict | None = None) -> list[Path]:
+    """Write rank{r}.safetensors for r in [0, tp) plus a manifest, atomically (temp folder, then rename)."""
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for rank in range(tp):
+            state = convert_hf_state_dict(hf, config, plan, rank, tp, dtype, fused_qkv)
+            save_file(state, str(tmp / shard_file_name(rank)), metadata={"rank": str(rank), "tp": str(tp)})
+        info = {**(manifest or {}), "tp": tp, "strategy": plan.strategy, "q_heads": plan.q_heads,
+                "kv_heads": plan.kv_heads, "files": [shard_file_name(r) for r in range(tp)]}
+        (tmp / SHARD_MANIFEST).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        try:
+            os.replace(tmp, directory)
+        except OSError:  # another process wrote the same shards first
+            if not (directory / SHARD_MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [directory / shard_file_name(r) for r in range(tp)]
+
+
+def has_sharded_checkpoint(directory: Path, tp: int) -> bool:
+    directory = Path(directory)
+    return (directory / SHARD_MANIFEST).exists() and all(
+        (directory / shard_file_name(r)).exists() for r in range(tp))
+
+
+def load_rank_shard(directory: Path, rank: int) -> dict[str, torch.Tensor]:
+    """One rank's converted state dict (as saved by `save_sharded_checkpoint`)."""
+    path = Path(directory) / shard_file_name(rank)
+    if not path.exists():
+        raise FileNotFoundError(f"sharded checkpoint {path} is missing: delete {Path(directory)} to re-create it")
+    return load_file(str(path))

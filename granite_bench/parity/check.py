@@ -95,9 +95,10 @@ def localise_failure(runner, profile, batch, ref_tokens, row, prompt_index, resu
     errors = sub_block_errors(expected_at, actual_hidden)
     first = first_failing_block(errors, profile.localisation_rtol)
     phase = "context_encoding" if position < len(batch[row]) else "token_generation"
-    where = {"prompt": prompt_index, "position": position, "phase": phase,
-             "layer": first["layer"] if first else None, "sub_block": first["sub_block"] if first else None,
-             "rel_err": first["rel_err"] if first else None}
+    if first is None:  # every residual stream within tolerance: the error enters after the last layer
+        first = {"layer": None, "sub_block": "final_norm/lm_head", "rel_err": None}
+    where = {"prompt": prompt_index, "position": position, "phase": phase, "layer": first["layer"],
+             "sub_block": first["sub_block"], "rel_err": first["rel_err"]}
     return where, [{"prompt": prompt_index, "position": position, **e} for e in errors]
 
 

@@ -104,10 +104,14 @@ def render(console, outcome: ParityOutcome, profile) -> None:
                       f"and greedy tokens agree")
         return
     where = outcome.localisation or {}
+    if where.get("layer") is not None:
+        block = (f"layer {where['layer']} {where['sub_block']} (rel err {where['rel_err']:.2e} > "
+                 f"{profile.localisation_rtol:g})")
+    else:
+        block = (f"no layer's residual stream left tolerance ({profile.localisation_rtol:g}): the error enters at "
+                 f"the final norm / LM head, or it is a greedy divergence past the divergence tolerance")
     console.print(f"[bold red]FAIL[/] first failing: prompt {where.get('prompt')} position {where.get('position')} "
-                  f"({where.get('phase')}); first sub-block out of tolerance: layer {where.get('layer')} "
-                  f"{where.get('sub_block')} (rel err {where.get('rel_err') or float('nan'):.2e} > "
-                  f"{profile.localisation_rtol:g})")
+                  f"({where.get('phase')}); first out of tolerance: {block}")
     blocks = Table(title="per-layer residual stream at that position", title_justify="left")
     for column in ("layer", "sub-block", "max |Δ|", "rel err"):
         blocks.add_column(column, justify="right")

@@ -53,21 +53,39 @@ def _comparable(expected: Tensor, actual: Tensor) -> Tensor:
     return torch.isfinite(expected) & torch.isfinite(actual)
 
 
-def _fit_shift(expected: Tensor, actual: Tensor, mask: Tensor) -> Tensor:
-    """[N] shift of the per-row least-squares fit actual ~ slope * expected + shift over `mask`."""
-    w = mask.to(torch.float32)
-    n = w.sum(-1).clamp_min(1.0)
-    e = torch.where(mask, expected, 0.0)
-    a = torch.where(mask, actual, 0.0)
+def _invalid(x: Tensor) -> Tensor:
+    """nan or +inf: values no logit should take (-inf is a legitimate mask)."""
+    return torch.isnan(x) | torch.isposinf(x)
+
+
+def _masked(x: Tensor, mask: Tensor | None, fill: float) -> Tensor:
+    """x where mask holds, else fill; mask None means every entry is comparable."""
+    return x if mask is None else torch.where(mask, x, fill)
+
+
+def _chunk_mask(e: Tensor, a: Tensor) -> Tensor | None:
+    """Comparable entries of a chunk, or None when all of them are (the common, cheap case)."""
+    mask = _comparable(e, a)
+    return None if bool(mask.all()) else mask
+
+
+def _fit_shift(e: Tensor, a: Tensor, mask: Tensor | None) -> Tensor:
+    """[n] shift of the per-row least-squares fit a ~ slope * e + shift over the comparable entries."""
+    e, a = _masked(e, mask, 0.0), _masked(a, mask, 0.0)
+    n = torch.full((e.shape[0],), float(e.shape[1])) if mask is None else mask.sum(-1).clamp_min(1).float()
     mean_e = e.sum(-1) / n
     mean_a = a.sum(-1) / n
-    de = (e - mean_e[:, None]) * w
-    da = (a - mean_a[:, None]) * w
+    de = _masked(e - mean_e[:, None], mask, 0.0)
+    da = _masked(a - mean_a[:, None], mask, 0.0)
     var_e = (de * de).sum(-1)
     cov = (de * da).sum(-1)
     # A constant expected row has no slope to fit: fall back to slope 1 (a pure shift).
     slope = torch.where(var_e > 0, cov / torch.where(var_e > 0, var_e, 1.0), 1.0)
     return mean_a - slope * mean_e
+
+
+def _shifted(e: Tensor, a: Tensor, mask: Tensor | None) -> Tensor:
+    return a - _fit_shift(e, a, mask)[:, None]
 
 
 def remove_constant_shift(expected: Tensor, actual: Tensor) -> Tensor:
@@ -78,8 +96,7 @@ def remove_constant_shift(expected: Tensor, actual: Tensor) -> Tensor:
     e, a = _as_rows(expected), _as_rows(actual)
     out = torch.empty_like(a)
     for rows in _chunks(a.shape[0]):
-        shift = _fit_shift(e[rows], a[rows], _comparable(e[rows], a[rows]))
-        out[rows] = a[rows] - shift[:, None]
+        out[rows] = _shifted(e[rows], a[rows], _chunk_mask(e[rows], a[rows]))
     return out.reshape(shape)
 
 
@@ -88,19 +105,32 @@ def tol_key_name(k: int | None) -> str:
     return "all" if k is None else f"top{k}"
 
 
-def _errors_for_k(e: Tensor, a: Tensor, mask: Tensor, k: int | None, atol: float) -> Tensor:
+def _errors_for_k(e: Tensor, a: Tensor, mask: Tensor | None, k: int | None, atol: float) -> Tensor:
     """[n] err_k of each row of a chunk; +inf where a row has nothing to compare."""
     if k is None:
         e_sel, a_sel, m_sel = e, a, mask
     else:
         k = min(k, e.shape[-1])
-        ranked = torch.where(mask, e, float("-inf"))  # dropped entries never enter the top-k
-        idx = ranked.topk(k, dim=-1).indices  # [n, k]
-        e_sel, a_sel, m_sel = e.gather(-1, idx), a.gather(-1, idx), mask.gather(-1, idx)
-    diff = torch.where(m_sel, (a_sel - e_sel).abs(), float("-inf")).amax(-1)
-    scale = torch.where(m_sel, e_sel.abs(), 0.0).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+        idx = _masked(e, mask, float("-inf")).topk(k, dim=-1).indices  # [n, k]; dropped entries rank last
+        e_sel, a_sel = e.gather(-1, idx), a.gather(-1, idx)
+        m_sel = None if mask is None else mask.gather(-1, idx)
+    diff = _masked((a_sel - e_sel).abs(), m_sel, float("-inf")).amax(-1)
+    scale = _masked(e_sel.abs(), m_sel, 0.0).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     err = ((diff - atol) / scale).clamp_min(0.0)
-    return torch.where(m_sel.any(-1), err, float("inf"))
+    return err if m_sel is None else torch.where(m_sel.any(-1), err, float("inf"))
+
+
+def _chunk_errors(e: Tensor, a: Tensor, mask: Tensor | None, tol_map: TolMap) -> dict[str, Tensor]:
+    out = {}
+    for k, (atol, rtol) in tol_map.items():
+        err = _errors_for_k(e, a, mask, k, atol)
+        out[f"err_{tol_key_name(k)}"] = err
+        out[f"pass_{tol_key_name(k)}"] = err <= rtol
+    return out
+
+
+def _cat_chunks(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
 def position_errors(expected: Tensor, actual: Tensor, tol_map: TolMap) -> dict[str, Tensor]:
@@ -111,49 +141,47 @@ def position_errors(expected: Tensor, actual: Tensor, tol_map: TolMap) -> dict[s
     Errors below atol are reported as 0. No shift is removed here (see remove_constant_shift)."""
     _check_same_shape(expected, actual)
     e, a = _as_rows(expected), _as_rows(actual)
-    n = e.shape[0]
-    out: dict[str, Tensor] = {}
-    for k, (atol, rtol) in tol_map.items():
-        err = torch.empty(n, dtype=torch.float32)
-        for rows in _chunks(n):
-            err[rows] = _errors_for_k(e[rows], a[rows], _comparable(e[rows], a[rows]), k, atol)
-        name = tol_key_name(k)
-        out[f"err_{name}"] = err
-        out[f"pass_{name}"] = err <= rtol
-    return out
+    _require_positions(e)
+    parts = [_chunk_errors(e[r], a[r], _chunk_mask(e[r], a[r]), tol_map) for r in _chunks(e.shape[0])]
+    return _cat_chunks(parts)
 
 
-def _chunk_metrics(e: Tensor, a: Tensor) -> dict[str, Tensor]:
-    """Tolerance-free metrics of one chunk of rows [n, V]."""
-    mask = _comparable(e, a)
-    any_compared = mask.any(-1)
-    abs_err = torch.where(mask, (a - e).abs(), 0.0)
-    count = mask.sum(-1).clamp_min(1)
+def _chunk_metrics(e: Tensor, a: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+    """Tolerance-free metrics of one chunk of rows [n, V]; mask None = all entries comparable."""
+    n_compared = torch.full((e.shape[0],), e.shape[1]) if mask is None else mask.sum(-1)
+    abs_err = _masked((a - e).abs(), mask, 0.0)
     max_abs = abs_err.amax(-1)
-    max_expected = torch.where(mask, e.abs(), 0.0).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    max_expected = _masked(e.abs(), mask, 0.0).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
 
-    log_p_e = torch.log_softmax(torch.where(mask, e, float("-inf")), dim=-1)
-    log_p_a = torch.log_softmax(torch.where(mask, a, float("-inf")), dim=-1)
+    e_ranked, a_ranked = _masked(e, mask, float("-inf")), _masked(a, mask, float("-inf"))
+    log_p_e = torch.log_softmax(e_ranked, dim=-1)
+    log_p_a = torch.log_softmax(a_ranked, dim=-1)
     kl_terms = F.kl_div(log_p_a, log_p_e, reduction="none", log_target=True)  # p_e * (log p_e - log p_a)
-    kl = torch.where(mask, kl_terms, 0.0).sum(-1)
+    kl = _masked(kl_terms, mask, 0.0).sum(-1)
 
     k = min(TOPK_OVERLAP_K, e.shape[-1])
-    top_e = torch.where(mask, e, float("-inf")).topk(k, dim=-1).indices  # [n, k]
-    top_a = torch.where(mask, a, float("-inf")).topk(k, dim=-1).indices
+    top_e = e_ranked.topk(k, dim=-1).indices  # [n, k]
+    top_a = a_ranked.topk(k, dim=-1).indices
     overlap = (top_e[:, :, None] == top_a[:, None, :]).any(-1).sum(-1).to(torch.float32) / k
 
-    nan = float("nan")
+    invalid_count = torch.zeros_like(n_compared) if mask is None else (_invalid(e) | _invalid(a)).sum(-1)
+    nothing = n_compared == 0
     return {
-        "max_abs_err": torch.where(any_compared, max_abs, nan),
-        "mean_abs_err": torch.where(any_compared, abs_err.sum(-1) / count, nan),
-        "max_rel_err": torch.where(any_compared, max_abs / max_expected, nan),
-        "kl_ref_impl": torch.where(any_compared, kl, nan),
+        "max_abs_err": max_abs.masked_fill(nothing, float("nan")),
+        "mean_abs_err": (abs_err.sum(-1) / n_compared.clamp_min(1)).masked_fill(nothing, float("nan")),
+        "max_rel_err": (max_abs / max_expected).masked_fill(nothing, float("nan")),
+        "kl_ref_impl": kl.masked_fill(nothing, float("nan")),
         "top1_match": top_e[:, 0] == top_a[:, 0],
         "topk_overlap": overlap,
         "expected_top1_prob": log_p_e.amax(-1).exp(),
-        "nan_count": (torch.isnan(e) | torch.isnan(a)).sum(-1),
-        "n_compared": mask.sum(-1),
+        "invalid_count": invalid_count,
+        "n_compared": n_compared,
     }
+
+
+def _require_positions(e: Tensor) -> None:
+    if e.shape[0] == 0 or e.shape[-1] == 0:
+        raise ValueError(f"no logits to compare (shape {tuple(e.shape)})")
 
 
 def position_metrics(
@@ -163,19 +191,23 @@ def position_metrics(
 
     Returns a dict of 1-D tensors of length N: position, max_abs_err, mean_abs_err, max_rel_err,
     err_<k>/pass_<k> for each k of the profile, kl_ref_impl (KL(softmax(expected) || softmax(actual))
-    in nats), top1_match, topk_overlap (|top5(e) & top5(a)| / 5), expected_top1_prob, nan_count,
-    n_compared and passed; plus 'tol_keys' (list of the k names) and 'profile' (its name).
-    A position passes when every pass_<k> holds and neither side holds a nan."""
+    in nats), top1_match, topk_overlap (|top5(e) & top5(a)| / 5), expected_top1_prob,
+    invalid_count (nan or +inf entries on either side), n_compared and passed; plus 'tol_keys' (list of the k names) and 'profile' (its name).
+    Errors are measured after removing the constant shift (unless remove_shift=False).
+    A position passes when every pass_<k> holds and neither side holds a nan or +inf: -inf is a
+    mask (dropped, as NxDI does), the other two are never legitimate logits."""
     _check_same_shape(expected, actual)
-    e = _as_rows(expected)
-    a = remove_constant_shift(e, actual) if remove_shift else _as_rows(actual)
-    n = e.shape[0]
-    parts = [_chunk_metrics(e[rows], a[rows]) for rows in _chunks(n)]
-    metrics: dict[str, Any] = {"position": torch.arange(n)}
-    if parts:
-        metrics.update({name: torch.cat([p[name] for p in parts]) for name in parts[0]})
-    metrics.update(position_errors(e, a, profile.tol_map))
-    passed = metrics["nan_count"] == 0 if parts else torch.zeros(0, dtype=torch.bool)
+    e, a = _as_rows(expected), _as_rows(actual)
+    _require_positions(e)
+    parts = []
+    for rows in _chunks(e.shape[0]):
+        e_c, a_c = e[rows], a[rows]
+        mask = _chunk_mask(e_c, a_c)
+        if remove_shift:
+            a_c = _shifted(e_c, a_c, mask)
+        parts.append({**_chunk_metrics(e_c, a_c, mask), **_chunk_errors(e_c, a_c, mask, profile.tol_map)})
+    metrics: dict[str, Any] = {"position": torch.arange(e.shape[0]), **_cat_chunks(parts)}
+    passed = metrics["invalid_count"] == 0
     for k in profile.tol_map:
         passed = passed & metrics[f"pass_{tol_key_name(k)}"]
     metrics["passed"] = passed

@@ -25,9 +25,9 @@ INIT_FILE = "granite_bench_init.json"
 DEFAULT_INIT = {
     "seed": 0,
     "embedding_std": 0.02,          # HF's own initializer_range
-    "linear_gain": 3.0,             # std = gain / sqrt(fan_in) for v, o and MLP projections: layers, not the
+    "linear_gain": 2.0,             # std = gain / sqrt(fan_in) for v, o and MLP projections: layers, not the
                                     # token's own (tied) embedding, decide the next token
-    "attention_score_std": 2.0,     # q/k scaled so q·k·attention_multiplier has this spread
+    "attention_score_std": 1.0,     # q/k scaled so q·k·attention_multiplier has this spread
     "target_logit_std": 3.5,        # final norm gain chosen so the logits have this spread
     "norm_jitter": 0.2,             # layer norm weights uniform in 1 ± jitter
 }
@@ -154,6 +154,8 @@ def load_hf_config(model_dir: Path) -> GraniteConfig:
         raise PresetError(f"{path} is missing: point --model at a Granite checkpoint directory") from None
     except json.JSONDecodeError as err:
         raise PresetError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or re-download it") from None
+    if not isinstance(data, dict):
+        raise PresetError(f"{path} must hold a JSON object: fix or re-download it")
     if data.get("model_type") != "granite":
         raise PresetError(f"{path} has model_type {data.get('model_type')!r}; granite-bench needs 'granite'")
     try:

@@ -15,7 +15,6 @@ from ..model.config import BucketError, NeuronConfig, pick_bucket
 from ..model.modeling_granite import NeuronGraniteForCausalLM, head_plan
 from ..model.rope import RotaryEmbedding, rope_parameters
 from ..model.state_dict import convert_hf_state_dict, load_hf_state_dict
-from ..reference.weights import load_hf_config, read_init, resolve_model_dir
 from .graphs import GraphSet
 
 PAD_TOKEN = 0
@@ -41,14 +40,18 @@ def build_neuron_config(batch_size: int = 1, seq_len: int = 256, buckets: list[i
 
 
 def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",
-                    hf_state: dict | None = None) -> NeuronGraniteForCausalLM:
-    """This rank's model: modules built with per-rank shapes, then its converted shard loaded strictly."""
+                    hf_state: dict | None = None, shard: dict | None = None) -> NeuronGraniteForCausalLM:
+    """This rank's model: modules built with per-rank shapes, then its converted shard loaded strictly
+    (`shard`: an already converted rank state dict, as the TP workers read from their sharded checkpoint)."""
     tp, rank = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
     plan = head_plan(hf_config, tp)
     with torch.device("meta"):
         model = NeuronGraniteForCausalLM(hf_config, neuron_config)
-    state = convert_hf_state_dict(hf_state if hf_state is not None else load_hf_state_dict(model_dir), hf_config,
-                                  plan, rank, tp, neuron_config.dtype, neuron_config.fused_qkv)
+    if shard is not None:
+        state = shard
+    else:
+        state = convert_hf_state_dict(hf_state if hf_state is not None else load_hf_state_dict(model_dir),
+                                      hf_config, plan, rank, tp, neuron_config.dtype, neuron_config.fused_qkv)
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the KV cache.
@@ -62,13 +65,16 @@ class GraniteRunner:
     """Single-process runner (tp_degree 1, or one rank of a TP group driven SPMD)."""
 
     def __init__(self, model: NeuronGraniteForCausalLM, model_dir: Path, hf_config, neuron_config: NeuronConfig,
-                 device: str = "cpu", compile: bool = False):
+                 device: str = "cpu", compile: bool = False, init: dict | None = None):
         self.model = model
         self.model_dir = Path(model_dir)
         self.hf_config = hf_config
         self.neuron_config = neuron_config
         self.device = device
-        self.init = read_init(model_dir)
+        if init is None:  # TP workers pass it in: they must not import transformers (slow start-up)
+            from ..reference.weights import read_init
+            init = read_init(model_dir)
+        self.init = init
         self.graphs = GraphSet(model, compile=compile)
         self.load_seconds = 0.0
 
@@ -76,12 +82,14 @@ class GraniteRunner:
     def build(cls, model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1,
               batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
               num_layers: int | None = None, neuron_config: NeuronConfig | None = None):
+        from ..reference.weights import load_hf_config, resolve_model_dir
         start = time.perf_counter()
         model_dir = resolve_model_dir(model, num_layers=num_layers)
         hf_config = load_hf_config(model_dir)
+        # refuse a bad TP degree before anything starts
+        head_plan(hf_config, neuron_config.tp_degree if neuron_config is not None else tp_degree)
         if neuron_config is None:
             neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
-        head_plan(hf_config, neuron_config.tp_degree)  # refuse a bad TP degree before anything starts
         if neuron_config.tp_degree > 1 and not ps.get_tensor_model_parallel_size() > 1:
             from .distributed import TPRunner  # drives tp_degree worker ranks
             return TPRunner.start(model_dir, hf_config, neuron_config, device=device, compile=compile)

@@ -1,0 +1,195 @@
+"""`granite-bench perf` end to end: expand the grid, skip stored points, measure the rest one at a time, store each
+point as soon as it is done, print the summary.
+
+Storage: every point is its own run (its own run id and metadata), written as one perf_samples file and then one
+perf_summary file. The summary file marks the point complete: a later sweep skips a point whose key has a
+perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
+write disjoint points under their own run ids, so their files union without coordination.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from .grid import GridSpec, PerfPoint, parse_shard, shard_points
+
+SAMPLES_TABLE = "perf_samples"
+SUMMARY_TABLE = "perf_summary"
+
+
+@dataclass
+class PerfArgs:
+    spec: GridSpec
+    suite: str = "default"
+    shard: str | None = None
+    results_dir: Path | None = Path("results")
+    fresh: bool = False
+    seed: int = 0
+    stored_rows: list = field(default_factory=list)
+
+
+# -- the store -------------------------------------------------------------------------------------------------
+def _sql(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def stored_summaries(store, git_sha: str, fingerprint: str):
+    """perf_summary rows of this commit and machine (a DataFrame, possibly empty)."""
+    import pandas as pd
+    if SUMMARY_TABLE not in store.tables():
+        return pd.DataFrame()
+    return store.query(f"SELECT * FROM {SUMMARY_TABLE} WHERE git_sha = {_sql(git_sha)} "
+                       f"AND machine_fingerprint = {_sql(fingerprint)}")
+
+
+def point_metadata(point: PerfPoint, args: PerfArgs, extra: dict):
+    from ..results import collect_run_metadata
+    config = {"point": point.columns(), "rounds": args.spec.rounds, "warmup": args.spec.warmup,
+              "baselines": args.spec.baselines, "suite": args.suite, "output_logits": False, **extra}
+    return collect_run_metadata(suite=f"perf/{args.suite}", device=point.device, dtype=point.dtype, config=config,
+                                seed=args.seed)
+
+
+def store_point(store, point: PerfPoint, args: PerfArgs, samples: list[dict], summary: list[dict],
+                extra: dict) -> list[Path]:
+    """Samples first, then the summary that marks the point complete; one run id for both."""
+    meta = point_metadata(point, args, extra)
+    written = [store.write(SAMPLES_TABLE, samples, meta), store.write(SUMMARY_TABLE, summary, meta)]
+    return [p for p in written if p is not None]
+
+
+# -- the command -----------------------------------------------------------------------------------------------
+def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
+    """Measure the grid (or one shard of it); returns the summary rows of every point of the shard."""
+    from ..results.metadata import default_repo_dir, git_state, machine_description
+    from ..results.store import ResultStore
+    from .sweep import SweepSession
+    from .timing import set_threads
+
+    spec = args.spec.validate()
+    index, count = parse_shard(args.shard)
+    grid = spec.points()
+    points = shard_points(grid, index, count)
+    store = ResultStore(args.results_dir) if args.results_dir is not None else None
+    done: dict[str, list[dict]] = {}
+    if store is not None and not args.fresh:
+        sha, _ = git_state(default_repo_dir())
+        stored = stored_summaries(store, sha, machine_description()[0])
+        wanted = {p.key for p in points}
+        for row in stored.to_dict("records") if len(stored) else []:
+            if row["point_key"] in wanted:
+                done.setdefault(row["point_key"], []).append(row)
+    todo = [p for p in points if p.key not in done]
+    shard_text = f" · shard {index}/{count}" if count > 1 else ""
+    console.print(f"[bold]perf[/] {spec.model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
+                  f"{spec.device} · {len(grid)} grid points{shard_text} · {len(points) - len(todo)} already stored · "
+                  f"{len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
+                  f"(+{spec.warmup} warm-up) · baselines: {', '.join(spec.baselines) or 'none'}")
+    threads = set_threads(spec.threads)
+    results: dict[str, list[dict]] = dict(done)
+    session = SweepSession(spec, threads)
+    interrupted = False
+    try:
+        if todo:
+            with progress_bar() as progress:
+                task = progress.add_task("points", total=len(todo))
+                for k, point in enumerate(todo, 1):
+                    progress.update(task, description=f"point {k} of {len(todo)}: {point.label}")
+                    samples, summary = session.measure(point)
+                    if store is not None:
+                        store_point(store, point, args, samples, summary, {"threads": threads})
+                    results[point.key] = summary
+                    progress.advance(task)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        session.close()
+    rows = [row for p in points for row in results.get(p.key, [])]
+    render(console, rows)
+    finished = sum(1 for p in todo if p.key in results)
+    if interrupted:
+        console.print(f"[bold yellow]interrupted[/] after {finished} of {len(todo)} points; every finished point is "
+                      f"stored: run the same command again to resume")
+        raise KeyboardInterrupt
+    if store is not None and todo:
+        console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}")
+    return rows
+
+
+# -- the summary table -------------------------------------------------------------------------------------------
+def _num(value, digits: int = 3, scale: float = 1.0, pct: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value) * scale
+    return f"{value:.0%}" if pct else f"{value:.{digits}g}"
+
+
+def _point_label(row: dict, varying: set) -> str:
+    parts = []
+    if "dtype" in varying:
+        parts.append({"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(row["dtype"], row["dtype"]))
+    if "compiled" in varying:
+        parts.append("compiled" if row["compiled"] else "eager")
+    parts += [f"tp{row['tp']}", f"b{row['batch_size']}", f"ctx{row['bucket']}"]
+    return " ".join(parts)
+
+
+def render(console, rows: list[dict]) -> None:
+    if not rows:
+        console.print("no points measured")
+        return
+    seen = set()
+    for r in rows:  # measured in this run, or stored with the points it skipped
+        if (r["device"], r["dtype"]) not in seen:
+            seen.add((r["device"], r["dtype"]))
+            console.print(f"ceilings {r['device']} {r['dtype']}: plain read {r['ceiling_read_gbs']:.1f} GB/s · "
+                          f"matrix-vector {r['ceiling_matvec_gbs']:.1f} GB/s · matmul "
+                          f"{r['ceiling_matmul_gflops']:.0f} GFLOP/s (median of repeats)")
+    varying = {name for name in ("dtype", "compiled") if len({r[name] for r in rows}) > 1}
+    fixed = [f"{rows[0]['dtype']}" if "dtype" not in varying else "",
+             ("compiled" if rows[0]["compiled"] else "eager") if "compiled" not in varying else ""]
+    impls = [r for r in rows if r["impl"] == "granite"]
+    table = Table(title=f"implementation ({' '.join(f for f in fixed if f)}; latencies p50 ms) and "
+                        f"implementation/HF ratios (< 1: faster than HF)", title_justify="left")
+    for column in ("point", "TTFT", "TPOT", "TPOT p99", "tok/s", "TTFT/HFe", "TPOT/HFe", "TPOT/HFs", "GB/s",
+                   "%matvec", "%read", "%matmul", "compile s", "RSS MiB", "pad"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in impls:
+        table.add_row(_point_label(r, varying), _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
+                      _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r.get("ttft_ratio_hf_eager"), 2),
+                      _num(r.get("tpot_ratio_hf_eager"), 2), _num(r.get("tpot_ratio_hf_static"), 2),
+                      _num(r["decode_gbs"]), _num(r["decode_frac_matvec"], pct=True),
+                      _num(r["decode_frac_read"], pct=True), _num(r["prefill_frac_matmul"], pct=True),
+                      _num(r.get("compile_seconds_total"), 3) if r["compiled"] else "-",
+                      _num(r["peak_rss_mb"], 4), _num(r["padding_waste_prefill"], pct=True))
+    console.print(table)
+    baselines = [r for r in rows if r["impl"] != "granite"]
+    if baselines:
+        hf = Table(title="HF Transformers generate (same weights, same process, interleaved; p50 ms)",
+                   title_justify="left")
+        for column in ("point", "impl", "TTFT", "TPOT", "TPOT p99", "tok/s", "GB/s", "%matvec"):
+            hf.add_column(column, justify="right", no_wrap=True)
+        for r in baselines:
+            hf.add_row(_point_label(r, varying), r["impl"], _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
+                       _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r["decode_gbs"]),
+                       _num(r["decode_frac_matvec"], pct=True))
+        console.print(hf)
+
+
+# -- command-line wiring helpers (kept here so cli.py stays thin) -------------------------------------------------
+def parse_names(text: str | None) -> list[str] | None:
+    """'a,b' -> ['a', 'b']; 'none' -> []; None -> None (keep the suite's)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    return [] if names == ["none"] else names
+
+
+def build_spec(suite_data: dict, **overrides) -> GridSpec:
+    """The suite's grid with command-line overrides applied (None = keep the suite's value)."""
+    from .grid import spec_from_suite, with_overrides
+    return with_overrides(spec_from_suite(suite_data), **overrides)

@@ -1,0 +1,60 @@
+"""HF Transformers side by side: the same checkpoint files through `GraniteForCausalLM.generate`, timed per token.
+
+Two baselines, as a user would run HF: `eager` (generate with its default dynamic cache) and `static`
+(`cache_implementation="static"`; HF compiles it on its own only on accelerators). A logits processor stamps the
+clock each time a token's logits arrive, so one generate call yields time to first token and every decode step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import GraniteForCausalLM, LogitsProcessor, LogitsProcessorList
+
+from ..model.config import DTYPES
+from .timing import GenerationTiming, now_ns
+
+HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static"}   # name -> cache_implementation
+
+
+def load_hf_model(model_dir: Path, dtype: str = "float32", device: str = "cpu",
+                  attn_implementation: str = "sdpa") -> GraniteForCausalLM:
+    """HF Granite on the same files as the implementation, in the implementation's dtype."""
+    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    return model.to(device).eval()
+
+
+class _TokenClock(LogitsProcessor):
+    """Records the clock when each new token's logits reach the sampler; changes nothing."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.stamps: list[int] = []
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(now_ns(self.sync))
+        return scores
+
+
+@torch.no_grad()
+def time_hf_generation(model: GraniteForCausalLM, prompts: list[list[int]], new_tokens: int, cache: str | None,
+                       sync, pad_token_id: int = 0) -> GenerationTiming:
+    """Greedy generate of exactly `new_tokens` per row (prompts of one length, so no padding)."""
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("the HF baseline takes prompts of one length (no padding)")
+    device = model.device
+    ids = torch.tensor(prompts, device=device)
+    clock = _TokenClock(sync)
+    extra = {"cache_implementation": cache} if cache else {}
+    start = now_ns(sync)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_token_id,
+                         logits_processor=LogitsProcessorList([clock]), **extra)
+    end = now_ns(sync)
+    stamps = clock.stamps
+    if len(stamps) != new_tokens:
+        raise RuntimeError(f"HF generate produced {len(stamps)} logits for {new_tokens} tokens")
+    steps = [b - a for a, b in zip(stamps, stamps[1:])]
+    tokens = out[:, ids.shape[1]:].tolist()
+    return GenerationTiming(stamps[0] - start, steps, end - start, tokens)

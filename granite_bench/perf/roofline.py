@@ -1,0 +1,148 @@
+"""Roofline: the machine's ceilings measured in the same run, and the bytes / FLOPs one step of the model needs.
+
+Ceilings (median of a few timed repetitions after a warm-up):
+- plain read bandwidth: `sum` over a buffer far larger than the caches;
+- large matrix-vector bandwidth in the model's dtype: `linear(x[1, K], W[N, K])` over a weight far larger than the
+  caches, which is what a decode step mostly is;
+- matmul FLOP/s in the model's dtype (square matmul), the prefill ceiling.
+Work per step is counted from the HF config and the TP head plan: a decode step reads every weight once (the
+embedding only for the looked-up rows), plus the KV cache positions the step's attention reads.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..model.config import DTYPES
+from ..model.modeling_granite import head_dim_of, head_plan
+
+MIB = 2**20
+
+
+@dataclass
+class Ceilings:
+    device: str
+    dtype: str
+    read_gbs: float              # plain read, GB/s (1e9 bytes)
+    read_gbs_best: float
+    matvec_gbs: float            # large matrix-vector in `dtype`, GB/s of weight read
+    matvec_gbs_best: float
+    matmul_gflops: float         # square matmul in `dtype`
+    matmul_gflops_best: float
+    seconds: float               # time the measurement took
+
+    def columns(self) -> dict:
+        return {f"ceiling_{k}": v for k, v in asdict(self).items() if k not in ("device", "dtype")}
+
+
+def _median_and_best(fn, reps: int, sync) -> tuple[float, float]:
+    """Seconds per call: median and minimum of `reps` timed calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter_ns()
+        fn()
+        sync()
+        times.append((time.perf_counter_ns() - start) / 1e9)
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def measure_ceilings(dtype: str = "float32", device: str = "cpu", read_mib: int | None = None,
+                     matvec_mib: int = 256, matmul_n: int | None = None, reps: int = 5) -> Ceilings:
+    from .timing import synchronizer
+    sync = synchronizer(device)
+    cuda = str(device).startswith("cuda")
+    read_mib = read_mib or (4096 if cuda else 1024)
+    matmul_n = matmul_n or (8192 if cuda else 1024)
+    torch_dtype = DTYPES[dtype]
+    start = time.perf_counter()
+    with torch.no_grad():
+        buffer = torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device)
+        t_med, t_best = _median_and_best(lambda: buffer.sum(), reps, sync)
+        read = (buffer.numel() * 4 / t_med / 1e9, buffer.numel() * 4 / t_best / 1e9)
+        del buffer
+
+        k = 4096
+        n = max(1, matvec_mib * MIB // (k * torch_dtype.itemsize))
+        weight = torch.randn(n, k, device=device).to(torch_dtype)
+        x = torch.randn(1, k, device=device).to(torch_dtype)
+        t_med, t_best = _median_and_best(lambda: torch.nn.functional.linear(x, weight), reps, sync)
+        nbytes = weight.numel() * weight.element_size()
+        matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
+        del weight, x
+
+        a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
+        b = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
+        t_med, t_best = _median_and_best(lambda: a @ b, reps, sync)
+        flops = 2 * matmul_n**3
+        matmul = (flops / t_med / 1e9, flops / t_best / 1e9)
+    return Ceilings(str(device), dtype, read[0], read[1], matvec[0], matvec[1], matmul[0], matmul[1],
+                    time.perf_counter() - start)
+
+
+# -- work per step ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the byte and FLOP counts need, for one TP degree (sums over all ranks)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab_padded: int
+    q_heads: int           # query heads over all ranks, padding heads included
+    kv_heads: int          # KV heads over all ranks, replicas included
+    head_dim: int
+    attention_bias: bool
+    mlp_bias: bool
+
+    @classmethod
+    def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
+        plan = head_plan(hf_config, tp_degree)
+        vocab = hf_config.vocab_size
+        return cls(hidden=hf_config.hidden_size, intermediate=hf_config.intermediate_size,
+                   layers=hf_config.num_hidden_layers, vocab_padded=-(-vocab // tp_degree) * tp_degree,
+                   q_heads=plan.q_heads_per_rank * tp_degree, kv_heads=plan.kv_heads_per_rank * tp_degree,
+                   head_dim=plan.head_dim, attention_bias=bool(getattr(hf_config, "attention_bias", False)),
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
+
+    @classmethod
+    def hf(cls, hf_config) -> "ModelShape":
+        """HF's own layout: original heads, no vocabulary padding."""
+        return cls(hidden=hf_config.hidden_size, intermediate=hf_config.intermediate_size,
+                   layers=hf_config.num_hidden_layers, vocab_padded=hf_config.vocab_size,
+                   q_heads=hf_config.num_attention_heads, kv_heads=hf_config.num_key_value_heads,
+                   head_dim=head_dim_of(hf_config), attention_bias=bool(getattr(hf_config, "attention_bias", False)),
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
+
+    def layer_linear_params(self) -> int:
+        h, d = self.hidden, self.head_dim
+        qkv = h * (self.q_heads + 2 * self.kv_heads) * d
+        out = self.q_heads * d * h
+        mlp = 3 * h * self.intermediate
+        bias = ((self.q_heads + 2 * self.kv_heads) * d + h if self.attention_bias else 0) + \
+               (2 * self.intermediate + h if self.mlp_bias else 0)
+        return qkv + out + mlp + bias
+
+    def weight_elements_per_step(self, batch: int) -> int:
+        """Weights one decode step reads: every layer, the norms, the LM head, and `batch` embedding rows."""
+        layers = self.layers * (self.layer_linear_params() + 2 * self.hidden)
+        return layers + self.hidden + self.vocab_padded * self.hidden + batch * self.hidden
+
+    def kv_elements_read(self, batch: int, kv_len: int) -> int:
+        return self.layers * 2 * batch * self.kv_heads * kv_len * self.head_dim
+
+    def decode_bytes(self, batch: int, kv_len: float, itemsize: int) -> float:
+        return (self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize
+
+    def prefill_flops(self, batch: int, length: int, all_logits: bool = False) -> float:
+        """Matmul FLOPs of context encoding over `length` positions per row (full square attention, as computed)."""
+        tokens = batch * length
+        linear = 2 * tokens * self.layers * self.layer_linear_params()
+        attention = self.layers * 2 * 2 * batch * self.q_heads * length * length * self.head_dim
+        head = 2 * (tokens if all_logits else batch) * self.hidden * self.vocab_padded
+        return float(linear + attention + head)

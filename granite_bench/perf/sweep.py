@@ -1,0 +1,248 @@
+"""Measuring one grid point: the implementation and its HF baselines, interleaved round by round, then the rows.
+
+Per point and implementation, `warmup` untimed generations run first (graph compilation happens there), then
+`rounds` timed ones. Within a round the implementations take turns, and the order rotates every round, so noise
+on a shared machine falls on all of them alike. Each generation gives one time to first token, new_tokens - 1
+decode steps and one end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..model.config import pick_bucket
+from .grid import GridSpec, PerfPoint
+from .roofline import Ceilings, ModelShape, measure_ceilings
+from .stats import prefixed, summarize
+from .timing import (GenerationTiming, device_peak_bytes, peak_rss_bytes, reset_device_peak, reset_peak_rss,
+                     synchronizer, time_runner_generation)
+
+IMPL = "granite"
+NS_PER_MS = 1e-6
+
+
+def interleaved_rounds(contestants: dict[str, Callable[[], GenerationTiming]], rounds: int,
+                       warmup: int) -> dict[str, list[GenerationTiming]]:
+    """Run every contestant warmup + rounds times, rotating the order each round; keep the timed rounds."""
+    names = list(contestants)
+    timed: dict[str, list[GenerationTiming]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            timing = contestants[name]()
+            if r >= warmup:
+                timed[name].append(timing)
+    return timed
+
+
+def make_prompts(point: PerfPoint, vocab_size: int, seed: int = 0) -> list[list[int]]:
+    """batch_size prompts of prompt_len token ids, fixed by the seed (ids 3.. avoid the usual special tokens)."""
+    gen = torch.Generator().manual_seed(seed + point.prompt_len)
+    low = min(3, vocab_size - 1)
+    return torch.randint(low, vocab_size, (point.batch_size, point.prompt_len), generator=gen).tolist()
+
+
+# -- what each implementation computes per step ------------------------------------------------------------------
+def step_positions(point: PerfPoint) -> list[int]:
+    """Position written by each decode step (the first new token is written at prompt_len)."""
+    return [point.prompt_len + step - 1 for step in range(1, point.new_tokens)]
+
+
+def kv_lengths(impl: str, point: PerfPoint, generation_buckets: list[int]) -> list[int]:
+    """KV positions each decode step's attention reads."""
+    positions = step_positions(point)
+    if impl == IMPL:
+        return [pick_bucket(generation_buckets, pos + 1, "sequence") for pos in positions]
+    if impl == "hf_static":  # HF sizes the static cache to prompt + max_new_tokens and attends over all of it
+        return [point.prompt_len + point.new_tokens] * len(positions)
+    return [pos + 1 for pos in positions]
+
+
+def padding_waste(impl: str, point: PerfPoint, kv_lens: list[int]) -> dict:
+    """Share of computed positions that were padding: prefill (bucket padding) and decode (masked KV slots)."""
+    real_prefill = point.batch_size * point.prompt_len
+    computed_prefill = point.batch_size * (point.bucket if impl == IMPL else point.prompt_len)
+    real_kv = sum(pos + 1 for pos in step_positions(point))
+    return {"padding_waste_prefill": 1 - real_prefill / computed_prefill,
+            "padding_waste_decode": 1 - real_kv / sum(kv_lens) if kv_lens else 0.0}
+
+
+# -- rows --------------------------------------------------------------------------------------------------------
+def sample_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]]) -> list[dict]:
+    """One row per latency sample: phase ttft (step 0), tpot (step 1..N-1), e2e."""
+    base = point.columns()
+    rows = []
+    for impl, timings in timed.items():
+        for rnd, t in enumerate(timings):
+            rows.append({**base, "impl": impl, "round": rnd, "phase": "ttft", "step": 0, "latency_ns": t.ttft_ns})
+            rows += [{**base, "impl": impl, "round": rnd, "phase": "tpot", "step": i + 1, "latency_ns": ns}
+                     for i, ns in enumerate(t.step_ns)]
+            rows.append({**base, "impl": impl, "round": rnd, "phase": "e2e", "step": point.new_tokens - 1,
+                         "latency_ns": t.e2e_ns})
+    return rows
+
+
+@dataclass
+class PointContext:
+    """Everything besides the timings that a point's summary needs."""
+
+    hf_config: object
+    generation_buckets: list[int]
+    ceilings: Ceilings
+    itemsize: int
+    compile_seconds: dict[str, float]
+    peak_rss_bytes: int
+    device_peak_bytes: int | None
+    threads: dict
+
+
+def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx: PointContext) -> list[dict]:
+    """One row per implementation: latency statistics, throughput, roofline fractions; ratios on the impl row."""
+    rows = {}
+    for impl, timings in timed.items():
+        shape = ModelShape.of(ctx.hf_config, point.tp) if impl == IMPL else ModelShape.hf(ctx.hf_config)
+        ttft = summarize([t.ttft_ns for t in timings], NS_PER_MS)
+        tpot = summarize([ns for t in timings for ns in t.step_ns], NS_PER_MS)
+        e2e = summarize([t.e2e_ns for t in timings], NS_PER_MS)
+        kv_lens = kv_lengths(impl, point, ctx.generation_buckets)
+        kv_mean = sum(kv_lens) / len(kv_lens)
+        step_bytes = shape.decode_bytes(point.batch_size, kv_mean, ctx.itemsize)
+        prefill_len = point.bucket if impl == IMPL else point.prompt_len
+        flops = shape.prefill_flops(point.batch_size, prefill_len)
+        decode_gbs = step_bytes / (tpot["p50"] * 1e-3) / 1e9
+        prefill_gflops = flops / (ttft["p50"] * 1e-3) / 1e9
+        e2e_s = e2e["p50"] * 1e-3
+        rows[impl] = {
+            **point.columns(), "impl": impl, "rounds": len(timings),
+            **prefixed("ttft", ttft, "ms"), **prefixed("tpot", tpot, "ms"), **prefixed("e2e", e2e, "ms"),
+            "output_tok_s": point.batch_size * point.new_tokens / e2e_s,
+            "total_tok_s": point.batch_size * (point.prompt_len + point.new_tokens) / e2e_s,
+            "decode_tok_s": point.batch_size / (tpot["p50"] * 1e-3),
+            "kv_len_mean": kv_mean, "decode_bytes_per_step": step_bytes, "decode_gbs": decode_gbs,
+            "decode_frac_matvec": decode_gbs / ctx.ceilings.matvec_gbs,
+            "decode_frac_read": decode_gbs / ctx.ceilings.read_gbs,
+            "prefill_flops": flops, "prefill_gflops": prefill_gflops,
+            "prefill_frac_matmul": prefill_gflops / ctx.ceilings.matmul_gflops,
+            **padding_waste(impl, point, kv_lens),
+            **ctx.ceilings.columns(),
+            "peak_rss_mb": ctx.peak_rss_bytes / 2**20,
+            "device_peak_mb": ctx.device_peak_bytes / 2**20 if ctx.device_peak_bytes is not None else None,
+            **ctx.threads,
+        }
+    if IMPL in rows:
+        ours = rows[IMPL]
+        ours["compile_seconds_total"] = float(sum(ctx.compile_seconds.values()))
+        ours["compile_seconds_json"] = json.dumps(ctx.compile_seconds, sort_keys=True)
+        for base in (name for name in rows if name != IMPL):
+            for metric in ("ttft", "tpot", "e2e"):
+                ours[f"{metric}_ratio_{base}"] = ours[f"{metric}_p50_ms"] / rows[base][f"{metric}_p50_ms"]
+    return list(rows.values())
+
+
+# -- a sweep session: runners, HF models and ceilings built once and reused ----------------------------------------
+def graphs_used(point: PerfPoint, generation_buckets: list[int]) -> list[tuple[str, int]]:
+    kv = sorted(set(kv_lengths(IMPL, point, generation_buckets)))
+    return [("context_encoding", point.bucket)] + [("token_generation", k) for k in kv]
+
+
+def worker_pids(runner) -> list[int]:
+    """Process ids of a TP runner's worker ranks (none for a single-process runner)."""
+    pids = getattr(runner, "worker_pids", None)
+    if pids is None:
+        procs = getattr(runner, "processes", None) or getattr(runner, "procs", None) or []
+        pids = [p.pid for p in procs if getattr(p, "pid", None)]
+    return [int(p) for p in (pids() if callable(pids) else pids)]
+
+
+class SweepSession:
+    """Runs points one at a time, keeping the current runner, HF model and ceilings for the next point."""
+
+    def __init__(self, spec: GridSpec, threads: dict, build_runner=None, load_hf=None, ceilings_fn=None):
+        self.spec = spec
+        self.threads = threads
+        self._build_runner = build_runner or default_build_runner
+        self._load_hf = load_hf or default_load_hf
+        self._ceilings_fn = ceilings_fn or measure_ceilings
+        self.runner = None
+        self._group = None
+        self.hf_model = None
+        self._hf_key = None
+        self.ceilings: dict[tuple[str, str], Ceilings] = {}
+
+    def runner_for(self, point: PerfPoint):
+        if self._group != point.runner_group:
+            self.close_runner()
+            self.runner = self._build_runner(point, self.spec)
+            self._group = point.runner_group
+        return self.runner
+
+    def hf_for(self, point: PerfPoint, model_dir):
+        key = (str(model_dir), point.dtype, point.device)
+        if self._hf_key != key:
+            self.hf_model = None
+            self.hf_model = self._load_hf(model_dir, point.dtype, point.device)
+            self._hf_key = key
+        return self.hf_model
+
+    def ceilings_for(self, point: PerfPoint) -> Ceilings:
+        key = (point.dtype, point.device)
+        if key not in self.ceilings:
+            self.ceilings[key] = self._ceilings_fn(point.dtype, point.device)
+        return self.ceilings[key]
+
+    def measure(self, point: PerfPoint) -> tuple[list[dict], list[dict]]:
+        """(sample rows, summary rows) of one point."""
+        runner = self.runner_for(point)
+        ceilings = self.ceilings_for(point)
+        sync = synchronizer(point.device)
+        hf_config = runner.hf_config
+        prompts = make_prompts(point, hf_config.vocab_size)
+        contestants = {IMPL: lambda: time_runner_generation(runner, prompts, point.new_tokens, sync)}
+        if self.spec.baselines:
+            from .hf_baseline import HF_IMPLEMENTATIONS, time_hf_generation
+            hf = self.hf_for(point, runner.model_dir)
+            pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
+            for name in self.spec.baselines:
+                contestants[name] = (lambda cache=HF_IMPLEMENTATIONS[name]:
+                                     time_hf_generation(hf, prompts, point.new_tokens, cache, sync, pad))
+        pids = worker_pids(runner)
+        reset_peak_rss(pids)
+        reset_device_peak(point.device)
+        timed = interleaved_rounds(contestants, self.spec.rounds, self.spec.warmup)
+        generation_buckets = list(runner.neuron_config.token_generation_buckets)
+        compiled = getattr(getattr(runner, "graphs", None), "compile_seconds", {}) or {}
+        compile_seconds = {f"{phase}[{bucket}]": float(compiled[(phase, bucket)])
+                           for phase, bucket in graphs_used(point, generation_buckets) if (phase, bucket) in compiled}
+        ctx = PointContext(hf_config, generation_buckets, ceilings, torch.tensor([], dtype=runner.neuron_config.dtype)
+                           .element_size(), compile_seconds, peak_rss_bytes(pids), device_peak_bytes(point.device),
+                           self.threads)
+        return sample_rows(point, timed), summary_rows(point, timed, ctx)
+
+    def close_runner(self) -> None:
+        if self.runner is not None:
+            runner, self.runner, self._group = self.runner, None, None
+            runner.close()
+
+    def close(self) -> None:
+        self.close_runner()
+        self.hf_model = None
+
+
+def default_build_runner(point: PerfPoint, spec: GridSpec):
+    """The runner for a point's group: its batch size, every context bucket of the grid, last-position logits only
+    (what a serving graph computes, and what HF generate computes)."""
+    from ..runtime.runner import GraniteRunner, build_neuron_config
+    config = build_neuron_config(batch_size=point.batch_size, seq_len=point.seq_len, buckets=sorted(spec.buckets),
+                                 tp_degree=point.tp, dtype=point.dtype, output_logits=False)
+    return GraniteRunner.build(point.model, dtype=point.dtype, device=point.device, tp_degree=point.tp,
+                               batch_size=point.batch_size, seq_len=point.seq_len, buckets=sorted(spec.buckets),
+                               compile=point.compile, num_layers=point.layers, neuron_config=config)
+
+
+def default_load_hf(model_dir, dtype: str, device: str):
+    from .hf_baseline import load_hf_model
+    return load_hf_model(model_dir, dtype, device)

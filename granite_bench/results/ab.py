@@ -1,0 +1,222 @@
+"""Code trees and their interleaved A/B timing.
+
+A side of a comparison that is code (a git ref, HEAD, or the work tree as it is) becomes a folder holding a
+granite_bench package: the repository itself for `worktree`, else a detached `git worktree` of the ref in a temp
+folder, removed afterwards. Both trees are timed in worker subprocesses (ab_probe.py) that stay alive for the whole
+comparison; trials alternate between them, pair by pair with the order flipped each pair (AB, BA, AB, ...), so slow
+drifts of the machine load both sides alike. Per trial each metric is the median of its repetitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from granite_bench.results.ab_probe import PREFIX
+
+PROBE_SCRIPT = Path(__file__).resolve().with_name("ab_probe.py")
+WORKTREE = "worktree"      # the repository's files as they are, uncommitted changes included
+
+# Gated metrics: per-trial medians. Tail metrics: percentiles over every repetition, reported only.
+GATED_METRICS = ("decode_step_ms", "prefill_ms")
+
+
+class TreeError(RuntimeError):
+    """A code tree could not be made or timed; the message names it."""
+
+    def __init__(self, message: str, tree: "CodeTree | None" = None):
+        super().__init__(message)
+        self.tree = tree
+
+
+@dataclass
+class CodeTree:
+    label: str            # what the user passed: a ref, HEAD, worktree, or a folder
+    path: Path            # folder holding granite_bench/ and suites/
+    sha: str              # commit sha, or 'unknown'
+    dirty: bool
+
+
+@dataclass
+class ABResult:
+    trials: int
+    reps: int
+    order: list[str]                                   # 'A'/'B' in the order the trials ran
+    per_trial: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # gated metrics
+    tails: dict[str, tuple[float, float]] = field(default_factory=dict)                  # reported only
+    workers: dict[str, dict] = field(default_factory=dict)                              # ready lines
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=120)
+    if check and done.returncode != 0:
+        raise TreeError(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip()}")
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def repo_root(start: Path | None = None) -> Path | None:
+    """The git work tree holding `start` (default: the installed package), or None."""
+    start = start or Path(__file__).resolve().parents[2]
+    done = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    return Path(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def resolve_commit(repo: Path, ref: str) -> str | None:
+    """Full sha of `ref` in repo, or None when it names no commit."""
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+
+def is_tree_spec(repo: Path | None, spec: str) -> bool:
+    """Whether `spec` names code: 'worktree', a folder with granite_bench/, or a git ref."""
+    if spec == WORKTREE or (Path(spec) / "granite_bench").is_dir():
+        return True
+    return repo is not None and resolve_commit(repo, spec) is not None
+
+
+@contextlib.contextmanager
+def code_tree(repo: Path | None, spec: str):
+    """Yield a CodeTree for spec; a git ref is checked out in a temp worktree that is removed on exit."""
+    if spec == WORKTREE or (Path(spec) / "granite_bench").is_dir():
+        path = repo if spec == WORKTREE else Path(spec).resolve()
+        if path is None:
+            raise TreeError("'worktree' needs a git repository: run from inside one")
+        sha = git(path, "rev-parse", "HEAD", check=False) or "unknown"
+        dirty = bool(git(path, "status", "--porcelain", "--untracked-files=no", check=False))
+        yield CodeTree(spec, path, sha, dirty)
+        return
+    if repo is None:
+        raise TreeError(f"{spec!r} is neither a stored run id nor a folder, and there is no git repository here")
+    sha = resolve_commit(repo, spec)
+    if sha is None:
+        raise TreeError(f"{spec!r} is neither a stored run id nor a commit of {repo}")
+    parent = Path(tempfile.mkdtemp(prefix="granite-bench-tree-"))
+    path = parent / sha[:12]
+    git(repo, "worktree", "add", "--detach", "--force", str(path), sha)
+    try:
+        yield CodeTree(spec, path, sha, False)
+    finally:
+        git(repo, "worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+        git(repo, "worktree", "prune", check=False)
+
+
+def tree_env(tree: Path) -> dict:
+    """Environment whose `import granite_bench` finds the tree's copy (PYTHONPATH beats the editable install)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class ProbeWorker:
+    """One ab_probe.py subprocess bound to a tree."""
+
+    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path):
+        self.tree = tree
+        self.log = open(log_dir / f"probe-{tree.path.name}-{os.getpid()}-{id(self)}.log", "w+")
+        self.proc = subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "--tree", str(tree.path), *probe_args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     cwd=str(tree.path), env=tree_env(tree.path))
+
+    def receive(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(PREFIX):
+                message = json.loads(line[len(PREFIX):])
+                if "error" in message:
+                    raise TreeError(f"timing probe failed in {self.tree.label} ({self.tree.path}): "
+                                    f"{message['error']}\n{message.get('traceback', '')}", self.tree)
+                return message
+        self.log.seek(0)
+        tail = self.log.read()[-2000:]
+        raise TreeError(f"timing probe of {self.tree.label} exited ({self.proc.wait()}) without answering:\n{tail}",
+                        self.tree)
+
+    def trial(self, reps: int) -> dict:
+        self.proc.stdin.write(json.dumps({"reps": reps}) + "\n")
+        self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def trial_order(trials: int, sides: tuple[str, ...] = ("A", "B")) -> list[str]:
+    """Every side once per round, the order rotated each round: AB, BA, AB, ... for two sides."""
+    order = []
+    for round_ in range(trials):
+        shift = round_ % len(sides)
+        order += list(sides[shift:] + sides[:shift])
+    return order
+
+
+@dataclass
+class SideTimings:
+    ready: dict                                       # the worker's ready line (which granite_bench, threads)
+    per_trial: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in GATED_METRICS})
+    every_step_ms: list[float] = field(default_factory=list)
+
+
+def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, probe_args: list[str] | None = None,
+               on_trial=None) -> tuple[dict[str, SideTimings], list[str]]:
+    """Time several trees in rotation, `trials` trials each; per trial the median of its repetitions."""
+    probe_args = list(probe_args or [])
+    log_dir = Path(tempfile.mkdtemp(prefix="granite-bench-ab-"))
+    workers: dict[str, ProbeWorker] = {}
+    timings: dict[str, SideTimings] = {}
+    try:
+        # Started one after the other: the first may create the preset's cached weights the others read.
+        for side, tree in trees.items():
+            workers[side] = ProbeWorker(tree, probe_args, log_dir)
+            timings[side] = SideTimings(ready=workers[side].receive())
+        order = trial_order(trials, tuple(trees))
+        for i, side in enumerate(order):
+            out = workers[side].trial(reps)
+            timings[side].per_trial["decode_step_ms"].append(1e3 * float(np.median(out["decode_s"])))
+            timings[side].per_trial["prefill_ms"].append(1e3 * float(np.median(out["prefill_s"])))
+            timings[side].every_step_ms += [1e3 * s for s in out["decode_s"]]
+            if on_trial is not None:
+                on_trial(i + 1, len(order))
+    finally:
+        for worker in workers.values():
+            worker.close()
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return timings, order
+
+
+def ab_result(timings: dict[str, SideTimings], baseline: str, candidate: str, order: list[str], reps: int) -> ABResult:
+    """Baseline-vs-candidate view of timings: gated per-trial medians and reported tail percentiles."""
+    base, cand = timings[baseline], timings[candidate]
+    result = ABResult(trials=len(base.per_trial["decode_step_ms"]), reps=reps, order=order,
+                      workers={"A": base.ready, "B": cand.ready})
+    for metric in GATED_METRICS:
+        result.per_trial[metric] = (base.per_trial[metric], cand.per_trial[metric])
+    for q in (90, 99):
+        result.tails[f"decode_step_ms_p{q}"] = (float(np.percentile(base.every_step_ms, q)),
+                                                float(np.percentile(cand.every_step_ms, q)))
+    return result
+
+
+def run_interleaved(baseline: CodeTree, candidate: CodeTree, trials: int = 8, reps: int = 32,
+                    probe_args: list[str] | None = None, on_trial=None) -> ABResult:
+    """Time baseline (A) and candidate (B) interleaved, AB BA AB ..., and compare them."""
+    timings, order = time_trees({"A": baseline, "B": candidate}, trials, reps, probe_args, on_trial)
+    return ab_result(timings, "A", "B", order, reps)

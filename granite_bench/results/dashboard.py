@@ -1,0 +1,303 @@
+"""`granite-bench dashboard`: one static HTML page (plus its script and style) built from the result store.
+
+Python gathers the data into one JSON object embedded in the page; dashboard_assets/dashboard.js draws every
+chart as SVG (no network, no CDN, works from file://). Each chart element carries `data-expected` (how many marks
+its data should give) and the script sets `data-drawn` (how many it drew), so a headless browser can check that
+every chart drew its data.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from granite_bench.results.changepoints import DEFAULT_ALPHA as CHANGE_POINT_ALPHA
+from granite_bench.results.changepoints import e_divisive
+from granite_bench.results.store import ResultStore
+
+ASSETS = Path(__file__).resolve().with_name("dashboard_assets")
+ASSET_FILES = ("dashboard.js", "dashboard.css")
+
+PERF_TREND_METRICS = ("tpot_p50_ms", "ttft_p50_ms")
+PERF_RATIO_METRICS = ("tpot_ratio_hf_eager", "ttft_ratio_hf_eager", "tpot_ratio_hf_static", "ttft_ratio_hf_static")
+ROOFLINE_METRICS = ("decode_frac_matvec", "decode_frac_read", "prefill_frac_matmul")
+PARITY_ERROR_METRICS = ("worst_max_abs_err", "worst_err_top5", "worst_err_all", "worst_kl_ref_impl")
+MAX_TREND_CHARTS = 24
+MAX_GRID_POINTS = 40
+
+
+def _clean(value):
+    """A JSON-safe scalar (NaN/NA -> None, numpy -> Python)."""
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+def _read(store: ResultStore, table: str) -> pd.DataFrame:
+    return store.read(table) if table in store.tables() else pd.DataFrame()
+
+
+def _latest_run(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty or "run_id" not in frame.columns:
+        return frame
+    last = frame.sort_values(["utc_time", "run_id"])["run_id"].iloc[-1]
+    return frame[frame["run_id"] == last]
+
+
+# ----- sections --------------------------------------------------------------------------------------------------
+
+def parity_matrix(frame: pd.DataFrame) -> dict:
+    """Latest verdict per model x (dtype, TP, device), with the worst errors over its prompts."""
+    if frame.empty or "model" not in frame.columns:
+        return {"rows": [], "columns": [], "cells": []}
+    frame = frame.copy()
+    tp = frame["tp_degree"] if "tp_degree" in frame.columns else 1
+    frame["_column"] = frame["dtype"].astype(str) + " · tp" + pd.Series(tp, index=frame.index).astype(str) + " · " + \
+        frame["device"].astype(str)
+    if "compiled" in frame.columns:
+        frame["_column"] += frame["compiled"].map(lambda c: " · compiled" if c is True else "")
+    cells = []
+    for (model, column), part in frame.groupby(["model", "_column"], sort=True):
+        latest = _latest_run(part)
+        passed = latest["run_passed"] if "run_passed" in latest.columns else latest.get("passed")
+        errors = {m: _clean(latest[m].max()) for m in PARITY_ERROR_METRICS if m in latest.columns}
+        cells.append({"model": model, "column": column, "passed": bool(pd.Series(passed).all()),
+                      "errors": errors, "run_id": latest["run_id"].iloc[0],
+                      "git_sha": str(latest["git_sha"].iloc[0])[:10], "utc_time": latest["utc_time"].iloc[0],
+                      "greedy": _clean(latest["greedy_match_rate"].min()) if "greedy_match_rate" in latest else None,
+                      "history": int(part["run_id"].nunique())})
+    return {"rows": sorted(frame["model"].astype(str).unique()), "columns": sorted(frame["_column"].unique()),
+            "cells": cells}
+
+
+def series_key(frame: pd.DataFrame) -> list[str]:
+    """Columns naming a perf series: the grid point, the implementation and the machine."""
+    if "point_key" in frame.columns:
+        keys = ["point_key"]
+    else:
+        keys = [c for c in ("model", "dtype", "device", "tp", "batch_size", "bucket", "new_tokens", "compiled")
+                if c in frame.columns]
+    return keys + [c for c in ("impl", "machine_fingerprint") if c in frame.columns]
+
+
+def point_label(row: dict) -> str:
+    parts = [str(row.get("model", "")), str(row.get("dtype", "")), f"tp{row.get('tp', row.get('tp_degree', '?'))}",
+             f"b{row.get('batch_size', '?')}", f"bucket {row.get('bucket', '?')}"]
+    if row.get("compiled") is True:
+        parts.append("compiled")
+    return " ".join(p for p in parts if p)
+
+
+def perf_trends(frame: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Per (series, metric): values over runs in time order, with E-Divisive change points."""
+    if frame.empty:
+        return []
+    if "impl" in frame.columns:
+        frame = frame[frame["impl"] == "granite"] if (frame["impl"] == "granite").any() else frame
+    keys = series_key(frame)
+    charts = []
+    for _, part in frame.groupby(keys, sort=True, dropna=False):
+        part = part.sort_values(["utc_time", "run_id"])
+        first = part.iloc[0].to_dict()
+        for metric in PERF_TREND_METRICS:
+            if metric not in part.columns or part[metric].isna().all():
+                continue
+            rows = part[part[metric].notna()]
+            values = rows[metric].astype(float).tolist()
+            found = e_divisive(values, seed=seed)
+            charts.append({
+                "title": f"{metric} · {point_label(first)}", "metric": metric,
+                "machine": str(first.get("machine", first.get("machine_fingerprint", ""))),
+                "points": [{"value": v, "sha": str(s)[:8], "time": t, "run_id": r}
+                           for v, s, t, r in zip(values, rows["git_sha"], rows["utc_time"], rows["run_id"])],
+                "change_points": [{"index": cp.index, "sha": str(rows["git_sha"].iloc[cp.index])[:8],
+                                   "p_value": cp.p_value, "change": cp.relative_change} for cp in found],
+            })
+    charts.sort(key=lambda c: -len(c["points"]))
+    return charts[:MAX_TREND_CHARTS]
+
+
+def perf_grid(frame: pd.DataFrame) -> dict:
+    """Latest implementation/HF ratios and roofline fractions per grid point."""
+    if frame.empty:
+        return {"ratios": [], "roofline": [], "ratio_metrics": [], "roofline_metrics": []}
+    if "impl" in frame.columns:
+        frame = frame[frame["impl"] == "granite"]
+    keys = [k for k in series_key(frame) if k != "impl"]
+    latest = frame.sort_values(["utc_time", "run_id"]).drop_duplicates(keys, keep="last").head(MAX_GRID_POINTS)
+    ratio_metrics = [m for m in PERF_RATIO_METRICS if m in latest.columns and latest[m].notna().any()]
+    roof_metrics = [m for m in ROOFLINE_METRICS if m in latest.columns and latest[m].notna().any()]
+
+    def bars(metrics):
+        out = []
+        for _, row in latest.iterrows():
+            values = {m: _clean(row[m]) for m in metrics}
+            if any(v is not None for v in values.values()):
+                out.append({"label": point_label(row.to_dict()), "values": values})
+        return out
+
+    return {"ratios": bars(ratio_metrics), "roofline": bars(roof_metrics), "ratio_metrics": ratio_metrics,
+            "roofline_metrics": roof_metrics}
+
+
+def accuracy_metrics(frame: pd.DataFrame) -> list[str]:
+    """eval_summary columns to draw: accuracies and agreement rates (fractions), not their stderr."""
+    names = []
+    for column in frame.columns:
+        low = column.lower()
+        if ("acc" in low or "agreement" in low or "exact_match" in low) and "stderr" not in low \
+                and "diff" not in low and pd.api.types.is_numeric_dtype(frame[column]) \
+                and not pd.api.types.is_bool_dtype(frame[column]):
+            names.append(column)
+    return names[:6]
+
+
+def accuracy_section(frame: pd.DataFrame) -> dict:
+    """Accuracy and agreement per task from the latest run per (task, model, dtype, device)."""
+    if frame.empty or "task" not in frame.columns:
+        return {"tasks": [], "metrics": []}
+    keys = [k for k in ("task", "model", "dtype", "device", "tp") if k in frame.columns]
+    latest = frame.sort_values(["utc_time", "run_id"]).drop_duplicates(keys, keep="last")
+    metrics = accuracy_metrics(latest)
+    tasks = []
+    for _, row in latest.iterrows():
+        label = " ".join(str(row[k]) for k in keys)
+        values = {m: _clean(row[m]) for m in metrics}
+        if any(v is not None for v in values.values()):
+            tasks.append({"label": label, "values": values, "run_id": row["run_id"]})
+    return {"tasks": tasks, "metrics": metrics}
+
+
+def latest_comparison(frame: pd.DataFrame) -> dict:
+    if frame.empty:
+        return {"rows": []}
+    latest = _latest_run(frame)
+    first = latest.iloc[0]
+    shown = ["kind", "group", "metric", "baseline_text", "candidate_text", "ratio", "ci_low", "ci_high",
+             "p_adjusted", "verdict"]
+    rows = [{c: _clean(r.get(c)) for c in shown} for r in latest.to_dict("records")]
+    return {"run_id": first["run_id"], "utc_time": first["utc_time"],
+            "baseline": f"{first.get('baseline_spec', '')} {str(first.get('baseline_sha', ''))[:10]}".strip(),
+            "candidate": f"{first.get('candidate_spec', '')} {str(first.get('candidate_sha', ''))[:10]}".strip(),
+            "regressed": bool(first.get("regressed", False)), "rows": rows}
+
+
+# ----- the page --------------------------------------------------------------------------------------------------
+
+def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
+    """Everything the page shows, as JSON-ready data; unreadable files are listed, not fatal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = store.runs()
+        data = {
+            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "store": str(store.root),
+            "runs": len(runs),
+            "commits": int(runs["git_sha"].nunique()) if len(runs) else 0,
+            "parity": parity_matrix(_read(store, "parity_summary")),
+            "perf_trends": perf_trends(_read(store, "perf_summary"), seed=seed),
+            "perf_grid": perf_grid(_read(store, "perf_summary")),
+            "accuracy": accuracy_section(_read(store, "eval_summary")),
+            "comparison": latest_comparison(_read(store, "comparisons")),
+        }
+    data["skipped"] = sorted({str(w.message) for w in caught if "corrupt result file" in str(w.message)})
+    return data
+
+
+def expected_marks(data: dict) -> dict[str, int]:
+    """Marks each chart must draw, by chart id (what the browser test checks against data-drawn)."""
+    grid = data["perf_grid"]
+    counts = {
+        "parity-matrix": len(data["parity"]["cells"]),
+        "perf-ratios": sum(v is not None for b in grid["ratios"] for v in b["values"].values()),
+        "perf-roofline": sum(v is not None for b in grid["roofline"] for v in b["values"].values()),
+        "accuracy": sum(v is not None for t in data["accuracy"]["tasks"] for v in t["values"].values()),
+        "comparison": len(data["comparison"]["rows"]),
+    }
+    for i, chart in enumerate(data["perf_trends"]):
+        counts[f"trend-{i}"] = len(chart["points"])
+    return counts
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>granite-bench dashboard</title>
+<link rel="stylesheet" href="assets/dashboard.css">
+</head>
+<body data-status="loading">
+<header>
+  <h1>granite-bench</h1>
+  <p class="meta">{summary}</p>
+  {skipped}
+</header>
+<section id="parity"><h2>Parity verdicts <small>model × dtype · TP · device, latest run, worst error over prompts</small></h2>
+  <div class="chart" id="parity-matrix" data-chart="matrix" data-expected="{n_parity}"></div></section>
+<section id="trends"><h2>Performance over commits <small>per series (grid point, implementation, machine); red lines: change points (E-Divisive, permutation p &le; {cp_alpha})</small></h2>
+  <div class="charts">{trend_divs}</div></section>
+<section id="grid"><h2>Implementation / HF ratios per grid point <small>&lt; 1: faster than HF Transformers</small></h2>
+  <div class="chart" id="perf-ratios" data-chart="bars" data-source="ratios" data-expected="{n_ratios}"></div>
+  <h2>Roofline fractions per grid point <small>achieved / measured ceiling</small></h2>
+  <div class="chart" id="perf-roofline" data-chart="bars" data-source="roofline" data-expected="{n_roofline}"></div></section>
+<section id="accuracy-section"><h2>Accuracy and agreement per task</h2>
+  <div class="chart" id="accuracy" data-chart="bars" data-source="accuracy" data-expected="{n_accuracy}"></div></section>
+<section id="compare"><h2>Latest comparison</h2>
+  <div class="chart" id="comparison" data-chart="table" data-expected="{n_comparison}"></div></section>
+<script id="dashboard-data" type="application/json">{data}</script>
+<script src="assets/dashboard.js"></script>
+</body>
+</html>
+"""
+
+
+def json_safe(obj):
+    """obj with NaN/inf/NA turned into None and numpy scalars into Python ones, all the way down."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return _clean(obj)
+
+
+def render_page(data: dict) -> str:
+    data = json_safe(data)
+    counts = expected_marks(data)
+    trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
+                         f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
+    if not trend_divs:
+        trend_divs = '<div class="chart trend" id="trend-none" data-chart="trend" data-index="-1" data-expected="0"></div>'
+    skipped = "".join(f'<p class="warn">skipped: {html.escape(s)}</p>' for s in data["skipped"])
+    summary = (f"{data['runs']} runs over {data['commits']} commits in {html.escape(data['store'])} · "
+               f"built {data['generated']}")
+    # "</" cannot end the script element early once escaped this way; JSON.parse reads it back unchanged.
+    payload = json.dumps(data, default=str, allow_nan=False).replace("</", "<\\/")
+    return PAGE.format(summary=summary, cp_alpha=CHANGE_POINT_ALPHA, skipped=skipped, n_parity=counts["parity-matrix"],
+                       trend_divs=trend_divs, n_ratios=counts["perf-ratios"], n_roofline=counts["perf-roofline"],
+                       n_accuracy=counts["accuracy"], n_comparison=counts["comparison"], data=payload)
+
+
+def build_dashboard(store: ResultStore, out_dir: Path | str, seed: int = 0) -> Path:
+    """Write out_dir/index.html and out_dir/assets/; returns the page's path."""
+    out = Path(out_dir)
+    (out / "assets").mkdir(parents=True, exist_ok=True)
+    data = dashboard_data(store, seed=seed)
+    for name in ASSET_FILES:
+        shutil.copyfile(ASSETS / name, out / "assets" / name)
+    page = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(render_page(data), encoding="utf-8")
+    tmp.replace(page)
+    return page

@@ -1,0 +1,104 @@
+"""`granite-bench perf` end to end on the tiny preset, with the ceilings stubbed out (they are tested on their own)."""
+
+import io
+
+import pytest
+from rich.console import Console
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from granite_bench.perf import sweep
+from granite_bench.perf.command import PerfArgs, run_perf_command
+from granite_bench.perf.grid import GridSpec
+from granite_bench.perf.roofline import Ceilings
+from granite_bench.results import ResultStore
+
+
+@pytest.fixture(autouse=True)
+def quick_ceilings(monkeypatch):
+    monkeypatch.setattr(sweep, "measure_ceilings",
+                        lambda dtype, device: Ceilings(device, dtype, 20.0, 21.0, 9.0, 10.0, 50.0, 60.0, 0.0))
+
+
+def small_spec(tiny_model_dir, **kw):
+    values = dict(model=str(tiny_model_dir), buckets=[8, 16], new_tokens=3, rounds=1, warmup=0,
+                  baselines=["hf_eager"], threads=1)
+    return GridSpec(**{**values, **kw})
+
+
+def run(args):
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    rows = run_perf_command(args, console, lambda: Progress(console=console))
+    return rows, out.getvalue()
+
+
+def test_sweep_stores_each_point_and_a_rerun_skips_them(tmp_path, tiny_model_dir, monkeypatch):
+    spec = small_spec(tiny_model_dir)
+    rows, text = run(PerfArgs(spec, results_dir=tmp_path))
+    store = ResultStore(tmp_path)
+    summary = store.read("perf_summary")
+    assert sorted(summary["impl"]) == ["granite", "granite", "hf_eager", "hf_eager"]
+    assert summary["run_id"].nunique() == 2                        # one run per point
+    assert set(summary["point_key"]) == {p.key for p in spec.points()}
+    samples = store.read("perf_samples")
+    assert len(samples) == 2 * 2 * (1 + 2 + 1)                     # points x impls x (ttft, 2 steps, e2e)
+    assert "tp1 b1 ctx8" in text and "TPOT/HFe" in text
+
+    monkeypatch.setattr(sweep.SweepSession, "measure", lambda self, point: pytest.fail("re-measured " + point.label))
+    again, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "2 already stored · 0 to run" in text
+    assert len(again) == len(rows)
+
+
+def test_interrupted_sweep_keeps_finished_points_and_resumes(tmp_path, tiny_model_dir, monkeypatch):
+    spec = small_spec(tiny_model_dir, baselines=[])
+    real = sweep.SweepSession.measure
+    calls = []
+
+    def measure_then_interrupt(self, point):
+        calls.append(point.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, point)
+
+    monkeypatch.setattr(sweep.SweepSession, "measure", measure_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(PerfArgs(spec, results_dir=tmp_path))
+    assert list(ResultStore(tmp_path).read("perf_summary")["point_key"]) == [calls[0]]
+    monkeypatch.setattr(sweep.SweepSession, "measure", real)
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "1 already stored · 1 to run" in text
+    assert set(ResultStore(tmp_path).read("perf_summary")["point_key"]) == {p.key for p in spec.points()}
+
+
+def test_shards_write_their_own_files_that_union_to_the_grid(tmp_path, tiny_model_dir):
+    spec = small_spec(tiny_model_dir, baselines=[], batch_sizes=[1, 2])
+    for shard in ("1/3", "2/3", "3/3"):
+        run(PerfArgs(spec, shard=shard, results_dir=tmp_path / shard.replace("/", "of")))
+    keys = []
+    for folder in tmp_path.iterdir():
+        keys += list(ResultStore(folder).read("perf_summary")["point_key"])
+    assert sorted(keys) == sorted(p.key for p in spec.points())
+
+
+def test_tensor_parallel_points_run_through_the_tp_runner(tmp_path, tiny_model_dir):
+    spec = small_spec(tiny_model_dir, baselines=[], tp=[2], buckets=[8])
+    rows, _ = run(PerfArgs(spec, results_dir=None))
+    assert [(r["tp"], r["impl"]) for r in rows] == [(2, "granite")]
+    assert rows[0]["tpot_n"] == 2
+
+
+def test_cli_refuses_a_bad_shard_in_one_line():
+    from granite_bench.cli import app
+    result = CliRunner().invoke(app, ["perf", "--shard", "5/2", "--no-save"])
+    assert result.exit_code == 2
+    assert "--shard 5/2" in result.output and "Traceback" not in result.output
+
+
+def test_cli_refuses_a_tp_degree_the_model_cannot_take(tiny_model_dir):
+    from granite_bench.cli import app
+    result = CliRunner().invoke(app, ["perf", "--model", str(tiny_model_dir), "--tp", "3", "--no-save",
+                                      "--baselines", "none", "--buckets", "8", "--new-tokens", "2"])
+    assert result.exit_code == 2, result.output
+    assert "--tp 3" in result.output

@@ -1,0 +1,52 @@
+"""pytest-benchmark micro-benchmarks of the decode hot path: one decode step, a KV-cache write, attention over a
+full cache.
+
+CI runs them once each (pyproject addopts carry --benchmark-disable), which checks they work. To time them with a
+few rounds and keep the JSON:
+
+    pytest tests/perf -k microbench --benchmark-enable --benchmark-min-rounds=5 \
+        --benchmark-json=results/microbench.json
+"""
+
+import pytest
+import torch
+
+from granite_bench.model.attention import grouped_attention
+from granite_bench.model.kv_cache import KVCacheManager
+
+BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, SEQ_LEN = 1, 32, 8, 64, 1024   # granite-3.1-2b's head layout, 1k context
+
+
+@pytest.fixture(scope="module")
+def tiny_runner(tiny_model_dir):
+    from granite_bench.runtime.runner import GraniteRunner, build_neuron_config
+    config = build_neuron_config(batch_size=1, seq_len=256, buckets=[32], output_logits=False)
+    runner = GraniteRunner.build(str(tiny_model_dir), neuron_config=config)
+    runner.context_encode([list(range(3, 35))])
+    yield runner
+    runner.close()
+
+
+def test_microbench_decode_step(benchmark, tiny_runner):
+    next_ids, positions = torch.tensor([7]), torch.tensor([32])
+    logits = benchmark(tiny_runner.token_generate, next_ids, positions)
+    assert logits.shape == (1, tiny_runner.hf_config.vocab_size)
+
+
+def test_microbench_kv_cache_write(benchmark):
+    cache = KVCacheManager(1, BATCH, KV_HEADS, SEQ_LEN, HEAD_DIM, torch.float32)
+    k, v = torch.randn(BATCH, KV_HEADS, 1, HEAD_DIM), torch.randn(BATCH, KV_HEADS, 1, HEAD_DIM)
+    positions = torch.tensor([SEQ_LEN - 1] * BATCH)
+    benchmark(cache.update_token_generation, 0, k, v, positions)
+    k_cache, v_cache = cache.caches(0)
+    assert torch.equal(k_cache[:, :, SEQ_LEN - 1], k[:, :, 0]) and torch.equal(v_cache[:, :, SEQ_LEN - 1], v[:, :, 0])
+
+
+def test_microbench_attention_over_full_cache(benchmark):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(BATCH, Q_HEADS, 1, HEAD_DIM, generator=gen)
+    k = torch.randn(BATCH, KV_HEADS, SEQ_LEN, HEAD_DIM, generator=gen)
+    v = torch.randn(BATCH, KV_HEADS, SEQ_LEN, HEAD_DIM, generator=gen)
+    mask = torch.ones(BATCH, 1, 1, SEQ_LEN, dtype=torch.bool)
+    out = benchmark(grouped_attention, q, k, v, mask, 0.015625)
+    assert out.shape == (BATCH, Q_HEADS, 1, HEAD_DIM)
