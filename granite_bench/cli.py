@@ -43,6 +43,13 @@ def bad_input_types() -> tuple:
     return BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError
 
 
+def run_failure_types() -> tuple:
+    """Errors that end a run (a TP rank died or hung, a static graph recompiled or broke): one line, exit 1."""
+    from .runtime.distributed import TPRankError
+    from .runtime.graphs import GraphBreakError, RecompilationError
+    return TPRankError, RecompilationError, GraphBreakError
+
+
 def fail(message: str, code: int = 2):
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -122,6 +129,8 @@ def parity(
         passed = run_parity_command(args, console, progress_bar)
     except bad_input_types() as err:
         fail(str(err))
+    except run_failure_types() as err:
+        fail(str(err), code=1)
     raise typer.Exit(0 if passed else 1)
 
 
@@ -185,12 +194,8 @@ def results(
     try:
         run_results_command(ResultStore(results_dir), console, err_console, table=table, sql=sql,
                             all_columns=all_columns, limit=limit, csv=csv)
-    except ValueError as err:
+    except ValueError as err:  # an unknown table, or SQL DuckDB refuses: one line, exit 2
         fail(str(err))
-    except Exception as err:  # DuckDB parser/binder errors: one line, exit 2
-        if type(err).__module__.startswith("duckdb") or type(err).__module__.startswith("_duckdb"):
-            fail(f"query failed: {str(err).splitlines()[0]}")
-        raise
 
 
 @app.command()
@@ -213,6 +218,8 @@ def compare(
     timing_layers: Optional[int] = typer.Option(None, help="Only the first N layers of the timing preset."),
     threads: int = typer.Option(1, help="torch threads in each timing worker."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the comparison (table 'comparisons')."),
+    fail_on: str = typer.Option("all", help="Exit 1 on any regression ('all') or only on parity/eval ones "
+                                            "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
     from .results.ab import TreeError
@@ -222,6 +229,8 @@ def compare(
                                deterministic=deterministic, rerun=rerun,
                                commands=list(det_command) if det_command else ["parity", "eval"],
                                timing_model=timing_model, timing_layers=timing_layers, threads=threads, store=save)
+    if fail_on not in ("all", "deterministic"):
+        fail(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
     try:
         with progress_bar() as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
@@ -232,7 +241,7 @@ def compare(
     except (CompareError, TreeError) as err:
         fail(str(err))
     render(console, comparison)
-    raise typer.Exit(1 if comparison.regressed else 0)
+    raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 
 @app.command()

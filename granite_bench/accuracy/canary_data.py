@@ -1,8 +1,8 @@
 """Synthetic text for the canary model: training rows and held-out eval documents.
 
 Every task needs attention over the context (and, when generating, over the KV cache):
-- recall:  "recall: ab 37; cd 42; ... | cd ->" + " 42"       (find the key, copy its value)
-- copy:    "copy: qzmfk ->" + " qzmfk"                       (copy a random string)
+- recall:  "recall: K 37; D 42; ... | D" + " 42"            (find the key, copy its value)
+- copy:    "copy: qzmfk." + " qzmfk."                        (copy a random string, stop at the period)
 - story:   short stories whose second half restates facts from the first half.
 
 All generators take a `random.Random`, so the same seed gives the same text.
@@ -14,6 +14,7 @@ import random
 import string
 
 LETTERS = string.ascii_lowercase
+KEYS = string.ascii_uppercase  # one token each (" K"), so recall is a clean key->value lookup
 NAMES = ["anna", "ben", "cara", "dan", "eva", "finn", "gus", "hana", "ivan", "jo",
          "kim", "leo", "mia", "ned", "olga", "pia", "rex", "sara", "tom", "uma"]
 COLORS = ["red", "blue", "green", "black", "white", "brown", "grey", "pink"]
@@ -24,17 +25,17 @@ FILLERS = ["it is a sunny day.", "the wind is cold.", "we walk to the park.",
 
 RECALL_PAIRS = (8, 16)  # inclusive range of key/value pairs in one recall prompt
 RECALL_CHOICES = 10
-COPY_LEN = (4, 8)       # inclusive range of letters in one copy string
+COPY_LEN = (5, 12)      # inclusive range of letters in one copy string
 
 
 def recall_example(rng: random.Random, n_pairs: int | None = None) -> dict:
-    """A key->value list and one key to look up. Values are distinct two-digit numbers."""
+    """A key->value list and one key to look up. Keys are distinct capitals, values distinct two-digit numbers."""
     n_pairs = n_pairs or rng.randint(*RECALL_PAIRS)
-    keys = rng.sample([a + b for a in LETTERS for b in LETTERS], n_pairs)
+    keys = rng.sample(KEYS, n_pairs)
     values = rng.sample(range(10, 100), n_pairs)
     asked = rng.randrange(n_pairs)
     listing = "; ".join(f"{k} {v}" for k, v in zip(keys, values))
-    prompt = f"recall: {listing} | {keys[asked]} ->"
+    prompt = f"recall: {listing} | {keys[asked]}"
     return {"prompt": prompt, "answer": f" {values[asked]}", "values": [str(v) for v in values],
             "asked": asked}
 
@@ -49,9 +50,9 @@ def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
     return choices, choices.index(gold)
 
 
-def copy_example(rng: random.Random) -> dict:
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(*COPY_LEN)))
-    return {"prompt": f"copy: {word} ->", "answer": f" {word}"}
+def copy_example(rng: random.Random, length: int | None = None) -> dict:
+    word = "".join(rng.choice(LETTERS) for _ in range(length or rng.randint(*COPY_LEN)))
+    return {"prompt": f"copy: {word}.", "answer": f" {word}."}
 
 
 def story(rng: random.Random) -> str:
@@ -100,7 +101,7 @@ def copy_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
         ex = copy_example(rng)
-        docs.append({"id": i, "prompt": ex["prompt"], "target": ex["answer"].strip()})
+        docs.append({"id": i, "prompt": ex["prompt"], "target": ex["answer"].strip(" .")})
     return docs
 
 

@@ -32,7 +32,7 @@ class TrainSettings:
     seed: int = 1234
     eval_seed: int = 98765          # held-out documents: a different stream from training
     tokenizer_lines: int = 20000
-    vocab_size: int = 512
+    vocab_size: int = 640
     hidden_size: int = 128
     intermediate_size: int = 384
     num_layers: int = 4
@@ -50,7 +50,10 @@ class TrainSettings:
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    answer_weight: float = 1.0      # loss weight of answer tokens relative to the rest
+    answer_weight: float = 5.0      # loss weight of answer tokens relative to the rest
+    prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
+    curriculum: float = 0.3         # fraction of steps over which lists and strings grow to full length
+    task_weights: tuple = (5, 3, 2)  # how often a training line is recall, copy, story
     threads: int = 2
     log_every: int = 50
 
@@ -111,31 +114,52 @@ def canary_config(settings: TrainSettings, tokenizer):
     )
 
 
+@torch.no_grad()
+def init_weights_(model, settings: TrainSettings) -> None:
+    """HF's init, with q/k scaled up so that q·k·attention_multiplier starts with the spread of a 1/sqrt(d)
+    model: a Granite-small attention_multiplier otherwise leaves attention uniform for many steps."""
+    head_dim = settings.hidden_size // settings.num_heads
+    gain = math.sqrt(1.0 / (settings.attention_multiplier * math.sqrt(head_dim)))
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight.mul_(gain)
+        layer.self_attn.k_proj.weight.mul_(gain)
+
+
 # ---------------------------------------------------------------- data
 
-def encode_line(tokenizer, rng: random.Random) -> tuple[list[int], list[bool]]:
-    """Token ids of one training line plus "\\n", and which of them belong to the answer."""
-    kind = rng.choices(["recall", "copy", "story"], weights=[5, 3, 2])[0]
+def encode_line(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0
+                ) -> tuple[list[int], list[float]]:
+    """Token ids of one training line plus "\\n", and their loss weights.
+
+    Early in training (progress < curriculum) recall lists and copy strings are shorter: with few distractors
+    the attention pattern that solves them is found much sooner, then carries over to full length.
+    """
+    kind = rng.choices(["recall", "copy", "story"], weights=settings.task_weights)[0]
     newline = tokenizer.encode("\n", add_special_tokens=False)
     if kind == "story":
         ids = tokenizer.encode(canary_data.story(rng), add_special_tokens=False) + newline
-        return ids, [False] * len(ids)
-    ex = canary_data.recall_example(rng) if kind == "recall" else canary_data.copy_example(rng)
+        return ids, [1.0] * len(ids)
+    grown = min(1.0, progress / settings.curriculum) if settings.curriculum > 0 else 1.0
+    if kind == "recall":
+        lo, hi = canary_data.RECALL_PAIRS
+        ex = canary_data.recall_example(rng, rng.randint(2, max(2, round(2 + grown * (hi - 2)))))
+    else:
+        lo, hi = canary_data.COPY_LEN
+        ex = canary_data.copy_example(rng, rng.randint(2, max(2, round(2 + grown * (hi - 2)))))
     prompt = tokenizer.encode(ex["prompt"], add_special_tokens=False)
     answer = tokenizer.encode(ex["answer"], add_special_tokens=False) + newline
-    return prompt + answer, [False] * len(prompt) + [True] * len(answer)
+    return prompt + answer, [settings.prompt_weight] * len(prompt) + [settings.answer_weight] * len(answer)
 
 
-def training_batch(tokenizer, rng: random.Random, settings: TrainSettings):
-    """[batch, seq_len+1] ids packed with lines; half the rows start with the bos token."""
+def training_batch(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0):
+    """[batch, seq_len+1] ids packed with lines, and loss weights; half the rows start with the bos token."""
     rows, weights = [], []
-    answer_w = settings.answer_weight
     for _ in range(settings.batch_size):
         ids, w = ([tokenizer.bos_token_id], [1.0]) if rng.random() < 0.5 else ([], [])
         while len(ids) < settings.seq_len + 1:
-            line_ids, is_answer = encode_line(tokenizer, rng)
+            line_ids, line_w = encode_line(tokenizer, rng, settings, progress)
             ids += line_ids
-            w += [answer_w if a else 1.0 for a in is_answer]
+            w += line_w
         rows.append(ids[: settings.seq_len + 1])
         weights.append(w[: settings.seq_len + 1])
     return torch.tensor(rows), torch.tensor(weights)
@@ -150,7 +174,8 @@ def lr_at(step: int, settings: TrainSettings) -> float:
     return settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(model, tokenizer, settings: TrainSettings, log=print) -> list[dict]:
+def train(model, tokenizer, settings: TrainSettings, log=print, probe=None) -> list[dict]:
+    """AdamW with warmup and cosine decay; every log_every steps the mean loss (and `probe(model)` if given)."""
     rng = random.Random(settings.seed + 1)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -166,7 +191,7 @@ def train(model, tokenizer, settings: TrainSettings, log=print) -> list[dict]:
     for step in range(settings.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings)
-        ids, weights = training_batch(tokenizer, rng, settings)
+        ids, weights = training_batch(tokenizer, rng, settings, step / settings.steps)
         logits = model(input_ids=ids[:, :-1]).logits             # [B, L, V]
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [B, L]
         w = weights[:, 1:]
@@ -179,8 +204,13 @@ def train(model, tokenizer, settings: TrainSettings, log=print) -> list[dict]:
         if (step + 1) % settings.log_every == 0:
             entry = {"step": step + 1, "loss": running / settings.log_every,
                      "seconds": time.perf_counter() - start}
+            if probe is not None:
+                model.eval()
+                entry.update(probe(model))
+                model.train()
             history.append(entry)
-            log(f"step {entry['step']:5d}  loss {entry['loss']:.4f}  {entry['seconds']:.0f}s")
+            log(f"step {entry['step']:5d}  " + "  ".join(
+                f"{k} {v:.4f}" for k, v in entry.items() if k not in ("step", "seconds")) + f"  {entry['seconds']:.0f}s")
             running = 0.0
     model.eval()
     return history
@@ -222,7 +252,8 @@ def recall_accuracy(model, tokenizer, docs: list[dict]) -> float:
 
 
 def copy_accuracy(model, tokenizer, docs: list[dict]) -> float:
-    return sum(greedy_answer(model, tokenizer, d["prompt"]).strip() == d["target"] for d in docs) / len(docs)
+    answers = [greedy_answer(model, tokenizer, d["prompt"]).split(".")[0].strip() for d in docs]
+    return sum(a == d["target"] for a, d in zip(answers, docs)) / len(docs)
 
 
 # ---------------------------------------------------------------- outputs
@@ -301,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     tokenizer = train_tokenizer(settings)
     model = GraniteForCausalLM(canary_config(settings, tokenizer))
+    init_weights_(model, settings)
     history = train(model, tokenizer, settings)
     wall_s = time.perf_counter() - start
 

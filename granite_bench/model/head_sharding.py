@@ -65,6 +65,8 @@ def validate_tp_degree(num_q: int, num_kv: int, tp: int) -> None:
         raise TPDegreeError(f"--tp must be a positive integer, got {tp!r}")
     if tp > MAX_TP_DEGREE:
         raise TPDegreeError(f"--tp {tp} is above the supported maximum of {MAX_TP_DEGREE}")
+    if num_q < 1 or num_kv < 1:
+        raise TPDegreeError(f"config has {num_q} attention heads and {num_kv} KV heads: both must be positive")
     if num_q % num_kv:
         raise TPDegreeError(f"config has {num_q} attention heads, not a multiple of {num_kv} KV heads")
     if tp > num_q:

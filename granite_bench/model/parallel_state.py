@@ -37,3 +37,12 @@ def get_tensor_model_parallel_size() -> int:
 
 def get_tensor_model_parallel_rank() -> int:
     return _TP_RANK
+
+
+def set_model_parallel_state(tp_size: int, tp_rank: int = 0, group=None) -> None:
+    """Set the TP size and rank without a torch.distributed group: for a backend that owns its own collectives
+    (neuronx-distributed traces one SPMD graph for every rank), so only the per-rank shapes are needed here."""
+    global _TP_GROUP, _TP_SIZE, _TP_RANK
+    if tp_size < 1 or not 0 <= tp_rank < tp_size:
+        raise ValueError(f"bad tensor-parallel state: size {tp_size}, rank {tp_rank}")
+    _TP_GROUP, _TP_SIZE, _TP_RANK = group, tp_size, tp_rank

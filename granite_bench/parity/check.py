@@ -27,6 +27,7 @@ class ParityOutcome:
     passed: bool
     localisation: dict | None = None      # first failing sub-block and the error of every sub-block
     block_errors: list[dict] = field(default_factory=list)
+    reference_tokens: list[list[int]] = field(default_factory=list)  # the reference's greedy tokens per prompt
 
 
 def batches(items: list, size: int):
@@ -66,9 +67,10 @@ def prompt_rows(index: int, prompt: list[int], expected: torch.Tensor, actual: t
 
 def run_parity(runner, reference, prompts: list[list[int]], num_tokens: int, profile: ToleranceProfile,
                advance: Callable[[int], None] | None = None) -> ParityOutcome:
-    positions, summaries, failure = [], [], None
+    positions, summaries, failure, reference_tokens = [], [], None, []
     for start, batch in batches(prompts, runner.neuron_config.batch_size):
         ref_tokens, goldens, actual, free = check_batch(runner, reference, batch, num_tokens, profile)
+        reference_tokens += ref_tokens
         for b, prompt in enumerate(batch):
             expected = goldens[b][0]
             rows, summary, result = prompt_rows(start + b, prompt, expected, actual[b], ref_tokens[b],
@@ -79,7 +81,7 @@ def run_parity(runner, reference, prompts: list[list[int]], num_tokens: int, pro
                 failure = (batch, ref_tokens, b, start + b, result, goldens[b][1])
         if advance:
             advance(len(batch))
-    outcome = ParityOutcome(positions, summaries, passed=failure is None)
+    outcome = ParityOutcome(positions, summaries, passed=failure is None, reference_tokens=reference_tokens)
     if failure is not None:
         outcome.localisation, outcome.block_errors = localise_failure(runner, profile, *failure)
     return outcome

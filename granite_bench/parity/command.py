@@ -68,6 +68,10 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
             outcome = run_parity(runner, reference, prompts, args.num_tokens, profile,
                                  advance=lambda n: progress.advance(task, n))
         compile_info = compile_summary(runner)
+        if args.tp > 1:
+            compile_info["tp_vs_tp1_max_abs_diff"] = tp_vs_single_process(runner, prompts, outcome)
+            console.print(f"TP-{args.tp} vs TP-1 max |Δlogit| over every teacher-forced position: "
+                          f"{compile_info['tp_vs_tp1_max_abs_diff']:.2e}")
     finally:
         runner.close()
     render(console, outcome, profile)
@@ -77,12 +81,30 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     return outcome.passed
 
 
+def tp_vs_single_process(runner, prompts: list[list[int]], outcome: ParityOutcome) -> float:
+    """max |logit(TP-N) - logit(TP-1)| on the same teacher-forced inputs (the reference's greedy tokens)."""
+    from ..runtime.distributed import max_logit_difference, single_process_twin
+    from .teacher_forcing import teacher_forced_logits
+    forced = outcome.reference_tokens
+    twin = single_process_twin(runner)
+    try:
+        diffs = []
+        size = runner.neuron_config.batch_size
+        for start in range(0, len(prompts), size):
+            batch, tokens = prompts[start:start + size], forced[start:start + size]
+            diffs.append(max_logit_difference(teacher_forced_logits(runner, batch, tokens),
+                                              teacher_forced_logits(twin, batch, tokens)))
+        return max(diffs)
+    finally:
+        twin.close()
+
+
 def compile_summary(runner) -> dict:
-    graphs = getattr(runner, "graphs", None)
-    if graphs is None:
-        return {}
-    return {"compiled_graphs": len(graphs.compile_seconds),
-            "compile_seconds_total": float(sum(graphs.compile_seconds.values()))}
+    seconds = getattr(runner, "compile_seconds", None)
+    if seconds is None:
+        seconds = getattr(getattr(runner, "graphs", None), "compile_seconds", {})
+    seconds = seconds() if callable(seconds) else seconds
+    return {"compiled_graphs": len(seconds), "compile_seconds_total": float(sum(seconds.values()))}
 
 
 def render(console, outcome: ParityOutcome, profile) -> None:

@@ -178,6 +178,13 @@ def render(console, rows: list[dict]) -> None:
                        _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r["decode_gbs"]),
                        _num(r["decode_frac_matvec"], pct=True))
         console.print(hf)
+    loads = [r[k] for r in impls for k in ("load_avg_1m_start", "load_avg_1m_end")
+             if r.get(k) is not None and not math.isnan(r[k])]
+    if loads:
+        threads = sorted({int(r["torch_threads"]) for r in impls if r.get("torch_threads") is not None})
+        console.print(f"host load average (1 min) while measuring: {min(loads):.1f}-{max(loads):.1f} on "
+                      f"{impls[0].get('cores_available', '?')} cores; torch threads {threads}: compare ratios "
+                      f"measured in one run, not absolute times across runs")
 
 
 # -- command-line wiring helpers (kept here so cli.py stays thin) -------------------------------------------------

@@ -9,6 +9,7 @@ decode steps and one end-to-end latency.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -149,6 +150,22 @@ def graphs_used(point: PerfPoint, generation_buckets: list[int]) -> list[tuple[s
     return [("context_encoding", point.bucket)] + [("token_generation", k) for k in kv]
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average: how busy the machine was around a point (timings on a shared machine)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def rank_threads(point: PerfPoint, threads: dict) -> int:
+    """torch threads each rank runs with: the driver's at tp 1, the TP runner's share of the cores otherwise."""
+    if point.tp == 1:
+        return threads.get("torch_threads", 1)
+    from ..runtime.distributed import threads_per_rank
+    return threads_per_rank(point.tp)
+
+
 def worker_pids(runner) -> list[int]:
     """Process ids of a TP runner's worker ranks (none for a single-process runner)."""
     pids = getattr(runner, "worker_pids", None)
@@ -210,6 +227,7 @@ class SweepSession:
                 contestants[name] = (lambda cache=HF_IMPLEMENTATIONS[name]:
                                      time_hf_generation(hf, prompts, point.new_tokens, cache, sync, pad))
         pids = worker_pids(runner)
+        load_start = load_average()
         reset_peak_rss(pids)
         reset_device_peak(point.device)
         timed = interleaved_rounds(contestants, self.spec.rounds, self.spec.warmup)
@@ -219,7 +237,8 @@ class SweepSession:
                            for phase, bucket in graphs_used(point, generation_buckets) if (phase, bucket) in compiled}
         ctx = PointContext(hf_config, generation_buckets, ceilings, torch.tensor([], dtype=runner.neuron_config.dtype)
                            .element_size(), compile_seconds, peak_rss_bytes(pids), device_peak_bytes(point.device),
-                           self.threads)
+                           {**self.threads, "threads_per_rank": rank_threads(point, self.threads),
+                            "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()})
         return sample_rows(point, timed), summary_rows(point, timed, ctx)
 
     def close_runner(self) -> None:

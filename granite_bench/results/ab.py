@@ -2,9 +2,10 @@
 
 A side of a comparison that is code (a git ref, HEAD, or the work tree as it is) becomes a folder holding a
 granite_bench package: the repository itself for `worktree`, else a detached `git worktree` of the ref in a temp
-folder, removed afterwards. Both trees are timed in worker subprocesses (ab_probe.py) that stay alive for the whole
-comparison; trials alternate between them, pair by pair with the order flipped each pair (AB, BA, AB, ...), so slow
-drifts of the machine load both sides alike. Per trial each metric is the median of its repetitions.
+folder, removed afterwards. The trees are timed in worker subprocesses (ab_probe.py, one per tree) that stay alive
+for the whole comparison and run one at a time; trials alternate between them with the order rotated every round
+(AB, BA, AB, ... for two trees), so slow drifts of the machine's load fall on every side alike. Per trial each metric
+is the median of its repetitions.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ The comparison is stored in the `comparisons` table, one row per line of the pri
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -36,6 +37,9 @@ SEVERITY = {stats.REPORTED: 0, stats.PASS: 0, SAME: 0, BETTER: 1, stats.FASTER: 
 DEFAULT_ERROR_GROWTH = 2.0     # an error metric fails when it grows past this factor ...
 ERROR_ABS_FLOOR = 1e-6         # ... and by more than this (fp32 errors near zero jitter with any reordering)
 
+FAIL_SCOPES = ("all", "deterministic")
+MAX_REPS = 200                 # decode steps per trial: positions stay inside the probe's 256-token cache
+
 # The commands that give a tree's deterministic results; each gets --results-dir and runs only if the tree has it.
 DETERMINISTIC_COMMANDS = ("parity", "eval")
 
@@ -47,8 +51,8 @@ KEY_COLUMNS = {
 # A row's group in the printed table: the key without the per-item column.
 ITEM_COLUMNS = {"parity_summary": ["prompt"], "eval_summary": []}
 # Result columns compared, by name: the first list that matches decides (substrings of the lower-cased name).
-NOT_COMPARED = ("stderr", "position", "seconds", "time", "count", "len", "rounds", "threshold", "tol")
-LOWER_IS_BETTER = ("err", "diff", "delta", "kl", "abs")
+NOT_COMPARED = ("stderr", "position", "seconds", "time", "count", "len", "rounds", "threshold", "tol", "difference")
+LOWER_IS_BETTER = ("err", "diff", "delta", "kl", "abs", "perplexity")
 HIGHER_IS_BETTER = ("passed", "acceptable", "acc", "agreement", "match", "overlap")
 
 
@@ -93,6 +97,13 @@ class Comparison:
     @property
     def regressed(self) -> bool:
         return any(r.verdict == REGRESSION for r in self.rows)
+
+    def fails(self, scope: str = "all") -> bool:
+        """Whether to exit 1: any regression ('all'), or only an exact-gate one ('deterministic')."""
+        if scope not in FAIL_SCOPES:
+            raise CompareError(f"--fail-on must be one of {', '.join(FAIL_SCOPES)}, got {scope!r}")
+        kinds = {"all": ("deterministic", "timing"), "deterministic": ("deterministic",)}[scope]
+        return any(r.verdict == REGRESSION and r.kind in kinds for r in self.rows)
 
 
 # ----- deterministic rows ----------------------------------------------------------------------------------------
@@ -177,8 +188,22 @@ def group_label(columns, values) -> str:
     return " ".join(str(v) if isinstance(v, str) else f"{k}={v}" for k, v in zip(columns, values))
 
 
+PERPLEXITY_LIKE = ("perplexity", "bits_per_byte", "ppl")
+
+
+def with_derived_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """eval_summary keeps each task's main metric in one column (impl_value) whose direction depends on the metric
+    named beside it: split it into impl_accuracy (higher is better) and impl_perplexity (lower is better)."""
+    if table != "eval_summary" or not {"metric", "impl_value"} <= set(frame.columns):
+        return frame
+    lower = frame["metric"].astype(str).str.contains("|".join(PERPLEXITY_LIKE))
+    value = pd.to_numeric(frame["impl_value"], errors="coerce")
+    return frame.assign(impl_accuracy=value.where(~lower), impl_perplexity=value.where(lower))
+
+
 def compare_table(table: str, base: pd.DataFrame, cand: pd.DataFrame, error_growth: float) -> list[Row]:
     """Rows of one deterministic table, matched by key, judged per item, shown per group and metric."""
+    base, cand = with_derived_columns(table, base), with_derived_columns(table, cand)
     keys = [k for k in KEY_COLUMNS.get(table, []) if k in base.columns and k in cand.columns]
     items = [k for k in ITEM_COLUMNS.get(table, []) if k in keys]
     groups = [k for k in keys if k not in items]
@@ -291,26 +316,37 @@ def tree_commands(tree: Path) -> set[str]:
     return names
 
 
-def run_tree_commands(tree: ab.CodeTree, commands: list[str], console=None) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Run each deterministic command the tree has, into a scratch store; its rows and notes."""
-    notes = []
+TREE_COMMAND_TIMEOUT_S = 1800
+
+
+def run_tree_commands(tree: ab.CodeTree, commands: list[str],
+                      console=None) -> tuple[dict[str, pd.DataFrame], list[str], list[str]]:
+    """Run each deterministic command the tree has, into a scratch store; its rows, the commands run, notes."""
+    notes, ran = [], []
     available = tree_commands(tree.path)
-    scratch = Path(tempfile.mkdtemp(prefix="granite-bench-det-"))
-    for command in commands:
-        argv = command.split()
-        if argv[0] not in available:
-            notes.append(f"{tree.label}: no '{argv[0]}' command in that tree; skipped")
-            continue
-        if console is not None:
-            console.print(f"[dim]{tree.label}: granite-bench {command} (deterministic results)[/]")
-        done = subprocess.run([sys.executable, "-m", "granite_bench.cli", *argv, "--results-dir", str(scratch)],
-                              capture_output=True, text=True, cwd=str(tree.path), env=ab.tree_env(tree.path))
-        if done.returncode not in (0, 1):  # 1 is a failed check, which is a result; anything else is not
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            notes.append(f"{tree.label}: 'granite-bench {command}' exited {done.returncode}: {' | '.join(tail)}")
-    store = ResultStore(scratch)
-    frames = {t: store.read(t) for t in KEY_COLUMNS if t in store.tables()}
-    return {t: f for t, f in frames.items() if len(f)}, notes
+    with tempfile.TemporaryDirectory(prefix="granite-bench-det-") as scratch:
+        for command in commands:
+            argv = command.split()
+            if argv[0] not in available:
+                notes.append(f"{tree.label}: no '{argv[0]}' command in that tree; skipped")
+                continue
+            if console is not None:
+                console.print(f"[dim]{tree.label}: granite-bench {command} (deterministic results)[/]")
+            try:
+                done = subprocess.run([sys.executable, "-m", "granite_bench.cli", *argv, "--results-dir", scratch],
+                                      capture_output=True, text=True, cwd=str(tree.path), env=ab.tree_env(tree.path),
+                                      timeout=TREE_COMMAND_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                notes.append(f"{tree.label}: 'granite-bench {command}' ran past {TREE_COMMAND_TIMEOUT_S} s; skipped")
+                continue
+            if done.returncode not in (0, 1):  # 1 is a failed check, which is a result; anything else is not
+                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                notes.append(f"{tree.label}: 'granite-bench {command}' exited {done.returncode}: {' | '.join(tail)}")
+            else:
+                ran.append(command)
+        store = ResultStore(scratch)
+        frames = {t: store.read(t) for t in KEY_COLUMNS if t in store.tables()}
+    return {t: f for t, f in frames.items() if len(f)}, ran, notes
 
 
 def deterministic_rows(side: Side, store: ResultStore, commands: list[str], rerun: bool, console=None) -> list[str]:
@@ -326,8 +362,9 @@ def deterministic_rows(side: Side, store: ResultStore, commands: list[str], reru
             side.frames, side.run_ids = frames, run_ids
             side.source = f"stored runs of {tree.sha[:10]} ({len(run_ids)})"
             return []
-    side.frames, notes = run_tree_commands(tree, commands, console)
-    side.source = f"ran {', '.join(commands)} in {tree.label} ({tree.sha[:10]}{', dirty' if tree.dirty else ''})"
+    side.frames, ran, notes = run_tree_commands(tree, commands, console)
+    state = f"{tree.sha[:10]}{', dirty' if tree.dirty else ''}"
+    side.source = f"ran {', '.join(ran) or 'nothing'} in {tree.label} ({state})"
     return notes
 
 
@@ -392,9 +429,11 @@ def resolve_side(spec: str, store: ResultStore, repo: Path | None, stack) -> Sid
 
 
 def run_compare(settings: CompareSettings, console=None, progress=None) -> Comparison:
-    import contextlib
+    """Resolve both sides, gate their deterministic results and (both being code) their timings; store it."""
     if settings.trials < stats.MIN_TRIALS:
         raise CompareError(f"--trials must be at least {stats.MIN_TRIALS} (interleaved trials per side)")
+    if not 1 <= settings.reps <= MAX_REPS:
+        raise CompareError(f"--reps must be between 1 and {MAX_REPS} (decode steps per trial)")
     store = ResultStore(settings.results_dir)
     repo = ab.repo_root(Path.cwd()) or ab.repo_root()
     notes: list[str] = []
@@ -423,7 +462,8 @@ def run_compare(settings: CompareSettings, console=None, progress=None) -> Compa
         elif settings.timing:
             notes.append("timings not compared: stored runs were not measured side by side; pass git refs "
                          "(e.g. --baseline HEAD~1 --candidate worktree) to gate timings")
-    comparison = Comparison(baseline, candidate, rows, notes, asdict(settings) | {"results_dir": str(settings.results_dir)})
+    settings_record = asdict(settings) | {"results_dir": str(settings.results_dir)}
+    comparison = Comparison(baseline, candidate, rows, notes, settings_record)
     if settings.store:
         comparison.settings["stored_as"] = str(store_comparison(store, comparison) or "")
     return comparison

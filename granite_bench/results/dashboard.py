@@ -12,6 +12,7 @@ import html
 import json
 import math
 import shutil
+import string
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from granite_bench.results.store import ResultStore
 
 ASSETS = Path(__file__).resolve().with_name("dashboard_assets")
 ASSET_FILES = ("dashboard.js", "dashboard.css")
+PAGE_TEMPLATE = "page.html"       # string.Template: $names filled by render_page
 
 PERF_TREND_METRICS = ("tpot_p50_ms", "ttft_p50_ms")
 PERF_RATIO_METRICS = ("tpot_ratio_hf_eager", "ttft_ratio_hf_eager", "tpot_ratio_hf_static", "ttft_ratio_hf_static")
@@ -151,28 +153,23 @@ def perf_grid(frame: pd.DataFrame) -> dict:
             "roofline_metrics": roof_metrics}
 
 
-def accuracy_metrics(frame: pd.DataFrame) -> list[str]:
-    """eval_summary columns to draw: accuracies and agreement rates (fractions), not their stderr."""
-    names = []
-    for column in frame.columns:
-        low = column.lower()
-        if ("acc" in low or "agreement" in low or "exact_match" in low) and "stderr" not in low \
-                and "diff" not in low and pd.api.types.is_numeric_dtype(frame[column]) \
-                and not pd.api.types.is_bool_dtype(frame[column]):
-            names.append(column)
-    return names[:6]
+ACCURACY_COLUMNS = ("impl_value", "ref_value", "argmax_agreement", "generation_agreement")
+PERPLEXITY_LIKE = ("perplexity", "bits_per_byte", "ppl")
 
 
 def accuracy_section(frame: pd.DataFrame) -> dict:
-    """Accuracy and agreement per task from the latest run per (task, model, dtype, device)."""
+    """Implementation and reference accuracy and their agreement per task, from the latest run per (task, model,
+    dtype, device). Tasks scored by perplexity are left out of the bars (their scale is not a fraction)."""
     if frame.empty or "task" not in frame.columns:
         return {"tasks": [], "metrics": []}
-    keys = [k for k in ("task", "model", "dtype", "device", "tp") if k in frame.columns]
+    if "metric" in frame.columns:
+        frame = frame[~frame["metric"].astype(str).str.contains("|".join(PERPLEXITY_LIKE))]
+    keys = [k for k in ("task", "model", "dtype", "device", "tp_degree") if k in frame.columns]
     latest = frame.sort_values(["utc_time", "run_id"]).drop_duplicates(keys, keep="last")
-    metrics = accuracy_metrics(latest)
+    metrics = [m for m in ACCURACY_COLUMNS if m in latest.columns and latest[m].notna().any()]
     tasks = []
     for _, row in latest.iterrows():
-        label = " ".join(str(row[k]) for k in keys)
+        label = " ".join(str(row[k]) for k in keys) + (f" ({row['metric']})" if "metric" in row else "")
         values = {m: _clean(row[m]) for m in metrics}
         if any(v is not None for v in values.values()):
             tasks.append({"label": label, "values": values, "run_id": row["run_id"]})
@@ -200,14 +197,15 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         runs = store.runs()
+        perf = _read(store, "perf_summary")
         data = {
             "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "store": str(store.root),
             "runs": len(runs),
             "commits": int(runs["git_sha"].nunique()) if len(runs) else 0,
             "parity": parity_matrix(_read(store, "parity_summary")),
-            "perf_trends": perf_trends(_read(store, "perf_summary"), seed=seed),
-            "perf_grid": perf_grid(_read(store, "perf_summary")),
+            "perf_trends": perf_trends(perf, seed=seed),
+            "perf_grid": perf_grid(perf),
             "accuracy": accuracy_section(_read(store, "eval_summary")),
             "comparison": latest_comparison(_read(store, "comparisons")),
         }
@@ -230,39 +228,6 @@ def expected_marks(data: dict) -> dict[str, int]:
     return counts
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>granite-bench dashboard</title>
-<link rel="stylesheet" href="assets/dashboard.css">
-</head>
-<body data-status="loading">
-<header>
-  <h1>granite-bench</h1>
-  <p class="meta">{summary}</p>
-  {skipped}
-</header>
-<section id="parity"><h2>Parity verdicts <small>model × dtype · TP · device, latest run, worst error over prompts</small></h2>
-  <div class="chart" id="parity-matrix" data-chart="matrix" data-expected="{n_parity}"></div></section>
-<section id="trends"><h2>Performance over commits <small>per series (grid point, implementation, machine); red lines: change points (E-Divisive, permutation p &le; {cp_alpha})</small></h2>
-  <div class="charts">{trend_divs}</div></section>
-<section id="grid"><h2>Implementation / HF ratios per grid point <small>&lt; 1: faster than HF Transformers</small></h2>
-  <div class="chart" id="perf-ratios" data-chart="bars" data-source="ratios" data-expected="{n_ratios}"></div>
-  <h2>Roofline fractions per grid point <small>achieved / measured ceiling</small></h2>
-  <div class="chart" id="perf-roofline" data-chart="bars" data-source="roofline" data-expected="{n_roofline}"></div></section>
-<section id="accuracy-section"><h2>Accuracy and agreement per task</h2>
-  <div class="chart" id="accuracy" data-chart="bars" data-source="accuracy" data-expected="{n_accuracy}"></div></section>
-<section id="compare"><h2>Latest comparison</h2>
-  <div class="chart" id="comparison" data-chart="table" data-expected="{n_comparison}"></div></section>
-<script id="dashboard-data" type="application/json">{data}</script>
-<script src="assets/dashboard.js"></script>
-</body>
-</html>
-"""
-
-
 def json_safe(obj):
     """obj with NaN/inf/NA turned into None and numpy scalars into Python ones, all the way down."""
     if isinstance(obj, dict):
@@ -278,15 +243,18 @@ def render_page(data: dict) -> str:
     trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
                          f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
     if not trend_divs:
-        trend_divs = '<div class="chart trend" id="trend-none" data-chart="trend" data-index="-1" data-expected="0"></div>'
+        trend_divs = ('<div class="chart trend" id="trend-none" data-chart="trend" data-index="-1" '
+                      'data-expected="0"></div>')
     skipped = "".join(f'<p class="warn">skipped: {html.escape(s)}</p>' for s in data["skipped"])
     summary = (f"{data['runs']} runs over {data['commits']} commits in {html.escape(data['store'])} · "
                f"built {data['generated']}")
     # "</" cannot end the script element early once escaped this way; JSON.parse reads it back unchanged.
     payload = json.dumps(data, default=str, allow_nan=False).replace("</", "<\\/")
-    return PAGE.format(summary=summary, cp_alpha=CHANGE_POINT_ALPHA, skipped=skipped, n_parity=counts["parity-matrix"],
-                       trend_divs=trend_divs, n_ratios=counts["perf-ratios"], n_roofline=counts["perf-roofline"],
-                       n_accuracy=counts["accuracy"], n_comparison=counts["comparison"], data=payload)
+    page = string.Template((ASSETS / PAGE_TEMPLATE).read_text(encoding="utf-8"))
+    return page.substitute(summary=summary, cp_alpha=CHANGE_POINT_ALPHA, skipped=skipped,
+                           n_parity=counts["parity-matrix"], trend_divs=trend_divs, n_ratios=counts["perf-ratios"],
+                           n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
+                           n_comparison=counts["comparison"], data=payload)
 
 
 def build_dashboard(store: ResultStore, out_dir: Path | str, seed: int = 0) -> Path:

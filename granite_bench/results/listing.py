@@ -127,11 +127,20 @@ def _text(value) -> str:
     return str(value)
 
 
+def query_or_explain(store: ResultStore, sql: str) -> pd.DataFrame:
+    """store.query, with DuckDB's parser and binder errors turned into one-line ValueErrors."""
+    import duckdb
+    try:
+        return store.query(sql)
+    except duckdb.Error as err:
+        raise ValueError(f"query failed: {str(err).splitlines()[0]} (tables: {', '.join(store.tables())})") from None
+
+
 def run_results_command(store: ResultStore, console, err_console, table: str | None = None, sql: str | None = None,
                         all_columns: bool = False, limit: int = DEFAULT_LIMIT, csv=None) -> None:
     """Print the runs, one table, or a query result; name every corrupt file that was skipped."""
     if sql is not None:
-        frame, skipped = collect(store, store.query, sql)
+        frame, skipped = collect(store, query_or_explain, store, sql)
         title = "query"
     elif table is not None:
         frame, skipped = collect(store, table_frame, store, table, all_columns)

@@ -205,6 +205,8 @@ def worker_main(spec: RankSpec, conn) -> None:
     if spec.backend == "gloo":
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: talk over loopback
     try:
+        if spec.device == "cuda":  # NCCL binds each rank to its GPU before the group forms
+            torch.cuda.set_device(rank_device(spec.device, spec.rank))
         dist.init_process_group(spec.backend, init_method=spec.init_method, rank=spec.rank, world_size=spec.tp,
                                 timeout=timedelta(seconds=max(spec.timeout_s, START_TIMEOUT_S)))
         runner = build_rank_runner(spec)
@@ -242,7 +244,8 @@ def mp_context():
         "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
     ctx = torch.multiprocessing.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload([__name__])
+        # torch._dynamo: model loading imports it (~1 s of imports per rank otherwise).
+        ctx.set_forkserver_preload([__name__, "granite_bench.runtime.runner", "torch._dynamo"])
     return ctx
 
 
@@ -259,8 +262,8 @@ def shutdown(processes, conns, patience_s: float = 5.0) -> None:
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
-            proc.join(2.0)
-        if proc.is_alive():
+            proc.join(min(2.0, patience_s))
+        if proc.is_alive():  # a stopped or wedged process ignores SIGTERM
             proc.kill()
             proc.join(2.0)
     for conn in conns:
@@ -287,6 +290,7 @@ class TPRunner:
         self.backend = backend_for(device)
         self.reduce_dtype = "float32"
         self.load_seconds = 0.0
+        self.rank0_load_seconds: float | None = None
         self.shard_dir: Path | None = None
         self.graphs = GraphInfo({"compile": compile})
         self.processes: list = []
@@ -489,6 +493,18 @@ class TPRunner:
         return finish_spmd_call(self._spmd_local, method, args, kwargs, self._control_group, self)
 
 
+def single_process_twin(runner):
+    """A TP-1 runner on the same checkpoint, static shapes and device: the baseline of a TP-N vs TP-1 check."""
+    from .runner import GraniteRunner
+    config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1})
+    return GraniteRunner.build(str(runner.model_dir), neuron_config=config, device=runner.device)
+
+
+def max_logit_difference(logits: list[torch.Tensor], baseline: list[torch.Tensor]) -> float:
+    """max |a - b| over every position of every prompt (e.g. TP-N against TP-1 teacher-forced logits)."""
+    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(logits, baseline, strict=True))
+
+
 def spmd_world() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) when this process was started by torchrun with several ranks."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -557,12 +573,21 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else "unknown error"
 
 
+SYMPTOMS = ("Timed out", "timed out", "Connection reset", "Connection closed", "Broken pipe")
+
+
 def describe_failure(what: str, waited_s: float, dead: dict, pending: set, failed: dict) -> str:
-    """One line: the ranks that died, then those that never answered, then those that raised."""
+    """One line, likeliest cause first: ranks that died, ranks that raised an error of their own, ranks that never
+    answered, then ranks whose collectives merely timed out or lost a peer (symptoms of the others)."""
+    errors = {r: last_line(reply[2]) for r, reply in failed.items()}
+    symptoms = {r: e for r, e in errors.items() if any(word in e for word in SYMPTOMS)}
+    causes = {r: e for r, e in errors.items() if r not in symptoms}
     parts = [f"TP rank {r} died ({signal_name(code)}) during {what}" for r, code in sorted(dead.items())]
+    parts += [f"TP rank {r} failed during {what}: {e}" for r, e in sorted(causes.items())]
     if pending:
         ranks = ", ".join(str(r) for r in sorted(pending))
+        suffix = " (hung)" if not (dead or causes) else ""
         parts.append(f"TP rank{'s' if len(pending) > 1 else ''} {ranks} did not answer {what} within "
-                     f"{waited_s:.0f} s (hung)")
-    parts += [f"rank {r} failed: {last_line(reply[2])}" for r, reply in sorted(failed.items())]
+                     f"{waited_s:.0f} s{suffix}")
+    parts += [f"rank {r} then failed: {e}" for r, e in sorted(symptoms.items())]
     return "; ".join(parts)

@@ -83,6 +83,9 @@ class GraniteRunner:
               batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
               num_layers: int | None = None, neuron_config: NeuronConfig | None = None):
         from ..reference.weights import load_hf_config, resolve_model_dir
+        if device == "neuron":
+            from .neuron import require_neuron
+            require_neuron()  # one line before any weights are created or loaded
         start = time.perf_counter()
         model_dir = resolve_model_dir(model, num_layers=num_layers)
         hf_config = load_hf_config(model_dir)
@@ -90,6 +93,9 @@ class GraniteRunner:
         head_plan(hf_config, neuron_config.tp_degree if neuron_config is not None else tp_degree)
         if neuron_config is None:
             neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
+        if device == "neuron":  # ModelBuilder traces every bucket and owns the TP ranks on the NeuronCores
+            from .neuron import NeuronRunner
+            return NeuronRunner.start(model_dir, hf_config, neuron_config)
         if neuron_config.tp_degree > 1 and not ps.get_tensor_model_parallel_size() > 1:
             from .distributed import TPRunner  # drives tp_degree worker ranks
             return TPRunner.start(model_dir, hf_config, neuron_config, device=device, compile=compile)
@@ -186,4 +192,5 @@ def resolve_device(device: str) -> str:
     if device == "neuron":
         from .neuron import require_neuron
         require_neuron()
+        return "neuron"
     raise InputError(f"unknown --device {device!r}: choose cpu, cuda or neuron")

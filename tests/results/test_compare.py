@@ -34,9 +34,15 @@ def parity_rows(passed=(True, True, True), max_abs=(1e-5, 2e-5, 3e-5), greedy=(1
             for i, (p, e, g) in enumerate(zip(passed, max_abs, greedy))]
 
 
-def eval_rows(acc=(0.9, 0.8), agreement=(1.0, 1.0)) -> list[dict]:
-    return [{"model": "canary", "task": f"task{i}", "acc": a, "acc_stderr": 0.01, "argmax_agreement": g}
+def eval_rows(acc=(0.9, 0.8), agreement=(1.0, 1.0), perplexity=12.5) -> list[dict]:
+    """eval_summary rows as the accuracy package writes them: one per task, its main metric named in 'metric'."""
+    rows = [{"model": "canary", "task": f"task{i}", "metric": "acc", "impl_value": a, "impl_stderr": 0.01,
+             "ref_value": 0.9, "difference": a - 0.9, "argmax_agreement": g, "passed": True}
             for i, (a, g) in enumerate(zip(acc, agreement))]
+    rows.append({"model": "canary", "task": "text", "metric": "word_perplexity", "impl_value": perplexity,
+                 "impl_stderr": 0.5, "ref_value": 12.5, "difference": perplexity - 12.5, "argmax_agreement": 1.0,
+                 "passed": True})
+    return rows
 
 
 def frames(parity=None, evals=None) -> dict:
@@ -69,10 +75,11 @@ def test_accuracy_and_rates_gate_exactly_while_errors_gate_on_growth():
 def test_identical_results_pass_with_every_metric_the_same():
     rows = compare_deterministic(frames(parity_rows(), eval_rows()), frames(parity_rows(), eval_rows()))
     assert rows and {r.verdict for r in rows} == {SAME}
-    assert {r.metric for r in rows} >= {"passed", "worst_max_abs_err", "greedy_match_rate", "acc",
-                                        "argmax_agreement"}
-    # positions and stderr are not results to gate
-    assert not {r.metric for r in rows} & {"worst_err_all_position", "acc_stderr", "n_failed"}
+    assert {r.metric for r in rows} >= {"passed", "worst_max_abs_err", "greedy_match_rate", "impl_accuracy",
+                                        "impl_perplexity", "argmax_agreement"}
+    # positions, stderr, signed differences and the reference's own values are not results to gate
+    assert not {r.metric for r in rows} & {"worst_err_all_position", "impl_stderr", "n_failed", "difference",
+                                           "ref_value"}
 
 
 def test_a_prompt_that_stops_passing_is_a_regression_naming_the_prompt():
@@ -87,9 +94,16 @@ def test_lower_greedy_match_and_lower_canary_accuracy_fail():
     rows = compare_deterministic(frames(parity_rows(), eval_rows()),
                                  frames(parity_rows(greedy=(1.0, 0.9375, 1.0)), eval_rows(acc=(0.9, 0.79))))
     assert verdict_of(rows, "greedy_match_rate").verdict == REGRESSION
-    acc = {r.group.split()[-1]: r.verdict for r in rows if r.metric == "acc"}  # one row per task
-    assert acc == {"task0": SAME, "task1": REGRESSION}
+    acc = {r.group.split()[-1]: r.verdict for r in rows if r.metric == "impl_accuracy"}  # one row per task
+    assert acc == {"task0": SAME, "task1": REGRESSION, "text": SAME}
     assert {r.verdict for r in rows if r.metric == "argmax_agreement"} == {SAME}
+
+
+def test_perplexity_gates_in_the_lower_is_better_direction():
+    better = compare_deterministic(frames(evals=eval_rows()), frames(evals=eval_rows(perplexity=11.0)))
+    worse = compare_deterministic(frames(evals=eval_rows()), frames(evals=eval_rows(perplexity=40.0)))
+    assert {r.verdict for r in better if r.metric == "impl_perplexity"} >= {BETTER}
+    assert {r.verdict for r in worse if r.metric == "impl_perplexity"} >= {REGRESSION}
 
 
 def test_a_result_only_the_baseline_has_is_reported_missing_not_failed():
@@ -246,6 +260,50 @@ def test_git_ref_becomes_a_temporary_worktree_that_is_removed(tmp_path):
     assert str(made) not in listed
 
 
+FAKE_CLI = """
+import pathlib
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PASSED = {passed}
+
+
+def main(argv):
+    if argv[:1] == ["--help"]:
+        print("│ parity   Fake parity command of a test tree.")
+        return 0
+    folder = pathlib.Path(argv[argv.index("--results-dir") + 1]) / "parity_summary" / "schema_version=1"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {{"run_id": ["20250101T000000Z-0000000f"] * 2, "utc_time": ["2025-01-01T00:00:00.000Z"] * 2,
+            "model": ["tiny-gqa"] * 2, "prompt": [0, 1], "passed": [PASSED, True], "worst_max_abs_err": [1e-5, 2e-5]}}
+    pq.write_table(pa.table(rows), folder / "20250101T000000Z-0000000f.parquet")
+    return 0 if PASSED else 1
+
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def fake_tree(path: Path, passed: bool) -> Path:
+    (path / "granite_bench").mkdir(parents=True)
+    (path / "granite_bench" / "__init__.py").write_text("")
+    (path / "granite_bench" / "cli.py").write_text(FAKE_CLI.format(passed=passed))
+    return path
+
+
+def test_a_code_tree_gets_its_deterministic_results_by_running_its_own_commands(tmp_path):
+    good, bad = fake_tree(tmp_path / "good", True), fake_tree(tmp_path / "bad", False)
+    settings = dict(results_dir=tmp_path / "store", timing=False, store=False)
+    same = run_compare(CompareSettings(baseline=str(good), candidate=str(good), **settings))
+    worse = run_compare(CompareSettings(baseline=str(good), candidate=str(bad), **settings))
+    assert not same.regressed and {r.verdict for r in same.rows} == {SAME}
+    assert worse.regressed and verdict_of(worse.rows, "passed").detail == "worse at prompt=0"
+    assert worse.baseline.source.startswith("ran parity in ")
+    assert any("no 'eval' command" in note for note in worse.notes)
+
+
 def test_results_package_imports_no_torch():
     code = ("import sys; import granite_bench.results.compare, granite_bench.results.dashboard, "
             "granite_bench.results.listing, granite_bench.results.ab_probe; "
@@ -269,7 +327,9 @@ _original_token_generate = GraniteRunner.token_generate
 
 
 def _slow_token_generate(self, *args, **kwargs):
-    _time.sleep(0.004)
+    end = _time.perf_counter() + 0.004  # busy, not asleep: extra CPU work, as a slower kernel would be
+    while _time.perf_counter() < end:
+        pass
     return _original_token_generate(self, *args, **kwargs)
 
 
@@ -294,12 +354,13 @@ PROBE = ["--model", "tiny-gqa", "--layers", "1", "--threads", "1"]
 
 @pytest.mark.slow
 def test_interleaved_timing_catches_a_slowed_decode_step_and_passes_an_unchanged_tree(trees):
-    # One rotation over three trees (base, same, slow) gives both comparisons from the same trials.
-    timings, order = ab.time_trees(trees, trials=6, reps=8, probe_args=PROBE)
+    # One rotation over three trees (base, same, slow) gives both comparisons from the same trials. 32 decode steps
+    # per trial (tens of ms) keep a single scheduling hiccup of a loaded machine from deciding a trial.
+    timings, order = ab.time_trees(trees, trials=6, reps=32, probe_args=PROBE)
     assert order[:6] == ["base", "same", "slow", "same", "slow", "base"]
     assert timings["slow"].ready["granite_bench"].startswith(str(trees["slow"].path))
-    slowed = {t.metric: t for t in stats.gate_timings(ab.ab_result(timings, "base", "slow", order, 8).per_trial)}
-    unchanged = stats.gate_timings(ab.ab_result(timings, "base", "same", order, 8).per_trial)
+    slowed = {t.metric: t for t in stats.gate_timings(ab.ab_result(timings, "base", "slow", order, 32).per_trial)}
+    unchanged = stats.gate_timings(ab.ab_result(timings, "base", "same", order, 32).per_trial)
     assert slowed["decode_step_ms"].verdict == stats.REGRESSION
     assert slowed["prefill_ms"].verdict != stats.REGRESSION  # the prefill path was not touched
     assert all(len(t.per_trial["decode_step_ms"]) == 6 for t in timings.values())

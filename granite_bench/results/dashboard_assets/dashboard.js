@@ -120,7 +120,8 @@
       dot.appendChild(el("title", {}, p.sha + " · " + p.time + " · " + fmt(p.value, 4) + " " + chart.metric));
       svg.appendChild(dot);
       drawn += 1;
-      if (i % every === 0 || i === points.length - 1) {
+      var last = points.length - 1;
+      if ((i % every === 0 && last - i >= every) || i === last) {
         svg.appendChild(el("text", { x: x(i), y: height - bottom + 14, "class": "axis", "text-anchor": "middle" }, p.sha));
       }
     });
@@ -132,12 +133,17 @@
   /* ---- grouped horizontal bars ----------------------------------------------------------------------------- */
   var COLORS = ["#3b6fb6", "#e08a2c", "#4a9a5b", "#b64a7a", "#7a5cb6", "#888"];
 
+  /* Bars start at zero; the scale ends at the largest value (rounded up), and the reference line (1 = HF speed,
+   * or the measured ceiling) is drawn when it falls inside that scale. The legend wraps onto as many rows as needed. */
   function drawBars(container, items, metrics, reference, emptyText) {
     if (!items.length || !metrics.length) return noData(container, emptyText);
-    var labelWidth = 260, barHeight = 12, gap = 10, width = 760, right = 70;
+    var labelWidth = 260, barHeight = 12, gap = 10, width = 780, right = 70, legendStep = 170;
+    var perRow = Math.max(1, Math.floor((width - labelWidth) / legendStep));
+    var legendHeight = 16 * Math.ceil(metrics.length / perRow);
     var groupHeight = metrics.length * barHeight + gap;
-    var height = 30 + items.length * groupHeight + 10;
-    var max = reference || 0;
+    var top = legendHeight + 12;
+    var height = top + items.length * groupHeight + 22;
+    var max = 0;
     items.forEach(function (item) {
       metrics.forEach(function (m) { if (item.values[m] !== null && item.values[m] > max) max = item.values[m]; });
     });
@@ -145,12 +151,13 @@
     var scale = function (v) { return (width - labelWidth - right) * v / max; };
     var svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" });
     metrics.forEach(function (m, i) {
-      svg.appendChild(el("rect", { x: labelWidth + i * 180, y: 4, width: 10, height: 10, fill: COLORS[i % COLORS.length] }));
-      svg.appendChild(el("text", { x: labelWidth + i * 180 + 14, y: 13, "class": "axis" }, m));
+      var lx = labelWidth + (i % perRow) * legendStep, ly = 4 + 16 * Math.floor(i / perRow);
+      svg.appendChild(el("rect", { x: lx, y: ly, width: 10, height: 10, fill: COLORS[i % COLORS.length] }));
+      svg.appendChild(el("text", { x: lx + 14, y: ly + 9, "class": "axis" }, m));
     });
     var drawn = 0;
     items.forEach(function (item, g) {
-      var y0 = 26 + g * groupHeight;
+      var y0 = top + g * groupHeight;
       svg.appendChild(el("text", { x: labelWidth - 6, y: y0 + metrics.length * barHeight / 2 + 4, "class": "label",
                                    "text-anchor": "end" }, item.label));
       metrics.forEach(function (m, i) {
@@ -165,9 +172,14 @@
         drawn += 1;
       });
     });
-    if (reference) {
-      svg.appendChild(el("line", { x1: labelWidth + scale(reference), x2: labelWidth + scale(reference), y1: 20,
-                                   y2: height - 6, "class": "reference" }));
+    var bottom = height - 8;
+    svg.appendChild(el("line", { x1: labelWidth, x2: width - right, y1: bottom - 10, y2: bottom - 10, "class": "grid" }));
+    svg.appendChild(el("text", { x: labelWidth, y: bottom, "class": "axis" }, "0"));
+    svg.appendChild(el("text", { x: width - right, y: bottom, "class": "axis", "text-anchor": "end" }, fmt(max)));
+    if (reference && reference <= max) {
+      var rx = labelWidth + scale(reference);
+      svg.appendChild(el("line", { x1: rx, x2: rx, y1: top - 4, y2: bottom - 10, "class": "reference" }));
+      svg.appendChild(el("text", { x: rx, y: bottom, "class": "axis", "text-anchor": "middle" }, fmt(reference)));
     }
     container.appendChild(svg);
     container.setAttribute("data-drawn", String(drawn));
