@@ -175,6 +175,8 @@ def perf(
             raise BadInput(str(err)) from None
     except bad_input_types() as err:
         fail(str(err))
+    except run_failure_types() as err:
+        fail(str(err), code=1)
     except KeyboardInterrupt:
         raise typer.Exit(130)
 

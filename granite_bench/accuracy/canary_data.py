@@ -2,7 +2,7 @@
 
 Every task needs attention over the context (and, when generating, over the KV cache):
 - recall:  "recall: K 37; D 42; ... | D" + " 42"            (find the key, copy its value)
-- copy:    "copy: qzmfk." + " qzmfk."                        (copy a random string, stop at the period)
+- copy:    "copy: q z m f k." + " q z m f k."                (copy random letters, stop at the period)
 - story:   short stories whose second half restates facts from the first half.
 
 All generators take a `random.Random`, so the same seed gives the same text.
@@ -51,7 +51,8 @@ def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
 
 
 def copy_example(rng: random.Random, length: int | None = None) -> dict:
-    word = "".join(rng.choice(LETTERS) for _ in range(length or rng.randint(*COPY_LEN)))
+    """Distinct letters, one token each, so every position is found unambiguously by its content."""
+    word = " ".join(rng.sample(LETTERS, length or rng.randint(*COPY_LEN)))
     return {"prompt": f"copy: {word}.", "answer": f" {word}."}
 
 

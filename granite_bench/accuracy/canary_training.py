@@ -45,7 +45,7 @@ class TrainSettings:
     residual_multiplier: float = 0.22
     logits_scaling: float = 4.0
     steps: int = 1500
-    batch_size: int = 16
+    batch_size: int = 24
     seq_len: int = 128
     lr: float = 3e-3
     warmup_steps: int = 100
@@ -54,6 +54,7 @@ class TrainSettings:
     prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
     curriculum: float = 0.3         # fraction of steps over which lists and strings grow to full length
     task_weights: tuple = (5, 3, 2)  # how often a training line is recall, copy, story
+    scale_qk_init: bool = True
     threads: int = 2
     log_every: int = 50
 
@@ -118,6 +119,8 @@ def canary_config(settings: TrainSettings, tokenizer):
 def init_weights_(model, settings: TrainSettings) -> None:
     """HF's init, with q/k scaled up so that q·k·attention_multiplier starts with the spread of a 1/sqrt(d)
     model: a Granite-small attention_multiplier otherwise leaves attention uniform for many steps."""
+    if not settings.scale_qk_init:
+        return
     head_dim = settings.hidden_size // settings.num_heads
     gain = math.sqrt(1.0 / (settings.attention_multiplier * math.sqrt(head_dim)))
     for layer in model.model.layers:
@@ -127,42 +130,47 @@ def init_weights_(model, settings: TrainSettings) -> None:
 
 # ---------------------------------------------------------------- data
 
-def encode_line(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0
-                ) -> tuple[list[int], list[float]]:
-    """Token ids of one training line plus "\\n", and their loss weights.
+KINDS = ("recall", "copy", "story")
+
+
+def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind: str, progress: float = 1.0
+                   ) -> tuple[list[int], list[float]]:
+    """Token ids of one training example plus "\\n", and the loss weight of each token as a target.
 
     Early in training (progress < curriculum) recall lists and copy strings are shorter: with few distractors
     the attention pattern that solves them is found much sooner, then carries over to full length.
     """
-    kind = rng.choices(["recall", "copy", "story"], weights=settings.task_weights)[0]
     newline = tokenizer.encode("\n", add_special_tokens=False)
     if kind == "story":
         ids = tokenizer.encode(canary_data.story(rng), add_special_tokens=False) + newline
         return ids, [1.0] * len(ids)
     grown = min(1.0, progress / settings.curriculum) if settings.curriculum > 0 else 1.0
-    if kind == "recall":
-        lo, hi = canary_data.RECALL_PAIRS
-        ex = canary_data.recall_example(rng, rng.randint(2, max(2, round(2 + grown * (hi - 2)))))
-    else:
-        lo, hi = canary_data.COPY_LEN
-        ex = canary_data.copy_example(rng, rng.randint(2, max(2, round(2 + grown * (hi - 2)))))
+    lo, hi = canary_data.RECALL_PAIRS if kind == "recall" else canary_data.COPY_LEN
+    size = rng.randint(min(2, lo), max(2, round(2 + grown * (hi - 2))))
+    ex = canary_data.recall_example(rng, size) if kind == "recall" else canary_data.copy_example(rng, size)
     prompt = tokenizer.encode(ex["prompt"], add_special_tokens=False)
     answer = tokenizer.encode(ex["answer"], add_special_tokens=False) + newline
     return prompt + answer, [settings.prompt_weight] * len(prompt) + [settings.answer_weight] * len(answer)
 
 
 def training_batch(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0):
-    """[batch, seq_len+1] ids packed with lines, and loss weights; half the rows start with the bos token."""
+    """ids, weights [batch, L]: one kind of example per batch, one example per row starting at position 0 (as
+    in eval), half the rows after a bos token; right padding carries weight 0."""
+    kind = rng.choices(KINDS, weights=settings.task_weights)[0]
     rows, weights = [], []
     for _ in range(settings.batch_size):
-        ids, w = ([tokenizer.bos_token_id], [1.0]) if rng.random() < 0.5 else ([], [])
-        while len(ids) < settings.seq_len + 1:
-            line_ids, line_w = encode_line(tokenizer, rng, settings, progress)
-            ids += line_ids
-            w += line_w
+        ids, w = encode_example(tokenizer, rng, settings, kind, progress)
+        if rng.random() < 0.5:
+            ids, w = [tokenizer.bos_token_id] + ids, [0.0] + w
         rows.append(ids[: settings.seq_len + 1])
         weights.append(w[: settings.seq_len + 1])
-    return torch.tensor(rows), torch.tensor(weights)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    target_weights = torch.zeros((len(rows), width))
+    for i, (r, w) in enumerate(zip(rows, weights)):
+        ids[i, :len(r)] = torch.tensor(r)
+        target_weights[i, :len(w)] = torch.tensor(w)
+    return ids, target_weights
 
 
 # ---------------------------------------------------------------- training

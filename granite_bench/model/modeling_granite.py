@@ -99,6 +99,12 @@ class GraniteHead(ColumnParallelLinear):
         self.vocab_size = config.vocab_size
         self.logits_scaling = float(config.logits_scaling)
 
+    def use_input_major_layout(self) -> None:
+        """Keep the weight's values and [V, H] shape but lay it out [H, V] in memory. On CPU in fp32, the decode
+        step's matrix-vector product over a large vocabulary with short rows (hidden 256 over 49k tokens) runs
+        about 3x faster this way (8 -> 24 GB/s measured); in bf16 it is slower, so only fp32 uses it."""
+        self.weight.data = self.weight.data.t().contiguous().t()
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = super().forward(hidden)[..., :self.vocab_size]  # padded vocabulary rows are dropped
         return logits / self.logits_scaling

@@ -4,7 +4,8 @@ point as soon as it is done, print the summary.
 Storage: every point is its own run (its own run id and metadata), written as one perf_samples file and then one
 perf_summary file. The summary file marks the point complete: a later sweep skips a point whose key has a
 perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
-write disjoint points under their own run ids, so their files union without coordination.
+write disjoint points under their own run ids, so their files union without coordination. A perf_samples file with
+no perf_summary file of the same run id is a point interrupted between the two writes: readers join on run_id.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                   f"{len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
                   f"(+{spec.warmup} warm-up) · baselines: {', '.join(spec.baselines) or 'none'}")
     threads = set_threads(spec.threads)
+    warn_if_busy(console, threads)
     results: dict[str, list[dict]] = dict(done)
     session = SweepSession(spec, threads)
     interrupted = False
@@ -118,6 +120,19 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
     if store is not None and todo:
         console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}")
     return rows
+
+
+def warn_if_busy(console, threads: dict) -> None:
+    """Say so when other work already keeps the cores busy: every timing will carry that noise."""
+    import os
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    if load >= threads["cores_available"] + 1:
+        console.print(f"[yellow]note:[/] host load average {load:.1f} on {threads['cores_available']} cores: other "
+                      f"work competes for the CPU, so absolute times are noisy (ratios within this run stay "
+                      f"comparable); fewer threads (--threads 1) suffer less from it")
 
 
 # -- the summary table -------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ from ..model.config import DTYPES
 from .timing import GenerationTiming, now_ns
 
 HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static"}   # name -> cache_implementation
+HF_ATTENTION = "sdpa"            # HF's default attention kernel, what a user of generate gets
 
 
 def load_hf_model(model_dir: Path, dtype: str = "float32", device: str = "cpu",
-                  attn_implementation: str = "sdpa") -> GraniteForCausalLM:
+                  attn_implementation: str = HF_ATTENTION) -> GraniteForCausalLM:
     """HF Granite on the same files as the implementation, in the implementation's dtype."""
     model = GraniteForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     return model.to(device).eval()

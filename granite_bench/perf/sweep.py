@@ -134,6 +134,10 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             "device_peak_mb": ctx.device_peak_bytes / 2**20 if ctx.device_peak_bytes is not None else None,
             **ctx.threads,
         }
+        if impl != IMPL:
+            from .hf_baseline import HF_ATTENTION, HF_IMPLEMENTATIONS
+            rows[impl].update(hf_attn_implementation=HF_ATTENTION,
+                              hf_cache_implementation=HF_IMPLEMENTATIONS.get(impl) or "dynamic")
     if IMPL in rows:
         ours = rows[IMPL]
         ours["compile_seconds_total"] = float(sum(ctx.compile_seconds.values()))
@@ -148,6 +152,14 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
 def graphs_used(point: PerfPoint, generation_buckets: list[int]) -> list[tuple[str, int]]:
     kv = sorted(set(kv_lengths(IMPL, point, generation_buckets)))
     return [("context_encoding", point.bucket)] + [("token_generation", k) for k in kv]
+
+
+def compile_times(runner, point: PerfPoint) -> dict[str, float]:
+    """Compile seconds of each graph this point ran ('token_generation[256]': s), whenever it was compiled."""
+    compiled = getattr(getattr(runner, "graphs", None), "compile_seconds", None) or {}
+    used = graphs_used(point, list(runner.neuron_config.token_generation_buckets))
+    return {f"{phase}[{bucket}]": float(compiled[(phase, bucket)]) for phase, bucket in used
+            if (phase, bucket) in compiled}
 
 
 def load_average() -> float | None:
@@ -168,11 +180,7 @@ def rank_threads(point: PerfPoint, threads: dict) -> int:
 
 def worker_pids(runner) -> list[int]:
     """Process ids of a TP runner's worker ranks (none for a single-process runner)."""
-    pids = getattr(runner, "worker_pids", None)
-    if pids is None:
-        procs = getattr(runner, "processes", None) or getattr(runner, "procs", None) or []
-        pids = [p.pid for p in procs if getattr(p, "pid", None)]
-    return [int(p) for p in (pids() if callable(pids) else pids)]
+    return [int(p.pid) for p in getattr(runner, "processes", None) or [] if getattr(p, "pid", None)]
 
 
 class SweepSession:
@@ -230,13 +238,13 @@ class SweepSession:
         load_start = load_average()
         reset_peak_rss(pids)
         reset_device_peak(point.device)
-        timed = interleaved_rounds(contestants, self.spec.rounds, self.spec.warmup)
+        # a compiled graph compiles on its first call: that call is never a timed one
+        warmup = max(self.spec.warmup, 1 if point.compile else 0)
+        timed = interleaved_rounds(contestants, self.spec.rounds, warmup)
         generation_buckets = list(runner.neuron_config.token_generation_buckets)
-        compiled = getattr(getattr(runner, "graphs", None), "compile_seconds", {}) or {}
-        compile_seconds = {f"{phase}[{bucket}]": float(compiled[(phase, bucket)])
-                           for phase, bucket in graphs_used(point, generation_buckets) if (phase, bucket) in compiled}
-        ctx = PointContext(hf_config, generation_buckets, ceilings, torch.tensor([], dtype=runner.neuron_config.dtype)
-                           .element_size(), compile_seconds, peak_rss_bytes(pids), device_peak_bytes(point.device),
+        itemsize = torch.empty(0, dtype=runner.neuron_config.dtype).element_size()
+        ctx = PointContext(hf_config, generation_buckets, ceilings, itemsize, compile_times(runner, point),
+                           peak_rss_bytes(pids), device_peak_bytes(point.device),
                            {**self.threads, "threads_per_rank": rank_threads(point, self.threads),
                             "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()})
         return sample_rows(point, timed), summary_rows(point, timed, ctx)

@@ -58,6 +58,8 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
     model.rotary_emb = RotaryEmbedding(plan.head_dim, neuron_config.sequence_length, rope_parameters(hf_config),
                                        hf_config.max_position_embeddings).to(device)
     model.kv_cache.reset()
+    if device == "cpu" and neuron_config.dtype == torch.float32:
+        model.lm_head.use_input_major_layout()
     return model.eval()
 
 

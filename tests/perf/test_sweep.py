@@ -89,3 +89,14 @@ def test_prompts_are_fixed_by_the_seed_and_fit_the_vocabulary():
 def test_grid_point_columns_name_compile_as_compiled():
     columns = GridSpec().points()[0].columns()
     assert "compiled" in columns and "compile" not in columns and columns["point_key"]
+
+
+def test_compile_times_are_those_of_the_graphs_the_point_ran():
+    from types import SimpleNamespace
+
+    from granite_bench.perf.sweep import compile_times
+    graphs = SimpleNamespace(compile_seconds={("context_encoding", 32): 1.5, ("context_encoding", 128): 4.0,
+                                              ("token_generation", 64): 2.0, ("token_generation", 256): 9.0})
+    runner = SimpleNamespace(graphs=graphs, neuron_config=SimpleNamespace(token_generation_buckets=[64, 256]))
+    assert compile_times(runner, POINT) == {"context_encoding[32]": 1.5, "token_generation[64]": 2.0}
+    assert compile_times(SimpleNamespace(neuron_config=runner.neuron_config), POINT) == {}
