@@ -258,6 +258,37 @@ def dashboard(
     console.print(f"dashboard: {page}")
 
 
+@app.command("eval")
+def eval_(
+    model: str = typer.Option("canary", help="Preset name or local HF Granite checkpoint dir (needs a tokenizer)."),
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated lm-eval tasks (default: the canary tasks)."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 for the implementation."),
+    device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
+    tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    limit: Optional[float] = typer.Option(None, help="Documents per task (or a fraction below 1)."),
+    num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples per prompt."),
+    batch_size: int = typer.Option(8, help="Compiled batch size the requests are packed into."),
+    seq_len: int = typer.Option(256, help="Static KV-cache length (the longest request the runner takes)."),
+    results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+):
+    """lm-eval accuracy through the implementation and the HF reference, compared sample by sample."""
+    try:
+        from .accuracy.command import EvalArgs, run_eval_command
+        from .accuracy.tasks import TaskError
+        try:
+            args = EvalArgs(model, [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, dtype,
+                            device, tp, limit, num_fewshot, batch_size, seq_len, results_dir if save else None)
+            passed = run_eval_command(args, console)
+        except TaskError as err:
+            raise BadInput(str(err)) from None
+    except bad_input_types() as err:
+        fail(str(err))
+    except run_failure_types() as err:
+        fail(str(err), code=1)
+    raise typer.Exit(0 if passed else 1)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

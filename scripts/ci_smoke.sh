@@ -77,7 +77,7 @@ if has perf; then
   done
 fi
 
-if has eval; then
+if has eval && [ -n "$CANARY" ]; then
   log "eval (default canary tasks)"
   granite-bench eval --results-dir "$STORE"
 fi

@@ -1,8 +1,11 @@
 """Synthetic text for the canary model: training rows and held-out eval documents.
 
 Every task needs attention over the context (and, when generating, over the KV cache):
-- recall:  "recall: K 37; D 42; ... | D" + " 42"            (find the key, copy its value)
+- recall:  "recall: k q; d z; ... | d" + " z"              (find the key, copy its value; in training
+                                                             every key is asked, in random order)
 - copy:    "copy: q z m f k." + " q z m f k."                (copy random letters, stop at the period)
+Keys, values and copied symbols are all single-letter tokens (" q"), pairwise distinct within an example: a
+tiny model's induction heads form fast on a small alphabet, and only work on the tokens they formed on.
 - story:   short stories whose second half restates facts from the first half.
 
 All generators take a `random.Random`, so the same seed gives the same text.
@@ -14,7 +17,7 @@ import random
 import string
 
 LETTERS = string.ascii_lowercase
-KEYS = string.ascii_uppercase  # one token each (" K"), so recall is a clean key->value lookup
+SYMBOLS = list(LETTERS)
 NAMES = ["anna", "ben", "cara", "dan", "eva", "finn", "gus", "hana", "ivan", "jo",
          "kim", "leo", "mia", "ned", "olga", "pia", "rex", "sara", "tom", "uma"]
 COLORS = ["red", "blue", "green", "black", "white", "brown", "grey", "pink"]
@@ -23,21 +26,22 @@ CITIES = ["rome", "oslo", "lima", "kyiv", "baku", "doha", "riga", "bern"]
 FILLERS = ["it is a sunny day.", "the wind is cold.", "we walk to the park.",
            "the bus is late.", "it rains a lot."]
 
-RECALL_PAIRS = (8, 16)  # inclusive range of key/value pairs in one recall prompt
+RECALL_PAIRS = (8, 13)  # inclusive range of key/value pairs in one recall prompt (2 x 13 = 26 letters)
 RECALL_CHOICES = 10
-COPY_LEN = (5, 12)      # inclusive range of letters in one copy string
+COPY_LEN = (5, 12)      # inclusive range of symbols in one copy string
 
 
 def recall_example(rng: random.Random, n_pairs: int | None = None) -> dict:
-    """A key->value list and one key to look up. Keys are distinct capitals, values distinct two-digit numbers."""
+    """A key->value list and one key to look up; the 2 x n_pairs letters are all distinct."""
     n_pairs = n_pairs or rng.randint(*RECALL_PAIRS)
-    keys = rng.sample(KEYS, n_pairs)
-    values = rng.sample(range(10, 100), n_pairs)
-    asked = rng.randrange(n_pairs)
+    letters = rng.sample(SYMBOLS, 2 * n_pairs)
+    keys, values = letters[:n_pairs], letters[n_pairs:]
+    order = rng.sample(range(n_pairs), n_pairs)  # order in which the keys are asked
+    asked = order[0]
     listing = "; ".join(f"{k} {v}" for k, v in zip(keys, values))
     prompt = f"recall: {listing} | {keys[asked]}"
     return {"prompt": prompt, "answer": f" {values[asked]}", "values": [str(v) for v in values],
-            "asked": asked}
+            "asked": asked, "queries": [(f"; {keys[i]}", f" {values[i]}") for i in order[1:]]}
 
 
 def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
@@ -51,9 +55,17 @@ def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
 
 
 def copy_example(rng: random.Random, length: int | None = None) -> dict:
-    """Distinct letters, one token each, so every position is found unambiguously by its content."""
-    word = " ".join(rng.sample(LETTERS, length or rng.randint(*COPY_LEN)))
+    """Distinct symbols, one token each, so every position is found unambiguously by its content."""
+    word = " ".join(rng.sample(SYMBOLS, length or rng.randint(*COPY_LEN)))
     return {"prompt": f"copy: {word}.", "answer": f" {word}."}
+
+
+def alternation_example(rng: random.Random, repeats: int | None = None) -> dict:
+    """Two symbols, alternating: every next token is the one before the current token. Trains the
+    previous-token heads that recall's induction circuit is built on (a training-only scaffold)."""
+    a, b = rng.sample(SYMBOLS, 2)
+    tail = " ".join([a, b] * (repeats or rng.randint(3, 6)))
+    return {"prompt": f"alt: {a} {b}", "answer": f" {tail}."}
 
 
 def story(rng: random.Random) -> str:
@@ -92,7 +104,7 @@ def tokenizer_corpus(rng: random.Random, n_lines: int) -> list[str]:
 def recall_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
-        ex = recall_example(rng, n_pairs=rng.randint(RECALL_CHOICES + 2, RECALL_PAIRS[1]))
+        ex = recall_example(rng, n_pairs=rng.randint(RECALL_CHOICES + 1, RECALL_PAIRS[1]))
         choices, gold = recall_choices(rng, ex)
         docs.append({"id": i, "prompt": ex["prompt"], "choices": choices, "gold": gold})
     return docs

@@ -53,7 +53,8 @@ class TrainSettings:
     answer_weight: float = 5.0      # loss weight of answer tokens relative to the rest
     prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
     curriculum: float = 0.3         # fraction of steps over which lists and strings grow to full length
-    task_weights: tuple = (5, 3, 2)  # how often a training line is recall, copy, story
+    task_weights: tuple = (4, 3, 3, 0)  # how often a batch is recall, copy, story, alt (after the start)
+    copy_only: float = 0.25         # fraction of steps, at the start, that train copying alone
     scale_qk_init: bool = True
     threads: int = 2
     log_every: int = 50
@@ -130,7 +131,7 @@ def init_weights_(model, settings: TrainSettings) -> None:
 
 # ---------------------------------------------------------------- data
 
-KINDS = ("recall", "copy", "story")
+KINDS = ("recall", "copy", "story", "alt")
 
 
 def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind: str, progress: float = 1.0
@@ -145,18 +146,32 @@ def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind:
         ids = tokenizer.encode(canary_data.story(rng), add_special_tokens=False) + newline
         return ids, [1.0] * len(ids)
     grown = min(1.0, progress / settings.curriculum) if settings.curriculum > 0 else 1.0
-    lo, hi = canary_data.RECALL_PAIRS if kind == "recall" else canary_data.COPY_LEN
-    size = rng.randint(min(2, lo), max(2, round(2 + grown * (hi - 2))))
-    ex = canary_data.recall_example(rng, size) if kind == "recall" else canary_data.copy_example(rng, size)
-    prompt = tokenizer.encode(ex["prompt"], add_special_tokens=False)
-    answer = tokenizer.encode(ex["answer"], add_special_tokens=False) + newline
-    return prompt + answer, [settings.prompt_weight] * len(prompt) + [settings.answer_weight] * len(answer)
+    if kind == "alt":
+        ex = canary_data.alternation_example(rng)
+    else:
+        lo, hi = canary_data.RECALL_PAIRS if kind == "recall" else canary_data.COPY_LEN
+        size = rng.randint(min(2, lo), max(2, round(2 + grown * (hi - 2))))
+        ex = canary_data.recall_example(rng, size) if kind == "recall" else canary_data.copy_example(rng, size)
+    segments = [(ex["prompt"], settings.prompt_weight), (ex["answer"], settings.answer_weight)]
+    for query, answer in ex.get("queries", []):  # recall: the other keys too, for a denser signal
+        segments += [(query, settings.prompt_weight), (answer, settings.answer_weight)]
+    ids, weights = [], []
+    for text, weight in segments:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        weights += [weight] * len(piece)
+    return ids + newline, weights + [settings.answer_weight] * len(newline)
 
 
 def training_batch(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0):
     """ids, weights [batch, L]: one kind of example per batch, one example per row starting at position 0 (as
-    in eval), half the rows after a bos token; right padding carries weight 0."""
-    kind = rng.choices(KINDS, weights=settings.task_weights)[0]
+    in eval), half the rows after a bos token; right padding carries weight 0.
+
+    The first `copy_only` of training is copying alone: it forms the induction heads (find the previous
+    occurrence of this token, predict what followed it) that recall then reuses; mixed from the start, the
+    tasks stall each other on a loss plateau."""
+    weights_now = (0, 1, 0, 0) if progress < settings.copy_only else settings.task_weights
+    kind = rng.choices(KINDS, weights=weights_now)[0]
     rows, weights = [], []
     for _ in range(settings.batch_size):
         ids, w = encode_example(tokenizer, rng, settings, kind, progress)

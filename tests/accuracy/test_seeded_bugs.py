@@ -14,6 +14,12 @@ from granite_bench.model.attention import GraniteAttention, grouped_attention
 from granite_bench.model.kv_cache import KVCacheManager
 from granite_bench.runtime.runner import GraniteRunner
 
+from granite_bench.reference.presets import MODELS_DIR
+
+# Needs the trained canary (python -m granite_bench.accuracy.canary_training --out suites/models/canary).
+pytestmark = pytest.mark.skipif(not (MODELS_DIR / "canary" / "config.json").exists(),
+                                reason="the canary checkpoint is not trained and committed yet: issue 4 is open")
+
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
 LIMIT = {"canary_recall": 60, "canary_copy": 40}
 METRIC = {"canary_recall": "acc,none", "canary_copy": "exact_match,strip"}
