@@ -1,12 +1,11 @@
 """Synthetic text for the canary model: training rows and held-out eval documents.
 
 Every task needs attention over the context (and, when generating, over the KV cache):
-- recall:  "recall: k q; d z; ... | d" + " z"              (find the key, copy its value; in training
-                                                             every key is asked, in random order)
-- copy:    "copy: q z m f k." + " q z m f k."                (copy random letters, stop at the period)
-Keys, values and copied symbols are all single-letter tokens (" q"), pairwise distinct within an example: a
-tiny model's induction heads form fast on a small alphabet, and only work on the tokens they formed on.
-- story:   short stories whose second half restates facts from the first half.
+- recall: "recall: 1 q; 2 z; ... 12 f | 2" + " z"   find the key, say its value (in training every key
+                                                     is asked, in random order)
+- copy:   "copy: q z m f k." + " q z m f k."         copy random letters, stop at the period
+- story:  short stories whose second half restates facts from the first half
+Values and copied symbols are single-letter tokens (" q"), pairwise distinct within an example.
 
 All generators take a `random.Random`, so the same seed gives the same text.
 """
@@ -26,22 +25,26 @@ CITIES = ["rome", "oslo", "lima", "kyiv", "baku", "doha", "riga", "bern"]
 FILLERS = ["it is a sunny day.", "the wind is cold.", "we walk to the park.",
            "the bus is late.", "it rains a lot."]
 
-RECALL_PAIRS = (8, 13)  # inclusive range of key/value pairs in one recall prompt (2 x 13 = 26 letters)
+RECALL_PAIRS = 12        # key/value pairs in one recall prompt
 RECALL_CHOICES = 10
 COPY_LEN = (5, 12)      # inclusive range of symbols in one copy string
 
 
 def recall_example(rng: random.Random, n_pairs: int | None = None) -> dict:
-    """A key->value list and one key to look up; the 2 x n_pairs letters are all distinct."""
-    n_pairs = n_pairs or rng.randint(*RECALL_PAIRS)
-    letters = rng.sample(SYMBOLS, 2 * n_pairs)
-    keys, values = letters[:n_pairs], letters[n_pairs:]
+    """Keys 1..n in order, each with a distinct random letter; one key asked.
+
+    The keys come in a fixed order, so the value sits at a fixed offset from the start: a tiny model learns this
+    lookup in minutes (attention to one relative position of a long context, so RoPE, the q·k scale and the
+    cache all have to be right), where content-addressed recall over shuffled keys stays on a loss plateau far
+    longer than a CPU budget allows."""
+    n_pairs = n_pairs or RECALL_PAIRS
+    values = rng.sample(SYMBOLS, n_pairs)
     order = rng.sample(range(n_pairs), n_pairs)  # order in which the keys are asked
     asked = order[0]
-    listing = "; ".join(f"{k} {v}" for k, v in zip(keys, values))
-    prompt = f"recall: {listing} | {keys[asked]}"
-    return {"prompt": prompt, "answer": f" {values[asked]}", "values": [str(v) for v in values],
-            "asked": asked, "queries": [(f"; {keys[i]}", f" {values[i]}") for i in order[1:]]}
+    listing = "; ".join(f"{i + 1} {v}" for i, v in enumerate(values))
+    prompt = f"recall: {listing} | {asked + 1}"
+    return {"prompt": prompt, "answer": f" {values[asked]}", "values": values, "asked": asked,
+            "queries": [(f"; {i + 1}", f" {values[i]}") for i in order[1:]]}
 
 
 def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
@@ -55,17 +58,9 @@ def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
 
 
 def copy_example(rng: random.Random, length: int | None = None) -> dict:
-    """Distinct symbols, one token each, so every position is found unambiguously by its content."""
+    """Distinct letters, one token each: "copy: q z m f k." -> " q z m f k."."""
     word = " ".join(rng.sample(SYMBOLS, length or rng.randint(*COPY_LEN)))
     return {"prompt": f"copy: {word}.", "answer": f" {word}."}
-
-
-def alternation_example(rng: random.Random, repeats: int | None = None) -> dict:
-    """Two symbols, alternating: every next token is the one before the current token. Trains the
-    previous-token heads that recall's induction circuit is built on (a training-only scaffold)."""
-    a, b = rng.sample(SYMBOLS, 2)
-    tail = " ".join([a, b] * (repeats or rng.randint(3, 6)))
-    return {"prompt": f"alt: {a} {b}", "answer": f" {tail}."}
 
 
 def story(rng: random.Random) -> str:
@@ -84,7 +79,7 @@ def story(rng: random.Random) -> str:
 
 
 def training_line(rng: random.Random) -> str:
-    """One training example as a line of text (recall-heavy: it is the hardest task)."""
+    """One example as a line of text (the tokenizer's training corpus)."""
     kind = rng.choices(["recall", "copy", "story"], weights=[5, 3, 2])[0]
     if kind == "recall":
         ex = recall_example(rng)
@@ -104,7 +99,7 @@ def tokenizer_corpus(rng: random.Random, n_lines: int) -> list[str]:
 def recall_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
-        ex = recall_example(rng, n_pairs=rng.randint(RECALL_CHOICES + 1, RECALL_PAIRS[1]))
+        ex = recall_example(rng)
         choices, gold = recall_choices(rng, ex)
         docs.append({"id": i, "prompt": ex["prompt"], "choices": choices, "gold": gold})
     return docs

@@ -40,24 +40,27 @@ class TrainSettings:
     num_kv_heads: int = 2
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
+    # The canary's Granite multipliers. Training runs with the plain ones (1, 1/sqrt(head_dim), 1, 1), which a
+    # tiny model learns far faster from, and `fold_multipliers` then rewrites the weights exactly into these.
     embedding_multiplier: float = 12.0
     attention_multiplier: float = 1.0 / 32  # 1/head_dim (Granite style), not 1/sqrt(head_dim)
     residual_multiplier: float = 0.22
     logits_scaling: float = 4.0
-    steps: int = 1500
+    steps: int = 2400
     batch_size: int = 24
     seq_len: int = 128
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     answer_weight: float = 5.0      # loss weight of answer tokens relative to the rest
     prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
-    curriculum: float = 0.3         # fraction of steps over which lists and strings grow to full length
-    task_weights: tuple = (4, 3, 3, 0)  # how often a batch is recall, copy, story, alt (after the start)
-    copy_only: float = 0.25         # fraction of steps, at the start, that train copying alone
-    scale_qk_init: bool = True
+    curriculum: float = 0.1         # fraction of steps over which copied strings grow to full length
+    # Training phases: (fraction of the steps, how often a row is recall, copy, story). The tasks are
+    # learned one after the other, each later phase replaying the earlier ones: mixed from the start, they
+    # hold each other on a loss plateau far longer than the CPU budget.
+    phases: tuple = ((0.30, (0, 1, 0)), (0.35, (3, 1, 0)), (0.35, (2, 2, 2)))
     threads: int = 2
-    log_every: int = 50
+    log_every: int = 100
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -91,7 +94,22 @@ def train_tokenizer(settings: TrainSettings):
 
 # ---------------------------------------------------------------- model
 
-def canary_config(settings: TrainSettings, tokenizer):
+def head_dim(settings: TrainSettings) -> int:
+    return settings.hidden_size // settings.num_heads
+
+
+def training_multipliers(settings: TrainSettings) -> dict:
+    return {"embedding_multiplier": 1.0, "attention_multiplier": head_dim(settings) ** -0.5,
+            "residual_multiplier": 1.0, "logits_scaling": 1.0}
+
+
+def canary_multipliers(settings: TrainSettings) -> dict:
+    return {"embedding_multiplier": settings.embedding_multiplier,
+            "attention_multiplier": settings.attention_multiplier,
+            "residual_multiplier": settings.residual_multiplier, "logits_scaling": settings.logits_scaling}
+
+
+def canary_config(settings: TrainSettings, tokenizer, multipliers: dict):
     from transformers import GraniteConfig
 
     return GraniteConfig(
@@ -105,53 +123,63 @@ def canary_config(settings: TrainSettings, tokenizer):
         rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
-        embedding_multiplier=settings.embedding_multiplier,
-        attention_multiplier=settings.attention_multiplier,
-        residual_multiplier=settings.residual_multiplier,
-        logits_scaling=settings.logits_scaling,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        **multipliers,
     )
 
 
 @torch.no_grad()
-def init_weights_(model, settings: TrainSettings) -> None:
-    """HF's init, with q/k scaled up so that q·k·attention_multiplier starts with the spread of a 1/sqrt(d)
-    model: a Granite-small attention_multiplier otherwise leaves attention uniform for many steps."""
-    if not settings.scale_qk_init:
-        return
-    head_dim = settings.hidden_size // settings.num_heads
-    gain = math.sqrt(1.0 / (settings.attention_multiplier * math.sqrt(head_dim)))
-    for layer in model.model.layers:
-        layer.self_attn.q_proj.weight.mul_(gain)
-        layer.self_attn.k_proj.weight.mul_(gain)
+def fold_multipliers(model, target: dict):
+    """A new model with Granite multipliers `target` computing the same function as `model` (exact up to
+    rounding); `model` is left as it was:
+
+    embedding  e·E            : E   *= e_old / e_new
+    final norm g·E^T / l      : g   *= (e_new / e_old) * (l_new / l_old)     (E is tied to the LM head)
+    q·k scale  a·q·k          : W_q *= a_old / a_new
+    residual   h + r·branch   : W_o, W_down *= r_old / r_new
+    """
+    from transformers import GraniteForCausalLM
+
+    c = model.config
+    e, a, r, l = (c.embedding_multiplier, c.attention_multiplier, c.residual_multiplier, c.logits_scaling)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    state["model.embed_tokens.weight"] *= e / target["embedding_multiplier"]
+    state["model.norm.weight"] *= target["embedding_multiplier"] / e * target["logits_scaling"] / l
+    for i in range(c.num_hidden_layers):
+        state[f"model.layers.{i}.self_attn.q_proj.weight"] *= a / target["attention_multiplier"]
+        state[f"model.layers.{i}.self_attn.o_proj.weight"] *= r / target["residual_multiplier"]
+        state[f"model.layers.{i}.mlp.down_proj.weight"] *= r / target["residual_multiplier"]
+    state.pop("lm_head.weight", None)  # tied to the embedding
+    folded = GraniteForCausalLM(type(c)(**{**c.to_dict(), **target}))  # modules read multipliers at init
+    folded.load_state_dict(state, strict=False)
+    folded.tie_weights()
+    return folded.eval()
 
 
 # ---------------------------------------------------------------- data
 
-KINDS = ("recall", "copy", "story", "alt")
+KINDS = ("recall", "copy", "story")
 
 
 def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind: str, progress: float = 1.0
                    ) -> tuple[list[int], list[float]]:
     """Token ids of one training example plus "\\n", and the loss weight of each token as a target.
 
-    Early in training (progress < curriculum) recall lists and copy strings are shorter: with few distractors
-    the attention pattern that solves them is found much sooner, then carries over to full length.
+    Early in training (progress < curriculum) the copied strings are shorter: with few distractors the
+    attention pattern that solves them is found much sooner, then carries over to full length.
     """
     newline = tokenizer.encode("\n", add_special_tokens=False)
     if kind == "story":
         ids = tokenizer.encode(canary_data.story(rng), add_special_tokens=False) + newline
         return ids, [1.0] * len(ids)
     grown = min(1.0, progress / settings.curriculum) if settings.curriculum > 0 else 1.0
-    if kind == "alt":
-        ex = canary_data.alternation_example(rng)
+    if kind == "recall":
+        ex = canary_data.recall_example(rng)
     else:
-        lo, hi = canary_data.RECALL_PAIRS if kind == "recall" else canary_data.COPY_LEN
-        size = rng.randint(min(2, lo), max(2, round(2 + grown * (hi - 2))))
-        ex = canary_data.recall_example(rng, size) if kind == "recall" else canary_data.copy_example(rng, size)
+        hi = canary_data.COPY_LEN[1]
+        ex = canary_data.copy_example(rng, rng.randint(2, max(2, round(2 + grown * (hi - 2)))))
     segments = [(ex["prompt"], settings.prompt_weight), (ex["answer"], settings.answer_weight)]
     for query, answer in ex.get("queries", []):  # recall: the other keys too, for a denser signal
         segments += [(query, settings.prompt_weight), (answer, settings.answer_weight)]
@@ -164,16 +192,12 @@ def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind:
 
 
 def training_batch(tokenizer, rng: random.Random, settings: TrainSettings, progress: float = 1.0):
-    """ids, weights [batch, L]: one kind of example per batch, one example per row starting at position 0 (as
-    in eval), half the rows after a bos token; right padding carries weight 0.
-
-    The first `copy_only` of training is copying alone: it forms the induction heads (find the previous
-    occurrence of this token, predict what followed it) that recall then reuses; mixed from the start, the
-    tasks stall each other on a loss plateau."""
-    weights_now = (0, 1, 0, 0) if progress < settings.copy_only else settings.task_weights
-    kind = rng.choices(KINDS, weights=weights_now)[0]
+    """ids, weights [batch, L]: one example per row starting at position 0 (as in eval), its kind drawn with the
+    current phase's weights; half the rows after a bos token; right padding carries weight 0."""
+    weights_now = phase_at(progress, settings)[1]
     rows, weights = [], []
     for _ in range(settings.batch_size):
+        kind = rng.choices(KINDS, weights=weights_now)[0]
         ids, w = encode_example(tokenizer, rng, settings, kind, progress)
         if rng.random() < 0.5:
             ids, w = [tokenizer.bos_token_id] + ids, [0.0] + w
@@ -190,11 +214,31 @@ def training_batch(tokenizer, rng: random.Random, settings: TrainSettings, progr
 
 # ---------------------------------------------------------------- training
 
+def phase_at(progress: float, settings: TrainSettings) -> tuple[int, tuple]:
+    """(index, task weights) of the phase that `progress` (0..1 of the steps) falls in."""
+    end = 0.0
+    for index, (fraction, weights) in enumerate(settings.phases):
+        end += fraction
+        if progress < end:
+            return index, weights
+    return len(settings.phases) - 1, settings.phases[-1][1]
+
+
+def phase_starts(settings: TrainSettings) -> list[int]:
+    starts, end = [], 0.0
+    for fraction, _ in settings.phases:
+        starts.append(int(round(end * settings.steps)))
+        end += fraction
+    return starts
+
+
 def lr_at(step: int, settings: TrainSettings) -> float:
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Cosine decay from lr to 5% over the whole run, with a linear warmup at the start of every phase (a new
+    task under a full learning rate and Adam's small second moments wipes out what the last phase learned)."""
+    start = max(s for s in phase_starts(settings) if s <= step)
+    progress = step / max(1, settings.steps)
+    peak = settings.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * min(1.0, (step - start + 1) / settings.warmup_steps)
 
 
 def train(model, tokenizer, settings: TrainSettings, log=print, probe=None) -> list[dict]:
@@ -242,7 +286,7 @@ def train(model, tokenizer, settings: TrainSettings, log=print, probe=None) -> l
 # ---------------------------------------------------------------- quick held-out check
 
 @torch.no_grad()
-def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 12) -> str:
+def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> str:
     ids = tokenizer.encode(prompt, add_special_tokens=False)
     newline = tokenizer.encode("\n", add_special_tokens=False)[0]
     out = []
@@ -300,38 +344,94 @@ def write_eval_documents(eval_dir: Path, seed: int) -> None:
                 f.write(json.dumps(doc) + "\n")
 
 
-def write_training_note(out: Path, settings: TrainSettings, history: list[dict],
-                        wall_s: float, checks: dict[str, float], command: str) -> None:
+@torch.no_grad()
+def text_perplexity(model, tokenizer, docs: list[dict]) -> float:
+    """Token-level perplexity of the held-out stories, each after the bos token."""
+    nll, count = 0.0, 0
+    for doc in docs:
+        ids = [tokenizer.bos_token_id] + tokenizer.encode(doc["text"], add_special_tokens=False)
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+        nll -= float(logp.gather(1, torch.tensor(ids[1:])[:, None]).sum())
+        count += len(ids) - 1
+    return math.exp(nll / count)
+
+
+def held_out_checks(model, tokenizer, seed: int) -> dict[str, float]:
+    docs = eval_documents(seed)
+    return {"recall_acc": recall_accuracy(model, tokenizer, docs["canary_recall"][:100]),
+            "copy_exact": copy_accuracy(model, tokenizer, docs["canary_copy"][:50]),
+            "text_token_ppl": text_perplexity(model, tokenizer, docs["canary_text"][:50])}
+
+
+@torch.no_grad()
+def max_fold_error(before, after, tokenizer, seed: int) -> float:
+    """max |Δ logit| between the trained and the folded model on a few held-out prompts."""
+    docs = eval_documents(seed)
+    prompts = [docs["canary_recall"][0]["prompt"], docs["canary_copy"][0]["prompt"], docs["canary_text"][0]["text"]]
+    worst = 0.0
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+        worst = max(worst, float((before(input_ids=ids).logits - after(input_ids=ids).logits).abs().max()))
+    return worst
+
+
+def write_training_note(out: Path, settings: TrainSettings, history: list[dict], wall_s: float,
+                        checks: dict[str, float], fold_error: float, command: str) -> None:
+    probes = [k for k in history[0] if k not in ("step", "loss", "seconds")]
     lines = [
         "# Canary model",
         "",
-        "A tiny Granite trained on synthetic key->value recall, copying and short stories, so that",
-        "its eval accuracy is far above chance and drops when the implementation is broken.",
+        "A tiny Granite (4 layers, hidden 128, 4 query heads over 2 KV heads, RoPE, tied embeddings) with its",
+        "byte-level BPE tokenizer, trained on synthetic recall, copying and short stories so that its eval",
+        "accuracy is far above chance and drops when the implementation is broken. See",
+        "`granite_bench/accuracy/canary_data.py` for the tasks and `canary_training.py` for the recipe.",
+        "Recall keys come in a fixed order (1..12, each with a random letter): content-addressed recall over",
+        "shuffled keys stayed on its loss plateau far beyond a few CPU minutes (`recall_example`).",
         "",
-        "Made by:",
+        "Made by (deterministic on a given machine: fixed seeds, deterministic torch algorithms):",
         "",
         f"    {command}",
         "",
-        f"- seed {settings.seed} (training stream and tokenizer), held-out eval seed {settings.eval_seed}",
-        f"- {settings.steps} steps, batch {settings.batch_size} x {settings.seq_len} tokens, "
-        f"AdamW lr {settings.lr} (warmup {settings.warmup_steps}, cosine), {settings.threads} threads",
-        f"- wall time {wall_s:.0f} s on {platform.processor() or platform.machine()}, torch {torch.__version__}",
-        f"- final training loss {history[-1]['loss']:.4f} (first logged {history[0]['loss']:.4f})",
-        "- held-out checks (HF Transformers, fp32): "
+        f"- seed {settings.seed} (tokenizer and training stream); held-out eval documents from seed "
+        f"{settings.eval_seed} (`suites/eval/canary_*/`)",
+        f"- {settings.steps} steps of AdamW (lr {settings.lr}, cosine, {settings.warmup_steps}-step warmup at each "
+        f"phase), batch {settings.batch_size}, one example per row, loss on answers (x{settings.answer_weight}) "
+        f"and story text; phases (fraction, recall:copy:story weights): {list(settings.phases)}",
+        "- trained with plain multipliers (embedding 1, attention 1/sqrt(head_dim), residual 1, logits 1), then",
+        f"  folded exactly into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
+        f"attention_multiplier {settings.attention_multiplier}, residual_multiplier {settings.residual_multiplier}, "
+        f"logits_scaling {settings.logits_scaling} (max |Δ logit| after folding: {fold_error:.2e})",
+        f"- wall time {wall_s:.0f} s with {settings.threads} threads on {platform.machine()} "
+        f"({platform.processor() or 'cpu'}), torch {torch.__version__}",
+        f"- training loss: first logged {history[0]['loss']:.4f}, final {history[-1]['loss']:.4f}",
+        "- held-out checks (HF Transformers, fp32, folded weights): "
         + ", ".join(f"{k} {v:.3f}" for k, v in checks.items()),
+        "",
+        "Loss (mean over each logging window; weighted as in training) and held-out probes while training:",
+        "",
+        "| step | loss | " + " | ".join(probes) + " | seconds |",
+        "| --- | --- | " + " | ".join("---" for _ in probes) + " | --- |",
+    ] + [f"| {h['step']} | {h['loss']:.4f} | " + " | ".join(f"{h[k]:.2f}" for k in probes)
+         + f" | {h['seconds']:.0f} |" for h in history] + [
         "",
         "Settings:",
         "",
         "```json",
         json.dumps(asdict(settings), indent=2),
         "```",
-        "",
-        "Loss curve (mean over each logging window):",
-        "",
-        "| step | loss | seconds |",
-        "| --- | --- | --- |",
-    ] + [f"| {h['step']} | {h['loss']:.4f} | {h['seconds']:.0f} |" for h in history]
+    ]
     (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
+
+
+def save_checkpoint(model, tokenizer, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Name the tokenizer class transformers 4.x knows too (5.x writes its new "TokenizersBackend").
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,23 +454,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()
     tokenizer = train_tokenizer(settings)
-    model = GraniteForCausalLM(canary_config(settings, tokenizer))
-    init_weights_(model, settings)
-    history = train(model, tokenizer, settings)
+    model = GraniteForCausalLM(canary_config(settings, tokenizer, training_multipliers(settings)))
+    docs = eval_documents(settings.eval_seed)
+    probe = lambda m: {"recall_acc": recall_accuracy(m, tokenizer, docs["canary_recall"][:40]),  # noqa: E731
+                       "copy_exact": copy_accuracy(m, tokenizer, docs["canary_copy"][:10])}
+    history = train(model, tokenizer, settings, probe=probe)
     wall_s = time.perf_counter() - start
 
-    docs = eval_documents(settings.eval_seed)
-    checks = {"recall_acc": recall_accuracy(model, tokenizer, docs["canary_recall"][:100]),
-              "copy_exact": copy_accuracy(model, tokenizer, docs["canary_copy"][:50])}
-    print("held-out:", checks)
+    trained, model = model, fold_multipliers(model, canary_multipliers(settings))
+    fold_error = max_fold_error(trained, model, tokenizer, settings.eval_seed)
+    checks = held_out_checks(model, tokenizer, settings.eval_seed)
+    print(f"held-out: {checks}; fold error {fold_error:.2e}; {wall_s:.0f} s")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
+    save_checkpoint(model, tokenizer, args.out)
     command = "python -m granite_bench.accuracy.canary_training --out suites/models/canary"
     if args.steps != TrainSettings.steps:
         command += f" --steps {args.steps}"
-    write_training_note(args.out, settings, history, wall_s, checks, command)
+    write_training_note(args.out, settings, history, wall_s, checks, fold_error, command)
 
 
 if __name__ == "__main__":

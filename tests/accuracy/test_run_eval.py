@@ -7,11 +7,6 @@ import pytest
 from granite_bench.accuracy.run import EvalOutcome, run_eval
 from granite_bench.accuracy.tasks import DEFAULT_TASKS, TaskError
 
-from granite_bench.reference.presets import MODELS_DIR
-
-# Needs the trained canary (python -m granite_bench.accuracy.canary_training --out suites/models/canary).
-pytestmark = pytest.mark.skipif(not (MODELS_DIR / "canary" / "config.json").exists(),
-                                reason="the canary checkpoint is not trained and committed yet: issue 4 is open")
 
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
@@ -36,7 +31,7 @@ def test_canary_scores_far_above_chance_on_both_sides(outcome):
     for side in ("impl_value", "ref_value"):
         assert summary.loc["canary_recall", side] >= 0.9       # 10 choices: chance is 0.1
         assert summary.loc["canary_copy", side] >= 0.8         # chance is ~0
-    assert summary.loc["canary_recall", "impl_stderr"] > 0
+    assert summary.loc["canary_recall", "impl_stderr"] >= 0  # reported (0 when every answer is right)
 
 
 def test_samples_have_one_row_per_request_with_both_sides(outcome):
