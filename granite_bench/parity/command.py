@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ..reference.hf_reference import load_reference
 from ..runtime.runner import GraniteRunner, InputError
-from .check import ParityOutcome, run_parity
+from .check import ParityOutcome, batches, run_parity
 from .prompts import encode_prompts, read_prompts_file
 from .tolerances import profile_for
 
@@ -89,9 +89,8 @@ def tp_vs_single_process(runner, prompts: list[list[int]], outcome: ParityOutcom
     twin = single_process_twin(runner)
     try:
         diffs = []
-        size = runner.neuron_config.batch_size
-        for start in range(0, len(prompts), size):
-            batch, tokens = prompts[start:start + size], forced[start:start + size]
+        for start, batch in batches(prompts, runner.neuron_config.batch_size):
+            tokens = forced[start:start + len(batch)]
             diffs.append(max_logit_difference(teacher_forced_logits(runner, batch, tokens),
                                               teacher_forced_logits(twin, batch, tokens)))
         return max(diffs)
@@ -100,10 +99,7 @@ def tp_vs_single_process(runner, prompts: list[list[int]], outcome: ParityOutcom
 
 
 def compile_summary(runner) -> dict:
-    seconds = getattr(runner, "compile_seconds", None)
-    if seconds is None:
-        seconds = getattr(getattr(runner, "graphs", None), "compile_seconds", {})
-    seconds = seconds() if callable(seconds) else seconds
+    seconds = runner.graphs.compile_seconds  # every runner (single process, TP, Neuron) keeps its graph bookkeeping
     return {"compiled_graphs": len(seconds), "compile_seconds_total": float(sum(seconds.values()))}
 
 

@@ -12,7 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import yaml
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites" / "perf"
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -150,18 +149,6 @@ def spec_from_suite(data: dict) -> GridSpec:
     if "compile" in data:
         spec.compile = [bool(v) for v in as_list(data["compile"])]
     return spec
-
-
-def load_suite_file(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise GridError(f"perf suite {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise GridError(f"perf suite {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise GridError(f"perf suite {path} must be a mapping of options")
-    return data
 
 
 def with_overrides(spec: GridSpec, **overrides) -> GridSpec:

@@ -2,7 +2,8 @@ from dataclasses import replace
 
 import pytest
 
-from granite_bench.perf.grid import (SUITES_DIR, GridError, GridSpec, load_suite_file, parse_shard, shard_points,
+from granite_bench.cli import load_suite
+from granite_bench.perf.grid import (SUITES_DIR, GridError, GridSpec, parse_shard, shard_points,
                                      spec_from_suite, with_overrides)
 
 
@@ -77,4 +78,4 @@ def test_command_line_overrides_keep_suite_values_left_as_none():
 
 @pytest.mark.parametrize("path", sorted(SUITES_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_suites_expand(path):
-    assert spec_from_suite(load_suite_file(path)).points()
+    assert spec_from_suite(load_suite(path)).points()
