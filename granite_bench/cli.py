@@ -12,13 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .resources import suites_dir
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation.")
 # Rich falls back to 80 columns without a terminal (CI logs): give tables room there.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-SUITES = Path(__file__).resolve().parents[1] / "suites"
+SUITES = suites_dir()
 
 
 @app.callback()

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-THRESHOLDS_FILE = Path(__file__).resolve().parents[2] / "suites" / "eval" / "thresholds.yaml"
+from ..resources import suite_path
+
+THRESHOLDS_FILE = suite_path("eval/thresholds.yaml")
 THRESHOLD_KEYS = ("max_abs_delta_loglik", "mean_abs_delta_loglik", "min_argmax_agreement",
                   "min_generation_agreement", "max_metric_difference", "max_perplexity_ratio")
 MAIN_METRICS = ("acc", "exact_match", "word_perplexity", "perplexity", "acc_norm")

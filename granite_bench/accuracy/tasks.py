@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
-EVAL_DIR = Path(__file__).resolve().parents[2] / "suites" / "eval"
+from ..resources import suite_path
+
+EVAL_DIR = suite_path("eval")
 DEFAULT_TASKS = ["canary_recall", "canary_text", "canary_copy"]
 
 # offline alternative per lm-eval output type

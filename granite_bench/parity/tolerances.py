@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "suites" / "parity" / "tolerances.yaml"
+from ..resources import suite_path
+
+DEFAULT_PATH = suite_path("parity/tolerances.yaml")
 
 DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",

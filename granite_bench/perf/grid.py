@@ -12,8 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..resources import suite_path
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "suites" / "perf"
+SUITES_DIR = suite_path("perf")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 BASELINES = ("hf_eager", "hf_static")
 

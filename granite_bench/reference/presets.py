@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
+from ..resources import suites_dir
+
+SUITES_DIR = suites_dir()
 MODELS_DIR = SUITES_DIR / "models"
 
 
