@@ -47,7 +47,7 @@ def bad_input_types() -> tuple:
 
 def run_failure_types() -> tuple:
     """Errors that end a run (a TP rank died or hung, a static graph recompiled or broke): one line, exit 1."""
-    from .runtime.distributed import TPRankError
+    from .runtime.tp_worker import TPRankError
     from .runtime.graphs import GraphBreakError, RecompilationError
     return TPRankError, RecompilationError, GraphBreakError
 

@@ -5,6 +5,7 @@ its results land where the user runs, and nothing is written into the installed 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +35,12 @@ def installed(tmp_path_factory):
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
     started = time.monotonic()
-    built = run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+    source = root / "source"   # a copy: setuptools' build/ folder must not leak stale modules into the wheel
+    shutil.copytree(REPO / "granite_bench", source / "granite_bench", symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    built = run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                  "-w", str(root / "dist")], root, env)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((root / "dist").glob("granite_bench-*.whl"))
@@ -63,7 +69,7 @@ def test_installed_wheel_runs_every_command_from_outside_the_repository(installe
     env = {**env, "GRANITE_BENCH_CACHE": str(tmp_path / "cache")}
     cli = str(bin_dir / "granite-bench")
     commands = [
-        [cli, "parity", "--layers", "1", "--num-tokens", "4", "--batch-size", "2", "--buckets", "32,64"],
+        [cli, "parity", "--layers", "1", "--num-tokens", "4", "--batch-size", "2", "--buckets", "32,64,128"],
         [cli, "perf", "--layers", "1", "--batch-sizes", "1", "--buckets", "32", "--new-tokens", "4", "--rounds", "1",
          "--warmup", "0", "--baselines", "none", "--threads", "1"],
         [cli, "eval", "--limit", "2", "--batch-size", "4"],

@@ -66,7 +66,7 @@ def run_eval(model: str = "canary", tasks: list[str] | None = None, dtype: str =
              batch_size: int = 8, seq_len: int = 256, thresholds: dict | None = None,
              quiet: bool = True) -> EvalOutcome:
     """Run `tasks` through the implementation and the reference; per-sample and per-task comparison."""
-    from ..runtime.runner import GraniteRunner
+    from ..runtime.select import build_runner
     from .lm_adapter import GraniteRunnerLM
 
     if quiet:
@@ -79,7 +79,7 @@ def run_eval(model: str = "canary", tasks: list[str] | None = None, dtype: str =
     output_types = {t.config.task: t.config.output_type for t in probe.tasks}
     thresholds = thresholds or compare.load_thresholds(dtype)
 
-    runner = GraniteRunner.build(model, dtype=dtype, device=device, tp_degree=tp_degree, batch_size=batch_size,
+    runner = build_runner(model, dtype=dtype, device=device, tp_degree=tp_degree, batch_size=batch_size,
                                  seq_len=seq_len)
     try:
         tokenizer = load_tokenizer(runner.model_dir)

@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.table import Table
 
 from ..reference.hf_reference import load_reference
-from ..runtime.runner import GraniteRunner, InputError
+from ..runtime.runner import InputError
+from ..runtime.select import build_runner
 from .check import ParityOutcome, batches, run_parity
 from .prompts import encode_prompts, read_prompts_file
 from .tolerances import profile_for
@@ -56,7 +57,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
         raise InputError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
     console.print(f"[bold]parity[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device}"
                   f"{' · compiled' if args.compile else ''} · profile {profile.name}")
-    runner = GraniteRunner.build(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
+    runner = build_runner(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
                                  batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,
                                  compile=args.compile, num_layers=args.layers)
     try:
@@ -83,7 +84,8 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
 
 def tp_vs_single_process(runner, prompts: list[list[int]], outcome: ParityOutcome) -> float:
     """max |logit(TP-N) - logit(TP-1)| on the same teacher-forced inputs (the reference's greedy tokens)."""
-    from ..runtime.distributed import max_logit_difference, single_process_twin
+    from ..runtime.select import single_process_twin
+    from .metrics import max_logit_difference
     from .teacher_forcing import teacher_forced_logits
     forced = outcome.reference_tokens
     twin = single_process_twin(runner)

@@ -318,3 +318,8 @@ def verdict(metrics: dict[str, Any], greedy: list[dict] | None = None) -> Parity
         n_diverged_rows=len(diverged),
         n_unacceptable_divergences=len(unacceptable),
     )
+
+
+def max_logit_difference(logits: list[Tensor], baseline: list[Tensor]) -> float:
+    """max |a - b| over every position of every prompt (e.g. TP-N against TP-1 teacher-forced logits)."""
+    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(logits, baseline, strict=True))

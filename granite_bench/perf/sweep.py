@@ -174,7 +174,7 @@ def rank_threads(point: PerfPoint, threads: dict) -> int:
     """torch threads each rank runs with: the driver's at tp 1, the TP runner's share of the cores otherwise."""
     if point.tp == 1:
         return threads.get("torch_threads", 1)
-    from ..runtime.distributed import threads_per_rank
+    from ..runtime.tp_runner import threads_per_rank
     return threads_per_rank(point.tp)
 
 
@@ -262,10 +262,11 @@ class SweepSession:
 def default_build_runner(point: PerfPoint, spec: GridSpec):
     """The runner for a point's group: its batch size, every context bucket of the grid, last-position logits only
     (what a serving graph computes, and what HF generate computes)."""
-    from ..runtime.runner import GraniteRunner, build_neuron_config
+    from ..runtime.runner import build_neuron_config
+    from ..runtime.select import build_runner
     config = build_neuron_config(batch_size=point.batch_size, seq_len=point.seq_len, buckets=sorted(spec.buckets),
                                  tp_degree=point.tp, dtype=point.dtype, output_logits=False)
-    return GraniteRunner.build(point.model, dtype=point.dtype, device=point.device, tp_degree=point.tp,
+    return build_runner(point.model, dtype=point.dtype, device=point.device, tp_degree=point.tp,
                                batch_size=point.batch_size, seq_len=point.seq_len, buckets=sorted(spec.buckets),
                                compile=point.compile, num_layers=point.layers, neuron_config=config)
 

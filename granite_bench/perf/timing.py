@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..runtime.generation import greedy_generate
+
 
 def synchronizer(device: str):
     """A function that waits until all queued work on `device` is done."""
@@ -35,31 +37,13 @@ class GenerationTiming:
     tokens: list[list[int]] = field(default_factory=list)
 
 
-@torch.no_grad()
 def time_runner_generation(runner, prompts: list[list[int]], new_tokens: int, sync) -> GenerationTiming:
-    """Greedy decode through the runner's two static entry points, timing every phase.
-
-    The runner is built with output_logits off, so context encoding returns the last position's logits only
-    ([B, 1, V]), as HF generate computes them; with it on, the last real position of each row is used.
-    """
-    lengths = torch.tensor([len(p) for p in prompts])
-    start = now_ns(sync)
-    logits = runner.context_encode(prompts)                     # [B, 1 or L, V]
-    last = logits[:, 0] if logits.shape[1] == 1 else logits[torch.arange(len(prompts)), lengths - 1]
-    next_ids = last.argmax(-1)                                  # [B]
-    first = now_ns(sync)
-    chosen = [next_ids]
-    steps = []
-    before = first
-    for step in range(1, new_tokens):
-        logits = runner.token_generate(next_ids, lengths + step - 1)  # [B, V]
-        next_ids = logits.argmax(-1)
-        chosen.append(next_ids)
-        after = now_ns(sync)
-        steps.append(after - before)
-        before = after
-    tokens = torch.stack(chosen, dim=1).tolist()
-    return GenerationTiming(first - start, steps, before - start, tokens)
+    """Greedy decode of exactly `new_tokens` (no stop tokens) through the one generation loop, every interval
+    closed after synchronising the device. Perf builds its runners with output_logits off (last position only,
+    as HF generate computes it)."""
+    result = greedy_generate(runner, prompts, new_tokens, clock=lambda: now_ns(sync))
+    t = result.timings
+    return GenerationTiming(t["ttft_ns"], t["step_ns"], t["e2e_ns"], result.tokens)
 
 
 # -- threads ---------------------------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ def import_tree(tree: str):
 
 def build_runner(args):
     import torch
-    from granite_bench.runtime.runner import GraniteRunner
+    from granite_bench.runtime.select import build_runner
     torch.set_num_threads(args.threads)
-    runner = GraniteRunner.build(args.model, dtype=args.dtype, device="cpu", batch_size=1, seq_len=args.seq_len,
+    runner = build_runner(args.model, dtype=args.dtype, device="cpu", batch_size=1, seq_len=args.seq_len,
                                  buckets=[args.prompt_len], num_layers=args.layers)
     prompt = [[(7 * i + 3) % 200 + 5 for i in range(args.prompt_len)]]
     return runner, prompt

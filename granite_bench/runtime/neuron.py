@@ -20,7 +20,6 @@ ModelBuilder owns the tensor parallelism on Neuron (one SPMD graph over the Neur
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import time
 from collections import Counter
@@ -32,29 +31,9 @@ from torch import nn
 from ..model import parallel_state as ps
 from ..model.config import NeuronConfig
 from ..model.parallel_layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
-from .runner import GraniteRunner, InputError
-
-NEURON_PACKAGES = ("torch_neuronx", "neuronx_distributed")
-INSTALL_HINT = ("pip install torch-neuronx neuronx-distributed "
-                "--extra-index-url https://pip.repos.neuron.amazonaws.com")
-
-
-class NeuronUnavailableError(InputError):
-    """torch-neuronx / neuronx-distributed are not importable here."""
-
-
-def missing_neuron_packages() -> list[str]:
-    return [name for name in NEURON_PACKAGES if importlib.util.find_spec(name) is None]
-
-
-def require_neuron() -> None:
-    """Stop with one line when the Neuron packages are missing."""
-    missing = missing_neuron_packages()
-    if missing:
-        raise NeuronUnavailableError(
-            f"--device neuron needs {', '.join(m.replace('_', '-') for m in missing)} ({INSTALL_HINT}); they run "
-            f"on AWS Trainium/Inferentia instances (trn1, trn2, inf2): use --device cpu or cuda here")
-
+from .devices import require_neuron
+from .errors import InputError
+from .runner import GraniteRunner
 
 # -- pure helpers (no Neuron packages needed; unit-tested on CPU) ----------------------------------------------
 def graph_key(phase: str, bucket: int) -> str:
@@ -301,7 +280,7 @@ class NeuronRunner(GraniteRunner):
         from ..model.modeling_granite import NeuronGraniteForCausalLM
         from ..model.state_dict import load_rank_shard
         from ..reference.weights import cache_root, read_init
-        from .distributed import prepare_shards, shard_cache_dir
+        from .shards import prepare_shards, shard_cache_dir
 
         started = time.perf_counter()
         tp = neuron_config.tp_degree

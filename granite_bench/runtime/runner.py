@@ -1,12 +1,11 @@
-"""The one runner interface parity, perf and accuracy use: build once, then `context_encode`, `token_generate`,
-`generate`. Inputs are padded to the compiled batch size and to a bucket, so every call runs one of a fixed set of
+"""The single-process runner (contract.Runner; `select.build_runner` builds it): `context_encode`,
+`token_generate`, and `generate` through the one greedy loop. Inputs are padded to the compiled batch size and to a bucket, so every call runs one of a fixed set of
 static graphs (one per phase and bucket), as on Neuron."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -15,20 +14,11 @@ from ..model.config import BucketError, NeuronConfig, pick_bucket
 from ..model.modeling_granite import NeuronGraniteForCausalLM, head_plan
 from ..model.rope import RotaryEmbedding, rope_parameters
 from ..model.state_dict import convert_hf_state_dict, load_hf_state_dict
+from .errors import InputError
+from .generation import GenerationResult, greedy_generate
 from .graphs import GraphSet
 
 PAD_TOKEN = 0
-
-
-class InputError(ValueError):
-    """An input the compiled shapes cannot take (one line, says what to change)."""
-
-
-@dataclass
-class GenerationResult:
-    tokens: list[list[int]]          # new tokens per row
-    logits: torch.Tensor             # [B, N, V] float32, logits that chose each new token
-    timings: dict = field(default_factory=dict)
 
 
 def build_neuron_config(batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None,
@@ -64,7 +54,7 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
 
 
 class GraniteRunner:
-    """Single-process runner (tp_degree 1, or one rank of a TP group driven SPMD)."""
+    """Single-process runner (tp_degree 1, or one rank of a TP group driven SPMD); implements contract.Runner."""
 
     def __init__(self, model: NeuronGraniteForCausalLM, model_dir: Path, hf_config, neuron_config: NeuronConfig,
                  device: str = "cpu", compile: bool = False, init: dict | None = None):
@@ -79,33 +69,6 @@ class GraniteRunner:
         self.init = init
         self.graphs = GraphSet(model, compile=compile)
         self.load_seconds = 0.0
-
-    @classmethod
-    def build(cls, model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1,
-              batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
-              num_layers: int | None = None, neuron_config: NeuronConfig | None = None):
-        from ..reference.weights import load_hf_config, resolve_model_dir
-        if device == "neuron":
-            from .neuron import require_neuron
-            require_neuron()  # one line before any weights are created or loaded
-        start = time.perf_counter()
-        model_dir = resolve_model_dir(model, num_layers=num_layers)
-        hf_config = load_hf_config(model_dir)
-        # refuse a bad TP degree before anything starts
-        head_plan(hf_config, neuron_config.tp_degree if neuron_config is not None else tp_degree)
-        if neuron_config is None:
-            neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
-        if device == "neuron":  # ModelBuilder traces every bucket and owns the TP ranks on the NeuronCores
-            from .neuron import NeuronRunner
-            return NeuronRunner.start(model_dir, hf_config, neuron_config)
-        if neuron_config.tp_degree > 1 and not ps.get_tensor_model_parallel_size() > 1:
-            from .distributed import TPRunner  # drives tp_degree worker ranks
-            return TPRunner.start(model_dir, hf_config, neuron_config, device=device, compile=compile)
-        device = resolve_device(device)
-        runner = cls(load_rank_model(model_dir, hf_config, neuron_config, device), model_dir, hf_config,
-                     neuron_config, device, compile)
-        runner.load_seconds = time.perf_counter() - start
-        return runner
 
     # -- static-shape entry points ---------------------------------------------------------------------------
     def pad_rows(self, rows: int) -> int:
@@ -155,25 +118,10 @@ class GraniteRunner:
     def reset(self) -> None:
         self.model.kv_cache.reset()
 
-    # -- host generation loop --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerationResult:
-        """Greedy decode of exactly max_new_tokens per row (no early stop)."""
-        lengths = torch.tensor([len(p) for p in prompts])
-        if int(lengths.max()) + max_new_tokens > self.neuron_config.sequence_length:
-            raise InputError(f"prompt of {int(lengths.max())} + {max_new_tokens} new tokens exceeds sequence_length "
-                             f"{self.neuron_config.sequence_length}: raise --seq-len or lower --num-tokens")
-        t0 = time.perf_counter()
-        logits = self.context_encode(prompts)
-        step_logits = [logits[torch.arange(len(prompts)), lengths - 1]]  # [B, V]
-        timings = {"context_encoding_s": time.perf_counter() - t0, "token_generation_s": []}
-        for step in range(1, max_new_tokens):
-            next_ids = step_logits[-1].argmax(-1)
-            t = time.perf_counter()
-            step_logits.append(self.token_generate(next_ids, lengths + step - 1))
-            timings["token_generation_s"].append(time.perf_counter() - t)
-        all_logits = torch.stack(step_logits, dim=1)  # [B, N, V]
-        return GenerationResult(all_logits.argmax(-1).tolist(), all_logits, timings)
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 stop_token_ids: Iterable[int] = ()) -> GenerationResult:
+        """Greedy decode through the one loop (generation.greedy_generate), stopping early on stop tokens."""
+        return greedy_generate(self, prompts, max_new_tokens, stop_token_ids)
 
     def close(self) -> None:
         """Nothing to release in one process (the TP runner stops its ranks here)."""
@@ -182,17 +130,3 @@ class GraniteRunner:
 def stack_capture(capture, rows: int, length: int):
     """[(layer, sub, Tensor[B, L, H])] trimmed to the real rows and positions, on CPU, float32."""
     return [(i // 2, sub, hidden[:rows, :length].float().cpu()) for i, (sub, hidden) in enumerate(capture)]
-
-
-def resolve_device(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is visible to torch here; use --device cpu")
-        return "cuda"
-    if device == "neuron":
-        from .neuron import require_neuron
-        require_neuron()
-        return "neuron"
-    raise InputError(f"unknown --device {device!r}: choose cpu, cuda or neuron")

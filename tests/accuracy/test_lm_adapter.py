@@ -12,7 +12,7 @@ from granite_bench.accuracy.lm_adapter import GraniteRunnerLM
 from granite_bench.accuracy.tasks import EVAL_DIR
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import resolve_model_dir
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -44,7 +44,7 @@ def generation_requests(n: int = 6) -> list[Instance]:
 
 @pytest.fixture(scope="module")
 def runner():
-    return GraniteRunner.build("canary", dtype="float32", batch_size=4, seq_len=128)
+    return build_runner("canary", dtype="float32", batch_size=4, seq_len=128)
 
 
 @pytest.fixture(scope="module")

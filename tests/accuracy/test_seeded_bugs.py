@@ -12,7 +12,7 @@ from granite_bench.accuracy.tasks import load_tasks, task_manager
 from granite_bench.model import rope
 from granite_bench.model.attention import GraniteAttention, grouped_attention
 from granite_bench.model.kv_cache import KVCacheManager
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -22,7 +22,7 @@ METRIC = {"canary_recall": "acc,none", "canary_copy": "exact_match,strip", "cana
 
 @pytest.fixture(scope="module")
 def runner():
-    return GraniteRunner.build("canary", dtype="float32", batch_size=8, seq_len=128)
+    return build_runner("canary", dtype="float32", batch_size=8, seq_len=128)
 
 
 def score(runner, task: str) -> float:

@@ -9,7 +9,7 @@ from granite_bench.model.config import NeuronConfig
 from granite_bench.model.head_sharding import MAX_TP_DEGREE, TPDegreeError, plan_heads, validate_tp_degree
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import DEFAULT_INIT, create_random_checkpoint
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 SHAPES = [(8, 2, 2), (8, 2, 4), (8, 2, 8), (8, 1, 4), (8, 4, 8), (32, 8, 4), (32, 8, 16), (40, 8, 16),
           (12, 4, 8), (12, 3, 2), (12, 3, 4), (40, 8, 3), (40, 8, 6), (6, 6, 4)]
@@ -101,7 +101,7 @@ def test_tp_logits_equal_hf_on_shapes_that_need_padding_or_mha(tmp_path, num_q, 
     config = NeuronConfig(batch_size=1, sequence_length=32, tp_degree=tp, context_encoding_buckets=[32],
                           token_generation_buckets=[32])
     prompt = torch.randint(3, 512, (20,), generator=torch.Generator().manual_seed(1)).tolist()
-    runner = GraniteRunner.build(str(model_dir), neuron_config=config)
+    runner = build_runner(str(model_dir), neuron_config=config)
     try:
         actual = runner.context_encode([prompt])[0]
     finally:

@@ -10,7 +10,7 @@ from granite_bench.model.attention import grouped_attention
 from granite_bench.parity.check import run_parity
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import load_reference
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 PRESETS = ["tiny-gqa", "tiny-mqa", "tiny-llama3-rope", "tiny-untied"]
 
@@ -22,7 +22,7 @@ def mixed_prompts(count=3, seed=0):
 
 
 def build(preset, dtype="float32", batch_size=3):
-    runner = GraniteRunner.build(preset, dtype=dtype, batch_size=batch_size, seq_len=96, buckets=[16, 32, 64])
+    runner = build_runner(preset, dtype=dtype, batch_size=batch_size, seq_len=96, buckets=[16, 32, 64])
     return runner, load_reference(runner.model_dir)
 
 

@@ -14,7 +14,8 @@ from granite_bench.parity.teacher_forcing import teacher_forced_logits
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import greedy_tokens, load_reference
 from granite_bench.reference.weights import load_hf_config, resolve_model_dir
-from granite_bench.runtime.runner import GraniteRunner, InputError
+from granite_bench.runtime.runner import InputError
+from granite_bench.runtime.select import build_runner
 
 NUM_TOKENS = 4
 # TP-N sums the same fp32 products in another order than TP-1: ~1e-5 on logits of spread ~3.5.
@@ -44,7 +45,7 @@ def preset():
             reference = load_reference(model_dir)
             prompts = prompts_for(reference.config.vocab_size)
             forced = [greedy_tokens(reference, p, NUM_TOKENS) for p in prompts]
-            single = GraniteRunner.build(str(model_dir), neuron_config=neuron_config(1))
+            single = build_runner(str(model_dir), neuron_config=neuron_config(1))
             cache[name] = (model_dir, reference, prompts, forced, teacher_forced_logits(single, prompts, forced))
         return cache[name]
     return get
@@ -53,7 +54,7 @@ def preset():
 @pytest.mark.parametrize("name, tp", CASES, ids=[f"{n}-tp{t}" for n, t in CASES])
 def test_tp_parity_passes_against_hf_and_stays_next_to_tp1(preset, name, tp):
     model_dir, reference, prompts, forced, tp1_logits = preset(name)
-    runner = GraniteRunner.build(str(model_dir), neuron_config=neuron_config(tp))
+    runner = build_runner(str(model_dir), neuron_config=neuron_config(tp))
     try:
         outcome = run_parity(runner, reference, prompts, NUM_TOKENS, profile_for("float32"))
         tp_logits = teacher_forced_logits(runner, prompts, forced)
@@ -75,7 +76,7 @@ def test_tp2_parity_passes_with_unfused_qkv(preset):
     model_dir, reference, prompts, _, _ = preset("tiny-gqa")
     config = neuron_config(2)
     config.fused_qkv = False
-    runner = GraniteRunner.build(str(model_dir), neuron_config=config)
+    runner = build_runner(str(model_dir), neuron_config=config)
     try:
         assert run_parity(runner, reference, prompts, NUM_TOKENS, profile_for("float32")).passed
     finally:
@@ -88,7 +89,7 @@ def test_tp2_compiled_graphs_pass_parity_and_compile_once():
     (tiny-gqa cut to 2 layers: compile time grows with the graph)."""
     config = NeuronConfig(batch_size=2, sequence_length=32, tp_degree=2, max_context_length=16,
                           context_encoding_buckets=[16], token_generation_buckets=[32])
-    runner = GraniteRunner.build("tiny-gqa", num_layers=2, neuron_config=config, compile=True)
+    runner = build_runner("tiny-gqa", num_layers=2, neuron_config=config, compile=True)
     prompts = [[5, 9, 200, 17, 3000, 44, 8], [1000, 2000, 3]]
     try:
         outcome = run_parity(runner, load_reference(runner.model_dir), prompts, NUM_TOKENS, profile_for("float32"))

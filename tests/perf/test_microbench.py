@@ -19,9 +19,10 @@ BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, SEQ_LEN = 1, 32, 8, 64, 1024   # granite-3.1
 
 @pytest.fixture(scope="module")
 def tiny_runner(tiny_model_dir):
-    from granite_bench.runtime.runner import GraniteRunner, build_neuron_config
+    from granite_bench.runtime.runner import build_neuron_config
+    from granite_bench.runtime.select import build_runner
     config = build_neuron_config(batch_size=1, seq_len=256, buckets=[32], output_logits=False)
-    runner = GraniteRunner.build(str(tiny_model_dir), neuron_config=config)
+    runner = build_runner(str(tiny_model_dir), neuron_config=config)
     runner.context_encode([list(range(3, 35))])
     yield runner
     runner.close()

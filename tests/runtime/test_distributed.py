@@ -16,9 +16,13 @@ from granite_bench.model.head_sharding import TPDegreeError
 from granite_bench.model.modeling_granite import head_plan
 from granite_bench.model.state_dict import convert_hf_state_dict, load_hf_state_dict, load_rank_shard
 from granite_bench.reference.weights import load_hf_config
-from granite_bench.runtime import distributed
-from granite_bench.runtime.distributed import TPRankError, TPRunner
-from granite_bench.runtime.runner import GraniteRunner, InputError
+from granite_bench.parity.metrics import max_logit_difference
+from granite_bench.runtime import devices, shards, tp_runner
+from granite_bench.runtime.select import single_process_twin
+from granite_bench.runtime.tp_runner import TPRunner
+from granite_bench.runtime.tp_worker import TPRankError
+from granite_bench.runtime.runner import InputError
+from granite_bench.runtime.select import build_runner
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
 
@@ -30,12 +34,12 @@ def neuron_config(tp: int, batch_size: int = 2) -> NeuronConfig:
 
 @pytest.fixture(scope="module")
 def single(tiny_model_dir):
-    return GraniteRunner.build(str(tiny_model_dir), neuron_config=neuron_config(1))
+    return build_runner(str(tiny_model_dir), neuron_config=neuron_config(1))
 
 
 @pytest.fixture(scope="module")
 def tp2(tiny_model_dir):
-    runner = GraniteRunner.build(str(tiny_model_dir), neuron_config=neuron_config(2))
+    runner = build_runner(str(tiny_model_dir), neuron_config=neuron_config(2))
     yield runner
     runner.close()
 
@@ -62,10 +66,10 @@ def test_tp2_context_encoding_and_decode_match_one_process(tp2, single):
 
 
 def test_single_process_twin_gives_the_tp_n_vs_tp1_baseline(tp2):
-    twin = distributed.single_process_twin(tp2)
+    twin = single_process_twin(tp2)
     assert twin.neuron_config.tp_degree == 1 and twin.model_dir == tp2.model_dir
     assert twin.neuron_config.context_encoding_buckets == tp2.neuron_config.context_encoding_buckets
-    difference = distributed.max_logit_difference([tp2.context_encode(PROMPTS)], [twin.context_encode(PROMPTS)])
+    difference = max_logit_difference([tp2.context_encode(PROMPTS)], [twin.context_encode(PROMPTS)])
     assert 0 < difference < 1e-4  # fp32 sums in another order: close, yet not bit-identical
 
 
@@ -73,7 +77,7 @@ def test_tp2_generate_returns_rank0_tokens_logits_and_timings(tp2, single):
     ours, theirs = tp2.generate(PROMPTS, 6), single.generate(PROMPTS, 6)
     assert ours.tokens == theirs.tokens
     assert torch.allclose(ours.logits, theirs.logits, atol=1e-4, rtol=0)
-    assert len(ours.timings["token_generation_s"]) == 5
+    assert len(ours.timings["step_ns"]) == 5
     assert tp2.graphs.calls[("token_generation", 32)] >= 5
 
 
@@ -106,12 +110,12 @@ def test_shards_are_converted_once_and_redone_when_the_checkpoint_changes(tiny_m
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     config = load_hf_config(model_dir)
-    first = distributed.prepare_shards(model_dir, config, neuron_config(2))
+    first = shards.prepare_shards(model_dir, config, neuron_config(2))
     written = (first / "rank1.safetensors").stat().st_mtime_ns
-    assert distributed.prepare_shards(model_dir, config, neuron_config(2)) == first
+    assert shards.prepare_shards(model_dir, config, neuron_config(2)) == first
     assert (first / "rank1.safetensors").stat().st_mtime_ns == written
     os.utime(model_dir / "model.safetensors", ns=(1, 1))
-    assert distributed.prepare_shards(model_dir, config, neuron_config(2)) != first
+    assert shards.prepare_shards(model_dir, config, neuron_config(2)) != first
 
 
 def test_a_killed_rank_ends_the_call_with_an_error_naming_it(tiny_model_dir):
@@ -137,10 +141,10 @@ def test_a_hung_rank_ends_the_call_with_an_error_naming_it_within_the_timeout(ti
 def test_a_failure_message_puts_the_likeliest_cause_first():
     timeout = ("error", None, "RuntimeError: [gloo] Timed out waiting 3000ms for recv operation to complete")
     crash = ("error", None, "Traceback ...\nValueError: bad shard")
-    assert distributed.describe_failure("generate", 15, {}, {1}, {0: timeout}) == (
+    assert tp_runner.describe_failure("generate", 15, {}, {1}, {0: timeout}) == (
         "TP rank 1 did not answer generate within 15 s (hung); rank 0 then failed: RuntimeError: [gloo] Timed out "
         "waiting 3000ms for recv operation to complete")
-    assert distributed.describe_failure("generate", 15, {2: -9}, {0}, {1: crash}) == (
+    assert tp_runner.describe_failure("generate", 15, {2: -9}, {0}, {1: crash}) == (
         "TP rank 2 died (signal SIGKILL) during generate; TP rank 1 failed during generate: ValueError: bad shard; "
         "TP rank 0 did not answer generate within 15 s")
 
@@ -162,9 +166,9 @@ def test_close_stops_every_rank_and_can_be_called_twice(tiny_model_dir):
 ])
 def test_bad_tp_degrees_are_refused_in_one_line_before_any_process_starts(tiny_model_dir, monkeypatch, tp,
                                                                            error, message):
-    monkeypatch.setattr(distributed, "mp_context", lambda: pytest.fail("a process was started"))
+    monkeypatch.setattr(tp_runner, "mp_context", lambda: pytest.fail("a process was started"))
     with pytest.raises(error, match=message) as info:
-        GraniteRunner.build(str(tiny_model_dir), tp_degree=tp, seq_len=64, buckets=[16, 32])
+        build_runner(str(tiny_model_dir), tp_degree=tp, seq_len=64, buckets=[16, 32])
     assert "\n" not in str(info.value)
 
 
@@ -172,30 +176,30 @@ def test_cuda_tp_needs_one_visible_gpu_per_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(InputError, match="--tp 2 on --device cuda needs 2 GPUs, 1 visible"):
-        distributed.check_devices("cuda", 2)
-    distributed.check_devices("cuda", 1)
+        devices.check_devices("cuda", 2)
+    devices.check_devices("cuda", 1)
 
 
 def test_collectives_use_nccl_between_gpus_and_gloo_on_cpu():
-    assert distributed.backend_for("cuda") == "nccl"
-    assert distributed.backend_for("cpu") == "gloo"
-    assert distributed.rank_device("cuda", 3) == "cuda:3"
-    assert distributed.rank_device("cpu", 3) == "cpu"
+    assert devices.backend_for("cuda") == "nccl"
+    assert devices.backend_for("cpu") == "gloo"
+    assert devices.rank_device("cuda", 3) == "cuda:3"
+    assert devices.rank_device("cpu", 3) == "cpu"
 
 
 def test_collective_timeout_comes_from_the_environment_or_the_mode(monkeypatch):
-    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
-    assert distributed.collective_timeout(False) < distributed.collective_timeout(True)
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "42")
-    assert distributed.collective_timeout(True) == 42.0
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    monkeypatch.delenv(tp_runner.TIMEOUT_ENV, raising=False)
+    assert tp_runner.collective_timeout(False) < tp_runner.collective_timeout(True)
+    monkeypatch.setenv(tp_runner.TIMEOUT_ENV, "42")
+    assert tp_runner.collective_timeout(True) == 42.0
+    monkeypatch.setenv(tp_runner.TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match="number of seconds"):
-        distributed.collective_timeout(False)
+        tp_runner.collective_timeout(False)
 
 
 def test_worker_modules_do_not_import_transformers():
     """Ranks start from the model and runtime modules alone; transformers would add seconds per rank."""
-    code = ("import sys, granite_bench.runtime.distributed, granite_bench.runtime.runner; "
+    code = ("import sys, granite_bench.runtime.tp_runner, granite_bench.runtime.tp_worker; "
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -207,12 +211,12 @@ def test_the_same_entry_point_runs_under_torchrun(tiny_model_dir, single, tmp_pa
     script.write_text(textwrap.dedent(f"""
         import sys, torch
         from granite_bench.model.config import NeuronConfig
-        from granite_bench.runtime.runner import GraniteRunner
+        from granite_bench.runtime.select import build_runner
 
         def main():
             config = NeuronConfig(batch_size=2, sequence_length=64, tp_degree=2, max_context_length=32,
                                   context_encoding_buckets=[16, 32], token_generation_buckets=[32, 64])
-            runner = GraniteRunner.build({str(tiny_model_dir)!r}, neuron_config=config)
+            runner = build_runner({str(tiny_model_dir)!r}, neuron_config=config)
             try:
                 torch.save(runner.context_encode({PROMPTS!r}), sys.argv[1])
             finally:
@@ -236,11 +240,11 @@ def test_tp2_over_nccl_matches_one_gpu(tiny_model_dir):
     config.torch_dtype = "bfloat16"
     single_config = neuron_config(1)
     single_config.torch_dtype = "bfloat16"
-    runner = GraniteRunner.build(str(tiny_model_dir), neuron_config=config, device="cuda")
+    runner = build_runner(str(tiny_model_dir), neuron_config=config, device="cuda")
     try:
         assert runner.backend == "nccl"
         ours = runner.generate(PROMPTS, 4)
     finally:
         runner.close()
-    theirs = GraniteRunner.build(str(tiny_model_dir), neuron_config=single_config, device="cuda").generate(PROMPTS, 4)
+    theirs = build_runner(str(tiny_model_dir), neuron_config=single_config, device="cuda").generate(PROMPTS, 4)
     assert ours.tokens == theirs.tokens

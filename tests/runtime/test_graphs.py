@@ -16,10 +16,11 @@ from granite_bench.parity.check import run_parity
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import load_hf_config, resolve_model_dir
-from granite_bench.runtime import neuron
+from granite_bench.runtime import devices, neuron
 from granite_bench.runtime.graphs import (GraphBreakError, GraphInfo, GraphSet, RecompilationError, inductor_patches,
                                           recompile_reason)
-from granite_bench.runtime.runner import GraniteRunner, InputError, load_rank_model
+from granite_bench.runtime.runner import InputError, load_rank_model
+from granite_bench.runtime.select import build_runner
 
 
 class ToyModel(nn.Module):
@@ -119,7 +120,7 @@ def test_compiled_graphs_pass_parity_like_eager_ones(tiny_model_dir):
     """tiny-gqa, one context-encoding and one token-generation bucket: two compilations, then reuse."""
     config = NeuronConfig(batch_size=2, sequence_length=32, max_context_length=16, context_encoding_buckets=[16],
                           token_generation_buckets=[32])
-    runner = GraniteRunner.build(str(tiny_model_dir), neuron_config=config, compile=True)
+    runner = build_runner(str(tiny_model_dir), neuron_config=config, compile=True)
     prompts = [[5, 9, 200, 17, 3000, 44, 8], [1000, 2000, 3]]
     outcome = run_parity(runner, load_reference(tiny_model_dir), prompts, 4, profile_for("float32"))
     assert outcome.passed
@@ -132,19 +133,19 @@ def test_compiled_graphs_pass_parity_like_eager_ones(tiny_model_dir):
 
 
 def test_neuron_without_its_packages_stops_in_one_line_saying_what_to_install_and_where(monkeypatch):
-    monkeypatch.setattr(neuron.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match=r"torch-neuronx, neuronx-distributed .*pip.repos.neuron.amazonaws.com.*"
                                          r"Trainium/Inferentia") as info:
-        neuron.require_neuron()
+        devices.require_neuron()
     assert "\n" not in str(info.value)
 
 
 def test_neuron_is_refused_before_any_weights_are_created(monkeypatch):
     import granite_bench.reference.weights as weights
-    monkeypatch.setattr(neuron.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(weights, "resolve_model_dir", lambda *a, **k: pytest.fail("weights were resolved"))
-    with pytest.raises(neuron.NeuronUnavailableError):
-        GraniteRunner.build("tiny-gqa", device="neuron")
+    with pytest.raises(devices.NeuronUnavailableError):
+        build_runner("tiny-gqa", device="neuron")
 
 
 def test_every_neuron_graph_has_its_own_input_shapes():
@@ -219,8 +220,8 @@ def test_bucket_graph_returns_the_logits_and_the_updated_cache_as_state(tiny_mod
 def test_cuda_compiled_graphs_with_cuda_graph_decode_match_eager(tiny_model_dir, dtype):
     config = NeuronConfig(batch_size=2, sequence_length=32, max_context_length=16, context_encoding_buckets=[16],
                           token_generation_buckets=[32], torch_dtype=dtype)
-    eager = GraniteRunner.build(str(tiny_model_dir), neuron_config=config, device="cuda")
-    compiled = GraniteRunner.build(str(tiny_model_dir), neuron_config=config, device="cuda", compile=True)
+    eager = build_runner(str(tiny_model_dir), neuron_config=config, device="cuda")
+    compiled = build_runner(str(tiny_model_dir), neuron_config=config, device="cuda", compile=True)
     prompts = [[5, 9, 200, 17, 3000, 44, 8], [1000, 2000, 3]]
     ours, theirs = compiled.generate(prompts, 6), eager.generate(prompts, 6)
     assert ours.tokens == theirs.tokens

@@ -6,6 +6,7 @@ import torch
 from granite_bench.model.config import NeuronConfig
 from granite_bench.reference.hf_reference import greedy_tokens, load_reference
 from granite_bench.runtime.runner import GraniteRunner, InputError
+from granite_bench.runtime.select import build_runner
 
 SEQ_LEN = 96
 ATOL, RTOL = 5e-5, 1e-5
@@ -14,7 +15,7 @@ ATOL, RTOL = 5e-5, 1e-5
 def make_runner(model_dir, batch_size: int) -> GraniteRunner:
     neuron_config = NeuronConfig(batch_size=batch_size, sequence_length=SEQ_LEN, max_context_length=64,
                                  context_encoding_buckets=[16, 32, 64], token_generation_buckets=[32, 64, 96])
-    return GraniteRunner.build(str(model_dir), neuron_config=neuron_config)
+    return build_runner(str(model_dir), neuron_config=neuron_config)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,42 @@ def test_generate_equals_hf_greedy_generate(runner, tiny_model_dir):
     prompts = [random_ids(n, seed=20 + n) for n in (6, 23, 11)]
     result = runner.generate(prompts, max_new_tokens=8)
     assert result.logits.shape == (3, 8, 4096)
-    assert len(result.timings["token_generation_s"]) == 7
+    assert len(result.timings["step_ns"]) == 7
     for row, prompt in enumerate(prompts):
         assert result.tokens[row] == greedy_tokens(reference, prompt, 8)
+
+
+def test_generate_on_a_last_position_only_runner_decodes_what_a_full_logits_runner_does(runner, tiny_model_dir):
+    """output_logits off (what perf builds) once made generate index past the single returned position."""
+    from granite_bench.runtime.runner import build_neuron_config
+    last_only = build_runner(str(tiny_model_dir), neuron_config=build_neuron_config(
+        batch_size=3, seq_len=SEQ_LEN, buckets=[16, 32, 64], output_logits=False))
+    prompts = [random_ids(n, seed=40 + n) for n in (6, 23, 11)]
+    ours = last_only.generate(prompts, max_new_tokens=5)
+    full = runner.generate(prompts, max_new_tokens=5)
+    assert ours.tokens == full.tokens
+    assert torch.allclose(ours.logits, full.logits, atol=ATOL, rtol=RTOL)
+
+
+def test_generate_stops_early_when_every_row_has_emitted_a_stop_token(runner, tiny_model_dir):
+    prompts = [random_ids(n, seed=60 + n) for n in (6, 23, 11)]
+    free = runner.generate(prompts, max_new_tokens=8).tokens
+    stops = {row[2] for row in free}                 # every row reaches one of these by its third token
+    stopped = runner.generate(prompts, max_new_tokens=8, stop_token_ids=stops)
+    assert stopped.logits.shape[1] <= 3
+    for row, tokens in zip(free, stopped.tokens):
+        cut = next(i for i, t in enumerate(row) if t in stops)
+        assert tokens == row[:cut + 1]
+
+
+def test_every_runner_implements_the_runner_contract(runner):
+    import inspect
+
+    from granite_bench.runtime.contract import Runner
+    from granite_bench.runtime.neuron import NeuronRunner
+    from granite_bench.runtime.tp_runner import TPRunner
+    assert isinstance(runner, Runner)
+    for cls in (TPRunner, NeuronRunner):
+        for method in ("context_encode", "token_generate", "generate", "reset", "close"):
+            ours = inspect.signature(getattr(cls, method)).parameters
+            assert list(ours) == list(inspect.signature(getattr(Runner, method)).parameters), (cls, method)

@@ -1,14 +1,14 @@
-"""Tensor parallelism on torch.distributed: one process per TP rank, driven SPMD.
+"""Tensor parallelism on torch.distributed: the driver of one process per TP rank, driven SPMD.
 
-Two launch modes, one runner interface (`TPRunner`, the same methods and attributes as `GraniteRunner`):
+Two launch modes, one runner contract (`TPRunner`):
 
 - one host, `--tp N`: the CLI process is the driver. It converts the checkpoint once into per-rank shards
-  (cached beside the model, `rank{r}.safetensors`), starts N worker processes (gloo on CPU, NCCL on CUDA), sends
-  every call to every rank over a pipe, and returns rank 0's answer. A rank that dies, fails or stops answering
-  ends the run with an error naming it; `close()` always stops the workers.
-- `torchrun` (one or several hosts): every process runs the same command. Rank 0 returns a driver `TPRunner`
-  that broadcasts each call over the process group; the other ranks serve those calls inside
-  `GraniteRunner.build` and exit when rank 0 closes.
+  (shards.py), starts N worker processes (tp_worker.py; gloo on CPU, NCCL on CUDA), sends every call to every rank
+  over a pipe, and returns rank 0's answer. A rank that dies, fails or stops answering ends the run with an error
+  naming it; `close()` always stops the workers.
+- `torchrun` (one or several hosts; torchrun.py): every process runs the same command. Rank 0 returns a driver
+  `TPRunner` that broadcasts each call over the process group; the other ranks serve those calls and exit when
+  rank 0 closes.
 
 Collectives run under a bounded process-group timeout, so a rank waiting on a dead or hung peer fails instead of
 waiting for ever; the driver's own deadline is that timeout plus a grace period.
@@ -16,51 +16,33 @@ waiting for ever; the driver's own deadline is that timeout plus a grace period.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
 import shutil
 import signal
 import tempfile
 import time
-import traceback
 import weakref
-from dataclasses import dataclass
-from datetime import timedelta
 from multiprocessing.connection import wait
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterable
 
 import torch
 
-from ..model import parallel_state as ps
 from ..model.config import NeuronConfig
-from ..model.state_dict import (has_sharded_checkpoint, load_hf_state_dict, load_rank_shard,
-                                save_sharded_checkpoint, shard_key)
+from ..model.modeling_granite import head_plan
+from .devices import backend_for, check_devices
 from .graphs import GraphInfo
+from .shards import prepare_shards
+from .torchrun import close_spmd, join_torchrun, spmd_world
+from .tp_worker import START_TIMEOUT_S, RankSpec, TPRankError, finish_spmd_call, worker_main
 
 EAGER_TIMEOUT_S = 120.0        # a collective waiting longer than this on a peer fails (eager graphs)
 COMPILE_TIMEOUT_S = 1800.0     # compiled graphs: peers may still be compiling their copy of a graph
-START_TIMEOUT_S = 600.0       # start-up (process start, rendezvous, shard load) on a busy host
 GRACE_S = 15.0                 # how long the driver waits for the other ranks once one has failed or died
 TIMEOUT_ENV = "GRANITE_BENCH_TP_TIMEOUT"
 START_METHOD_ENV = "GRANITE_BENCH_TP_START_METHOD"
-WORKER_METHODS = ("context_encode", "token_generate", "generate", "reset", "graph_info")
-
-
-class TPRankError(RuntimeError):
-    """A TP rank died, hung or failed; the message names it."""
-
-
-# -- launch helpers ------------------------------------------------------------------------------------------------
-def backend_for(device: str) -> str:
-    """Collective backend per device: NCCL between GPUs, gloo on CPU (gloo reduces in fp32: no bf16 collectives)."""
-    return "nccl" if device == "cuda" else "gloo"
-
-
-def rank_device(device: str, local_rank: int) -> str:
-    return f"cuda:{local_rank}" if device == "cuda" else "cpu"
 
 
 def collective_timeout(compile: bool) -> float:
@@ -82,22 +64,6 @@ def threads_per_rank(tp: int) -> int:
     return max(1, (os.cpu_count() or 1) // tp)
 
 
-def check_devices(device: str, tp: int) -> None:
-    """Refuse, before any process starts, a TP degree the visible devices cannot hold."""
-    if device == "cuda":
-        from .runner import InputError
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count < tp:
-            raise InputError(f"--tp {tp} on --device cuda needs {tp} GPUs, {count} visible: lower --tp "
-                             f"or run across hosts with torchrun")
-    elif device == "neuron":
-        from .neuron import require_neuron
-        require_neuron()
-    elif device != "cpu":
-        from .runner import InputError
-        raise InputError(f"unknown --device {device!r}: choose cpu, cuda or neuron")
-
-
 def config_namespace(hf_config) -> SimpleNamespace:
     """The HF config as plain attributes: workers build the model from it without importing transformers."""
     data = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(vars(hf_config))
@@ -113,130 +79,6 @@ def signal_name(exitcode: int | None) -> str:
         return f"signal {-exitcode}"
 
 
-# -- per-rank sharded checkpoints --------------------------------------------------------------------------------
-def shard_cache_dir(model_dir: Path, neuron_config: NeuronConfig) -> Path:
-    """GRANITE_BENCH_CACHE/shards/<model>-<hash of checkpoint files, tp, dtype, fused_qkv>/."""
-    from ..reference.weights import cache_root
-    key = shard_key(model_dir, neuron_config.tp_degree, neuron_config.dtype, neuron_config.fused_qkv)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / "shards" / f"{Path(model_dir).name}-tp{neuron_config.tp_degree}-{digest}"
-
-
-def prepare_shards(model_dir: Path, hf_config, neuron_config: NeuronConfig) -> Path:
-    """Convert the HF checkpoint into tp rank shards once; later runs reuse them."""
-    from ..model.modeling_granite import head_plan
-    directory = shard_cache_dir(model_dir, neuron_config)
-    tp = neuron_config.tp_degree
-    if not has_sharded_checkpoint(directory, tp):
-        plan = head_plan(hf_config, tp)
-        manifest = shard_key(model_dir, tp, neuron_config.dtype, neuron_config.fused_qkv)
-        save_sharded_checkpoint(load_hf_state_dict(model_dir), hf_config, plan, tp, neuron_config.dtype, directory,
-                                neuron_config.fused_qkv, manifest)
-    return directory
-
-
-# -- a rank ----------------------------------------------------------------------------------------------------
-@dataclass
-class RankSpec:
-    """Everything one rank needs to build its shard of the model (picklable, no transformers objects)."""
-
-    rank: int
-    tp: int
-    backend: str
-    init_method: str
-    device: str
-    shard_dir: str
-    model_dir: str
-    config: dict
-    neuron_config: dict
-    compile: bool
-    init: dict
-    timeout_s: float
-    threads: int
-
-
-def build_rank_runner(spec: RankSpec, local_rank: int | None = None):
-    """This rank's GraniteRunner over its shard (the default process group is already initialised).
-
-    The model's collectives run on their own group whose timeout is `spec.timeout_s`: the default group keeps
-    the long start-up timeout (ranks start and rendezvous at different speeds on a busy host).
-    """
-    import torch.distributed as dist
-
-    from .runner import GraniteRunner, load_rank_model
-    start = time.perf_counter()
-    group = dist.new_group(ranks=list(range(spec.tp)), timeout=timedelta(seconds=spec.timeout_s))
-    ps.initialize_model_parallel(spec.tp, group=group)
-    device = rank_device(spec.device, spec.rank if local_rank is None else local_rank)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    config = SimpleNamespace(**spec.config)
-    neuron_config = NeuronConfig.from_dict(spec.neuron_config)
-    shard = load_rank_shard(Path(spec.shard_dir), spec.rank)
-    model = load_rank_model(Path(spec.model_dir), config, neuron_config, device, shard=shard)
-    runner = GraniteRunner(model, Path(spec.model_dir), config, neuron_config, device, spec.compile, init=spec.init)
-    runner.load_seconds = time.perf_counter() - start
-    return runner
-
-
-def call_runner(runner, method: str, args: tuple, kwargs: dict):
-    if method not in WORKER_METHODS:
-        raise ValueError(f"TP workers do not serve {method!r}")
-    if method == "graph_info":
-        return runner.graphs.info()
-    return getattr(runner, method)(*args, **kwargs)
-
-
-def error_reply(err: BaseException) -> tuple:
-    """('error', the exception if it pickles, its formatted traceback)."""
-    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    try:
-        payload = pickle.dumps(err)
-        pickle.loads(payload)
-    except Exception:  # noqa: BLE001 - an exception that does not travel is sent as text only
-        payload = None
-    return ("error", payload, text)
-
-
-def worker_main(spec: RankSpec, conn) -> None:
-    """Entry point of a spawned rank: join the group, load the shard, then serve calls until 'close'."""
-    import torch.distributed as dist
-    torch.set_num_threads(spec.threads)
-    if spec.backend == "gloo":
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: talk over loopback
-    try:
-        if spec.device == "cuda":  # NCCL binds each rank to its GPU before the group forms
-            torch.cuda.set_device(rank_device(spec.device, spec.rank))
-        dist.init_process_group(spec.backend, init_method=spec.init_method, rank=spec.rank, world_size=spec.tp,
-                                timeout=timedelta(seconds=max(spec.timeout_s, START_TIMEOUT_S)))
-        runner = build_rank_runner(spec)
-        conn.send(("ok", {"load_seconds": runner.load_seconds} if spec.rank == 0 else None, None))
-    except BaseException as err:  # noqa: BLE001 - reported to the driver, which names this rank
-        conn.send(error_reply(err))
-        return
-    try:
-        while True:
-            message = conn.recv()
-            if message[0] == "close":
-                break
-            method, args, kwargs = message
-            try:
-                result = call_runner(runner, method, args, kwargs)
-                if spec.rank == 0:
-                    conn.send(("ok", result, runner.graphs.info()))
-                else:
-                    conn.send(("ok", None, None))
-            except Exception as err:  # noqa: BLE001
-                conn.send(error_reply(err))
-    except (EOFError, KeyboardInterrupt):  # the driver went away
-        pass
-    finally:
-        ps.destroy_model_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# -- the driver ------------------------------------------------------------------------------------------------
 def mp_context():
     """forkserver (workers fork from a server that has imported torch once: cheap start-up), spawn elsewhere."""
     import multiprocessing
@@ -245,7 +87,7 @@ def mp_context():
     ctx = torch.multiprocessing.get_context(method)
     if method == "forkserver":
         # torch._dynamo: model loading imports it (~1 s of imports per rank otherwise).
-        ctx.set_forkserver_preload([__name__, "granite_bench.runtime.runner", "torch._dynamo"])
+        ctx.set_forkserver_preload(["granite_bench.runtime.tp_worker", "torch._dynamo"])
     return ctx
 
 
@@ -274,7 +116,7 @@ def shutdown(processes, conns, patience_s: float = 5.0) -> None:
 
 
 class TPRunner:
-    """Drives tp_degree ranks SPMD behind GraniteRunner's interface; rank 0 answers."""
+    """Drives tp_degree ranks SPMD behind the runner contract (contract.Runner); rank 0 answers."""
 
     def __init__(self, model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str, compile: bool,
                  init: dict, timeout_s: float):
@@ -314,14 +156,13 @@ class TPRunner:
     def start(cls, model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",
               compile: bool = False, timeout_s: float | None = None):
         """Start the ranks (or, under torchrun, join them) and load every shard; returns the driver runner."""
-        from ..model.modeling_granite import head_plan
         from ..reference.weights import read_init
         tp = neuron_config.tp_degree
         head_plan(hf_config, tp)  # a bad TP degree is refused before any process starts
         timeout_s = float(timeout_s) if timeout_s is not None else collective_timeout(compile)
         runner = cls(model_dir, hf_config, neuron_config, device, compile, read_init(model_dir), timeout_s)
         if spmd_world() is not None:
-            return runner._join_torchrun()
+            return join_torchrun(runner)
         check_devices(device, tp)
         started = time.perf_counter()
         runner.shard_dir = prepare_shards(model_dir, hf_config, neuron_config)
@@ -329,7 +170,7 @@ class TPRunner:
         runner.load_seconds = time.perf_counter() - started
         return runner
 
-    def _spec(self, rank: int, init_method: str, local: bool = True) -> RankSpec:
+    def rank_spec(self, rank: int, init_method: str, local: bool = True) -> RankSpec:
         return RankSpec(rank=rank, tp=self.tp_degree, backend=self.backend, init_method=init_method,
                         device=self.device, shard_dir=str(self.shard_dir), model_dir=str(self.model_dir),
                         config=config_namespace(self.hf_config).__dict__, neuron_config=self.neuron_config.to_dict(),
@@ -342,7 +183,7 @@ class TPRunner:
         init_method = f"file://{self._rundir / 'rendezvous'}"
         for rank in range(self.tp_degree):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(self._spec(rank, init_method), child),
+            proc = ctx.Process(target=worker_main, args=(self.rank_spec(rank, init_method), child),
                                name=f"granite-bench-tp-rank{rank}", daemon=True)
             proc.start()
             child.close()
@@ -433,8 +274,10 @@ class TPRunner:
         return self._call("token_generate", torch.as_tensor(next_ids).cpu().clone(),
                           torch.as_tensor(positions).cpu().clone(), capture_hidden=capture_hidden)
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int):
-        return self._call("generate", [list(map(int, p)) for p in prompts], int(max_new_tokens))
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_token_ids: Iterable[int] = ()):
+        """Rank 0 runs the one greedy loop (GraniteRunner.generate) with every rank in step: one round trip."""
+        return self._call("generate", [list(map(int, p)) for p in prompts], int(max_new_tokens),
+                          [int(t) for t in stop_token_ids])
 
     def reset(self) -> None:
         self._call("reset")
@@ -448,7 +291,7 @@ class TPRunner:
             return
         self.closed = True
         if self._spmd_local is not None:
-            _close_spmd(self._control_group)
+            close_spmd(self._control_group)
             return
         if self._finalizer is not None:
             self._finalizer()
@@ -461,105 +304,10 @@ class TPRunner:
     def __exit__(self, *exc):
         self.close()
 
-    # -- torchrun ------------------------------------------------------------------------------------------------
-    def _join_torchrun(self):
-        """Under torchrun: join the env:// process group; rank 0 drives, the other ranks serve and then exit."""
-        import torch.distributed as dist
-        rank, world, local_rank = spmd_world()
-        if world != self.tp_degree:
-            from .runner import InputError
-            raise InputError(f"torchrun started {world} processes but --tp is {self.tp_degree}: make them equal")
-        if not dist.is_initialized():
-            dist.init_process_group(self.backend, init_method="env://",
-                                    timeout=timedelta(seconds=max(self.timeout_s, START_TIMEOUT_S)))
-        control = dist.new_group(backend="gloo") if self.backend != "gloo" else None
-        started = time.perf_counter()
-        if local_rank == 0:  # one converter per host (hosts need not share a cache folder)
-            self.shard_dir = prepare_shards(self.model_dir, self.hf_config, self.neuron_config)
-        dist.barrier(group=control)
-        self.shard_dir = shard_cache_dir(self.model_dir, self.neuron_config)
-        spec = self._spec(rank, "env://", local=False)
-        local = build_rank_runner(spec, local_rank)
-        if rank != 0:
-            serve_spmd(local, control)
-            raise SystemExit(0)
-        self._spmd_local, self._control_group = local, control
-        self.load_seconds = time.perf_counter() - started
-        return self
-
     def _call_spmd(self, method: str, args: tuple, kwargs: dict):
         import torch.distributed as dist
         dist.broadcast_object_list([(method, args, kwargs)], src=0, group=self._control_group)
         return finish_spmd_call(self._spmd_local, method, args, kwargs, self._control_group, self)
-
-
-def single_process_twin(runner):
-    """A TP-1 runner on the same checkpoint, static shapes and device: the baseline of a TP-N vs TP-1 check."""
-    from .runner import GraniteRunner
-    config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1})
-    return GraniteRunner.build(str(runner.model_dir), neuron_config=config, device=runner.device)
-
-
-def max_logit_difference(logits: list[torch.Tensor], baseline: list[torch.Tensor]) -> float:
-    """max |a - b| over every position of every prompt (e.g. TP-N against TP-1 teacher-forced logits)."""
-    return max(float((a.float() - b.float()).abs().max()) for a, b in zip(logits, baseline, strict=True))
-
-
-def spmd_world() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) when this process was started by torchrun with several ranks."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    world = int(os.environ["WORLD_SIZE"])
-    if world < 2:
-        return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-
-
-def finish_spmd_call(local, method, args, kwargs, control, driver=None):
-    """Run one call on this rank, then agree on the outcome: every rank learns which rank failed, if any."""
-    import torch.distributed as dist
-    result, error = None, None
-    try:
-        result = call_runner(local, method, args, kwargs)
-    except Exception as err:  # noqa: BLE001
-        error = err
-    statuses = [None] * dist.get_world_size()
-    dist.all_gather_object(statuses, None if error is None else f"{type(error).__name__}: {error}", group=control)
-    if error is not None:
-        raise error
-    failed = [(r, s) for r, s in enumerate(statuses) if s is not None]
-    if failed:
-        raise TPRankError(f"TP rank {failed[0][0]} failed during {method}: {failed[0][1]}")
-    if driver is not None:
-        driver.graphs = GraphInfo(local.graphs.info())
-    return result
-
-
-def serve_spmd(local, control) -> None:
-    """A non-zero torchrun rank: run what rank 0 broadcasts until it closes."""
-    import torch.distributed as dist
-    try:
-        while True:
-            box = [None]
-            dist.broadcast_object_list(box, src=0, group=control)
-            method, args, kwargs = box[0]
-            if method == "close":
-                break
-            try:
-                finish_spmd_call(local, method, args, kwargs, control)
-            except Exception:  # noqa: BLE001 - rank 0 reports it; keep serving while the group is intact
-                pass
-    finally:
-        ps.destroy_model_parallel()
-        dist.destroy_process_group()
-
-
-def _close_spmd(control) -> None:
-    import torch.distributed as dist
-    if dist.is_initialized():
-        dist.broadcast_object_list([("close", (), {})], src=0, group=control)
-        ps.destroy_model_parallel()
-        dist.destroy_process_group()
 
 
 def _cleanup(processes, conns, rundir, patience_s: float = 5.0) -> None:

@@ -1,0 +1,47 @@
+"""Which runner a command gets: the one place that knows the single-process, TP and Neuron runners (each of them
+imports none of the others' modules)."""
+
+from __future__ import annotations
+
+import time
+
+from ..model import parallel_state as ps
+from ..model.config import NeuronConfig
+from ..model.modeling_granite import head_plan
+from .contract import Runner
+from .devices import require_neuron, resolve_device
+from .runner import GraniteRunner, build_neuron_config, load_rank_model
+
+
+def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1, batch_size: int = 1,
+                 seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
+                 num_layers: int | None = None, neuron_config: NeuronConfig | None = None) -> Runner:
+    """A loaded runner for a preset name or checkpoint directory: NeuronRunner on --device neuron, TPRunner for
+    tp_degree > 1 (unless this process already is one rank of a TP group), else GraniteRunner."""
+    from ..reference.weights import load_hf_config, resolve_model_dir
+    if device == "neuron":
+        require_neuron()  # one line before any weights are created or loaded
+    start = time.perf_counter()
+    model_dir = resolve_model_dir(model, num_layers=num_layers)
+    hf_config = load_hf_config(model_dir)
+    # refuse a bad TP degree before anything starts
+    head_plan(hf_config, neuron_config.tp_degree if neuron_config is not None else tp_degree)
+    if neuron_config is None:
+        neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
+    if device == "neuron":  # ModelBuilder traces every bucket and owns the TP ranks on the NeuronCores
+        from .neuron import NeuronRunner
+        return NeuronRunner.start(model_dir, hf_config, neuron_config)
+    if neuron_config.tp_degree > 1 and not ps.get_tensor_model_parallel_size() > 1:
+        from .tp_runner import TPRunner  # drives tp_degree worker ranks
+        return TPRunner.start(model_dir, hf_config, neuron_config, device=device, compile=compile)
+    device = resolve_device(device)
+    runner = GraniteRunner(load_rank_model(model_dir, hf_config, neuron_config, device), model_dir, hf_config,
+                           neuron_config, device, compile)
+    runner.load_seconds = time.perf_counter() - start
+    return runner
+
+
+def single_process_twin(runner: Runner) -> Runner:
+    """A TP-1 runner on the same checkpoint, static shapes and device: the baseline of a TP-N vs TP-1 check."""
+    config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1})
+    return build_runner(str(runner.model_dir), neuron_config=config, device=runner.device)
