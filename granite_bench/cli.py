@@ -226,8 +226,8 @@ def compare(
                                             "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
-    from .results.ab import TreeError
-    from .results.compare import CompareError, CompareSettings, render, run_compare
+    from .gate.ab import TreeError
+    from .gate.compare import CompareError, CompareSettings, render, run_compare
     settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
                                reps=reps, floor=floor, alpha=alpha, error_growth=error_growth, timing=timing,
                                deterministic=deterministic, rerun=rerun,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import importlib.metadata
 import json
@@ -26,6 +27,101 @@ SCHEMA_VERSION: dict[str, int] = {
     "eval_summary": 1,
     "comparisons": 1,
 }
+
+# Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
+# say which way is better; GATED ones are judged by `granite-bench compare` (a worse value is a regression), the
+# others are shown and trended only; None: a key or context column with no better direction. Names may be fnmatch
+# patterns. A numeric column written without a declaration is refused by the store (see undeclared_columns).
+GATED, SHOWN = True, False
+METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
+    "parity_summary": {
+        "passed": ("higher", GATED), "divergence_acceptable": ("higher", GATED),
+        "greedy_match_rate": ("higher", GATED), "worst_topk_overlap": ("higher", GATED),
+        "worst_err_all": ("lower", GATED), "worst_err_top5": ("lower", GATED), "worst_max_abs_err": ("lower", GATED),
+        "worst_max_rel_err": ("lower", GATED), "worst_kl_ref_impl": ("lower", GATED),
+        "n_failed": ("lower", SHOWN), "n_diverged_rows": ("lower", SHOWN),
+        "n_unacceptable_divergences": ("lower", SHOWN), "tp_vs_tp1_max_abs_diff": ("lower", SHOWN),
+        "compile_seconds_total": ("lower", SHOWN),
+        "run_passed": (None, SHOWN), "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN),
+        "prompt_len": (None, SHOWN), "num_tokens": (None, SHOWN), "n_positions": (None, SHOWN),
+        "*_position": (None, SHOWN), "compiled_graphs": (None, SHOWN), "fail_layer": (None, SHOWN),
+    },
+    "parity_positions": {
+        "max_abs_err": ("lower", SHOWN), "mean_abs_err": ("lower", SHOWN), "max_rel_err": ("lower", SHOWN),
+        "kl_ref_impl": ("lower", SHOWN), "err_all": ("lower", SHOWN), "err_top5": ("lower", SHOWN),
+        "top1_match": ("higher", SHOWN), "topk_overlap": ("higher", SHOWN), "passed": ("higher", SHOWN),
+        "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN), "position": (None, SHOWN),
+        "expected_top1_prob": (None, SHOWN),
+    },
+    "eval_summary": {
+        "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),
+        "generation_agreement": ("higher", GATED), "max_abs_delta_loglik": ("lower", GATED),
+        "mean_abs_delta_loglik": ("lower", GATED),
+        # impl_value's direction depends on the metric named beside it: compare splits it into these two
+        "impl_accuracy": ("higher", GATED), "impl_perplexity": ("lower", GATED),
+        "impl_value": (None, SHOWN), "ref_value": (None, SHOWN), "impl_stderr": (None, SHOWN),
+        "ref_stderr": (None, SHOWN), "difference": (None, SHOWN), "n_docs": (None, SHOWN),
+        "n_requests": (None, SHOWN), "truncated_requests": ("lower", SHOWN), "tp_degree": (None, SHOWN),
+        "num_fewshot": (None, SHOWN), "limit": (None, SHOWN),
+    },
+    "eval_samples": {
+        "abs_delta_loglik": ("lower", SHOWN), "impl_score": ("higher", SHOWN), "ref_score": ("higher", SHOWN),
+        "text_agrees": ("higher", SHOWN), "impl_loglik": (None, SHOWN), "ref_loglik": (None, SHOWN),
+        "impl_is_greedy": (None, SHOWN), "ref_is_greedy": (None, SHOWN), "is_gold": (None, SHOWN),
+        "doc_id": (None, SHOWN), "request_index": (None, SHOWN), "tp_degree": (None, SHOWN),
+    },
+    "perf_summary": {
+        "ttft_*_ms": ("lower", SHOWN), "tpot_*_ms": ("lower", SHOWN), "e2e_*_ms": ("lower", SHOWN),
+        "*_ratio_hf_*": ("lower", SHOWN), "output_tok_s": ("higher", SHOWN), "total_tok_s": ("higher", SHOWN),
+        "decode_tok_s": ("higher", SHOWN), "decode_gbs": ("higher", SHOWN), "prefill_gflops": ("higher", SHOWN),
+        "decode_frac_*": ("higher", SHOWN), "prefill_frac_*": ("higher", SHOWN),
+        "padding_waste_*": ("lower", SHOWN), "peak_rss_mb": ("lower", SHOWN), "device_peak_mb": ("lower", SHOWN),
+        "compile_seconds_total": ("lower", SHOWN),
+        "ttft_n": (None, SHOWN), "tpot_n": (None, SHOWN), "e2e_n": (None, SHOWN), "tp": (None, SHOWN),
+        "compiled": (None, SHOWN), "batch_size": (None, SHOWN), "bucket": (None, SHOWN),
+        "prompt_len": (None, SHOWN), "new_tokens": (None, SHOWN), "seq_len": (None, SHOWN), "rounds": (None, SHOWN),
+        "kv_len_mean": (None, SHOWN), "decode_bytes_per_step": (None, SHOWN), "prefill_flops": (None, SHOWN),
+        "ceiling_*": (None, SHOWN), "torch_threads": (None, SHOWN), "torch_interop_threads": (None, SHOWN),
+        "cores_available": (None, SHOWN), "threads_per_rank": (None, SHOWN), "load_avg_1m_*": (None, SHOWN),
+    },
+    "perf_samples": {
+        "latency_ns": ("lower", SHOWN), "tp": (None, SHOWN), "compiled": (None, SHOWN),
+        "batch_size": (None, SHOWN), "bucket": (None, SHOWN), "prompt_len": (None, SHOWN),
+        "new_tokens": (None, SHOWN), "seq_len": (None, SHOWN), "round": (None, SHOWN), "step": (None, SHOWN),
+    },
+    "comparisons": {
+        "regressed": ("lower", SHOWN), "ratio": (None, SHOWN), "ci_low": (None, SHOWN), "ci_high": (None, SHOWN),
+        "p_value": (None, SHOWN), "p_adjusted": (None, SHOWN), "baseline_value": (None, SHOWN),
+        "candidate_value": (None, SHOWN), "baseline_dirty": (None, SHOWN), "candidate_dirty": (None, SHOWN),
+    },
+    "runs": {},
+}
+
+
+def declared_direction(table: str, column: str) -> tuple[str | None, bool] | None:
+    """(direction, gated) declared for a table's column (exact name first, then patterns); None if undeclared."""
+    declared = METRIC_DIRECTIONS.get(table, {})
+    if column in declared:
+        return declared[column]
+    for pattern, value in declared.items():
+        if fnmatch.fnmatchcase(column, pattern):
+            return value
+    return None
+
+
+def gated_direction(table: str, column: str) -> str | None:
+    """'lower' / 'higher' when the column is a gated metric of the table, else None."""
+    declared = declared_direction(table, column)
+    return declared[0] if declared is not None and declared[1] else None
+
+
+def undeclared_columns(table: str, dtypes: dict) -> list[str]:
+    """Numeric or boolean result columns (name -> dtype kind) without a declared direction: refuse to store them,
+    so no new column is silently ungated or judged backwards."""
+    skip = set(metadata_column_names())
+    return sorted(c for c, kind in dtypes.items() if kind in "biuf" and c not in skip
+                  and declared_direction(table, c) is None)
+
 
 # Distributions whose versions are recorded with every run.
 VERSIONED_PACKAGES = (

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from granite_bench.results.compare import CompareSettings, run_compare
+from granite_bench.gate.compare import CompareSettings, run_compare
 from granite_bench.results.dashboard import build_dashboard, dashboard_data, expected_marks
 from granite_bench.results.metadata import RunMetadata
 from granite_bench.results.store import ResultStore

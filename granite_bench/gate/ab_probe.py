@@ -3,7 +3,7 @@
 Run as a script by path, never as `-m`, so that it imports the granite_bench of the tree it is pointed at and not
 the installed one:
 
-    python .../granite_bench/results/ab_probe.py --tree /path/to/tree --model tiny-gqa
+    python .../granite_bench/gate/ab_probe.py --tree /path/to/tree --model tiny-gqa
 
 It builds that tree's runner once, warms it up, prints one ready line, then serves trials: for each line
 `{"reps": R}` on stdin it times `context_encode` of one prompt and R `token_generate` steps, and prints the
@@ -42,10 +42,14 @@ def import_tree(tree: str):
 
 def build_runner(args):
     import torch
-    from granite_bench.runtime.select import build_runner
+    try:
+        from granite_bench.runtime.select import build_runner
+    except ImportError:  # a tree from before runtime/select.py chose its runner in GraniteRunner.build
+        from granite_bench.runtime.runner import GraniteRunner
+        build_runner = GraniteRunner.build
     torch.set_num_threads(args.threads)
     runner = build_runner(args.model, dtype=args.dtype, device="cpu", batch_size=1, seq_len=args.seq_len,
-                                 buckets=[args.prompt_len], num_layers=args.layers)
+                          buckets=[args.prompt_len], num_layers=args.layers)
     prompt = [[(7 * i + 3) % 200 + 5 for i in range(args.prompt_len)]]
     return runner, prompt
 

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from granite_bench.results import ab, stats
-from granite_bench.results.compare import (BETTER, CHANGED, MISSING, REGRESSION, SAME, CompareSettings,
-                                           compare_deterministic, judge_value, run_compare)
+from granite_bench.gate import ab
+from granite_bench.results import stats
+from granite_bench.gate.compare import CompareSettings, run_compare
+from granite_bench.gate.verdict import BETTER, CHANGED, MISSING, REGRESSION, SAME, compare_deterministic, judge_value
 from granite_bench.results.metadata import RunMetadata
 from granite_bench.results.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "results" / "fixtures"
 
 META = RunMetadata(run_id="20250101T000000Z-00000001", utc_time="2025-01-01T00:00:00.000Z", git_sha="a" * 40,
                    git_dirty=False, package_versions="{}", machine_fingerprint="f00d", machine="test machine",
@@ -193,7 +194,7 @@ def test_stored_runs_compare_by_id_prefix_and_the_comparison_is_stored(tmp_path)
 
 
 def test_unknown_side_is_refused_with_a_hint(tmp_path):
-    from granite_bench.results.compare import CompareError
+    from granite_bench.gate.verdict import CompareError
     with pytest.raises(CompareError, match="names no stored run"):
         run_compare(CompareSettings(baseline="no-such-run-or-ref", candidate="neither", results_dir=tmp_path,
                                     store=False))
@@ -227,7 +228,7 @@ def test_previous_schema_file_is_read_next_to_current_rows(tmp_path):
     store = ResultStore(tmp_path)
     current = old_frame.drop(columns=[c for c in old_frame.columns if c in dataclasses.asdict(META)
                                       or c == "schema_version"])
-    current["new_column_in_a_later_schema"] = 1.0
+    current["new_column_in_a_later_schema"] = "a note"
     new_meta = dataclasses.replace(META, run_id="29990101T000000Z-00000009", utc_time="2999-01-01T00:00:00.000Z",
                                    suite=old_frame["suite"].iloc[0])
     store.write("parity_summary", current, new_meta)
@@ -262,27 +263,33 @@ def test_git_ref_becomes_a_temporary_worktree_that_is_removed(tmp_path):
 
 FAKE_CLI = """
 import pathlib
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import typer
 
 PASSED = {passed}
+app = typer.Typer()
 
 
-def main(argv):
-    if argv[:1] == ["--help"]:
-        print("│ parity   Fake parity command of a test tree.")
-        return 0
-    folder = pathlib.Path(argv[argv.index("--results-dir") + 1]) / "parity_summary" / "schema_version=1"
+@app.command()
+def parity(results_dir: pathlib.Path = typer.Option(...)):
+    \"\"\"Fake parity command of a test tree.\"\"\"
+    folder = results_dir / "parity_summary" / "schema_version=1"
     folder.mkdir(parents=True, exist_ok=True)
     rows = {{"run_id": ["20250101T000000Z-0000000f"] * 2, "utc_time": ["2025-01-01T00:00:00.000Z"] * 2,
             "model": ["tiny-gqa"] * 2, "prompt": [0, 1], "passed": [PASSED, True], "worst_max_abs_err": [1e-5, 2e-5]}}
     pq.write_table(pa.table(rows), folder / "20250101T000000Z-0000000f.parquet")
-    return 0 if PASSED else 1
+    raise typer.Exit(0 if PASSED else 1)
 
 
-sys.exit(main(sys.argv[1:]))
+@app.command()
+def dashboard():
+    \"\"\"A second command, so typer keeps command names on the command line.\"\"\"
+
+
+if __name__ == "__main__":
+    app()
 """
 
 

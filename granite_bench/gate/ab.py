@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from granite_bench.results.ab_probe import PREFIX
+from .ab_probe import PREFIX
 
 PROBE_SCRIPT = Path(__file__).resolve().with_name("ab_probe.py")
 WORKTREE = "worktree"      # the repository's files as they are, uncommitted changes included
