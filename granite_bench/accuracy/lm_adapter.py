@@ -6,8 +6,9 @@ log-likelihoods match it to float precision:
   is `(context + continuation)[-(max_length + 1):][:-1]`, i.e. truncated from the left;
 - loglikelihood_rolling: lm-eval's disjoint rolling windows of `max_length` tokens, the first one conditioned
   on the prefix token (bos, else eos);
-- generate_until: the context truncated from the left to `max_length - max_gen_toks`, greedy decoding, the
-  text cut at the first stop sequence (eos included).
+- generate_until: the context truncated from the left to `max_length - max_gen_toks`, greedy decoding through the
+  runner's one generation loop, stopping a row at eos or at a token whose text holds a stop sequence; the text is
+  then cut at the first stop sequence (lm-eval's own gen-kwargs normalisation, stop handling and post-processing).
 `max_length` is the runner's largest context bucket (capped by its KV cache length); give the reference HFLM
 the same `max_length` when comparing. Requests that had to be truncated are counted per task in `self.truncated`
 (a rolling text longer than max_length is split into windows, not truncated, and is not counted).
@@ -20,6 +21,8 @@ from collections import Counter, defaultdict
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import (configure_pad_token, handle_stop_sequences, normalize_gen_kwargs,
+                                   postprocess_generated_text)
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's default when a task does not set max_gen_toks
@@ -39,11 +42,11 @@ class GraniteRunnerLM(TemplateLM):
         self.runner = runner
         self.tokenizer = tokenizer
         self.add_bos_token = add_bos_token
-        if self.tokenizer.pad_token_id is None:  # as HFLM: fall back to unk, then eos
-            self.tokenizer.pad_token_id = self.tokenizer.unk_token_id or self.tokenizer.eos_token_id
+        configure_pad_token(self.tokenizer)  # as HFLM: unk, then eos
         self._max_length = max_length or runner_max_length(runner)
         self.truncated: Counter = Counter()   # task name -> requests truncated from the left
         self._task_of_request: list[str] = []
+        self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
 
     # -- what lm-eval asks of a model ----------------------------------------------------------------------
     @property
@@ -153,11 +156,12 @@ class GraniteRunnerLM(TemplateLM):
         for indices in groups.values():
             gen_kwargs = requests[indices[0]].args[1]
             until, max_gen_toks = self.stop_settings(gen_kwargs)
+            stop_ids = self.stop_token_ids(until)
             prompts = [self.generation_prompt(requests[i], max_gen_toks) for i in indices]
             order = sorted(range(len(indices)), key=lambda j: -len(prompts[j]))
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                generated = self.runner.generate([prompts[j] for j in chunk], max_gen_toks).tokens
+                generated = self.runner.generate([prompts[j] for j in chunk], max_gen_toks, stop_ids).tokens
                 for j, tokens in zip(chunk, generated, strict=True):
                     text = self.finish_text(tokens, until)
                     results[indices[j]] = text
@@ -166,18 +170,23 @@ class GraniteRunnerLM(TemplateLM):
 
     def stop_settings(self, gen_kwargs: dict) -> tuple[list[str], int]:
         """Stop strings (the task's `until` plus the eos text) and the number of tokens to generate."""
-        kwargs = dict(gen_kwargs)
-        if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0.0:
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
             raise ValueError("GraniteRunnerLM decodes greedily only: set do_sample: false / temperature: 0")
-        until = kwargs.get("until") or []
-        until = [until] if isinstance(until, str) else list(until)
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        if eos not in until:
-            until.append(eos)
-        for key in ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"):
-            if kwargs.get(key) is not None:
-                return until, int(kwargs[key])
-        return until, self.max_gen_toks
+        return handle_stop_sequences(list(kwargs.get("until") or []), eos), int(kwargs["max_gen_toks"])
+
+    def stop_token_ids(self, until: list[str]) -> frozenset[int]:
+        """Token ids after which a row's text holds a stop sequence: eos, and every token whose own text contains
+        one. A stop sequence spread over several tokens is not among them; the text is still cut there."""
+        key = tuple(until)
+        if key not in self._stop_ids:
+            pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))],
+                                                 skip_special_tokens=False)
+            stops = [stop for stop in until if stop]
+            self._stop_ids[key] = frozenset({self.eot_token_id} | {
+                i for i, piece in enumerate(pieces) if any(stop in piece for stop in stops)})
+        return self._stop_ids[key]
 
     def generation_prompt(self, request, max_gen_toks: int) -> list[int]:
         room = self.max_length - max_gen_toks
@@ -193,11 +202,7 @@ class GraniteRunnerLM(TemplateLM):
         """Tokens up to the first eos, decoded without special tokens, cut at the first stop string."""
         if self.eot_token_id in tokens:
             tokens = tokens[:tokens.index(self.eot_token_id) + 1]
-        text = self.tok_decode(tokens)
-        for stop in until:
-            if stop:
-                text = text.split(stop)[0]
-        return text
+        return postprocess_generated_text(self.tok_decode(tokens), until, think_end_token=None)
 
     def get_model_info(self) -> dict:
         return {"model": str(self.runner.model_dir), "max_length": self.max_length,

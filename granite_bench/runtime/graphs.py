@@ -17,6 +17,10 @@ from collections import Counter
 import torch
 
 
+# What torch.compiler raises (a plain RuntimeError) when a call under the "fail_on_recompile" stance would recompile.
+RECOMPILE_STANCE_MESSAGE = "fail_on_recompile"
+
+
 class RecompilationError(RuntimeError):
     """A static graph was compiled more than once."""
 
@@ -74,7 +78,8 @@ class GraphSet:
         return self._compiled[key]
 
     def _run_compiled(self, key: tuple[str, int], args):
-        """Compile on the first call of a graph; every later call must hit the cached graph or fail with why."""
+        """Compile on the first call of a graph; every later call runs under torch.compiler's "fail_on_recompile"
+        stance, so it hits the cached graph or fails with the guard that changed."""
         self._current = key
         first = key not in self.compile_seconds
         start = time.perf_counter()
@@ -82,11 +87,8 @@ class GraphSet:
             if first:
                 out = self._graph(*key)(*args)
             else:
-                with torch._dynamo.config.patch(error_on_recompile=True):
+                with torch.compiler.set_stance("fail_on_recompile"):
                     out = self._graph(*key)(*args)
-        except torch._dynamo.exc.RecompileError as err:
-            self.compile_counts[key] += 1
-            raise RecompilationError(f"graph {graph_name(key)} would recompile: {recompile_reason(err)}") from None
         except torch._dynamo.exc.BackendCompilerFailed as err:
             inner = getattr(err, "inner_exception", None)
             if isinstance(inner, RecompilationError):
@@ -95,6 +97,11 @@ class GraphSet:
         except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as err:
             raise GraphBreakError(f"graph {graph_name(key)} cannot be captured as one static graph: "
                                   f"{first_line(err)}") from None
+        except RuntimeError as err:
+            if RECOMPILE_STANCE_MESSAGE not in str(err):
+                raise
+            self.compile_counts[key] += 1
+            raise RecompilationError(f"graph {graph_name(key)} would recompile: {recompile_reason(err)}") from None
         if first:
             self.compile_seconds[key] = time.perf_counter() - start
         return out
@@ -126,9 +133,9 @@ def model_device_type(model) -> str:
 
 
 def recompile_reason(err: BaseException) -> str:
-    """The guard failure lines of dynamo's RecompileError message, joined on one line."""
-    lines = [line.strip(" -") for line in str(err).splitlines()]
-    reasons = [line for line in lines[2:] if line]
+    """The guard failure lines ("- 0/0: tensor 'x' size mismatch ...") of a recompilation error, on one line."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    reasons = [line[2:] for line in lines if line.startswith("- ")]
     return "; ".join(reasons) if reasons else first_line(err)
 
 

@@ -103,6 +103,22 @@ def test_generation_matches_hflm_text_for_text(runner, reference):
     assert all("\n" not in text and "." not in text for text in impl_text)
 
 
+def test_generation_stops_early_at_stop_sequences_and_gives_the_text_of_a_full_length_run(runner):
+    impl = adapter(runner)
+    requests = [Instance("generate_until", {}, (d["prompt"], {"until": ["\n"], "max_gen_toks": 48,
+                                                                "do_sample": False}), i, ("probe", i, 1))
+                for i, d in enumerate(docs("canary_copy", 4))]
+    decode_calls = lambda: sum(n for (phase, _), n in runner.graphs.calls.items() if phase == "token_generation")
+    before = decode_calls()
+    texts = impl.generate_until(requests)
+    steps = decode_calls() - before
+    assert steps < 47                               # one batch of four: a full-length run takes 47 decode steps
+    prompts = [impl.generation_prompt(r, 48) for r in requests]
+    full = runner.generate(prompts, 48).tokens      # no stop tokens: all 48
+    assert texts == [impl.finish_text(tokens, ["\n", impl.tok_decode([impl.eot_token_id], False)])
+                     for tokens in full]
+
+
 def test_generation_prompt_is_left_truncated_to_leave_room_for_new_tokens(runner):
     impl = adapter(runner, max_length=20)
     request = generation_requests(1)[0]
