@@ -10,11 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
-from ..resources import suite_path
-
-SUITES_DIR = suite_path("perf")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 BASELINES = ("hf_eager", "hf_static")
 

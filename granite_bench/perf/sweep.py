@@ -18,7 +18,7 @@ import torch
 from ..model.config import pick_bucket
 from .grid import GridSpec, PerfPoint
 from .roofline import Ceilings, ModelShape, measure_ceilings
-from .stats import prefixed, summarize
+from ..results.stats import prefixed, summarize
 from .timing import (GenerationTiming, device_peak_bytes, peak_rss_bytes, reset_device_peak, reset_peak_rss,
                      synchronizer, time_runner_generation)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import pandas as pd
@@ -11,7 +10,6 @@ from granite_bench.results.metadata import metadata_column_names
 from granite_bench.results.store import ResultStore
 
 DEFAULT_LIMIT = 50
-CORRUPT_MESSAGE = re.compile(r"corrupt result file (.+?\.parquet)")
 
 
 def _verdicts_of(store: ResultStore, table: str, column: str, good: str, bad: str) -> dict[str, str]:
@@ -73,16 +71,13 @@ def table_frame(store: ResultStore, table: str, all_columns: bool = False) -> pd
 
 
 def collect(store: ResultStore, fn, *args):
-    """fn(*args) with the store's 'skipping corrupt file' warnings captured: (result, skipped messages)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    """fn(*args) and the files the store skipped on the way, with why: (result, skipped messages). The store's
+    own warnings are silenced here: the listing names each skipped file once, on one line."""
+    before = set(store.skip_log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         result = fn(*args)
-    by_file = {}
-    for w in caught:
-        found = CORRUPT_MESSAGE.search(str(w.message))
-        if found:
-            by_file.setdefault(found.group(1), str(w.message))
-    return result, list(by_file.values())
+    return result, [message for path, message in store.skip_log.items() if path not in before]
 
 
 def fitting_columns(frame: pd.DataFrame, width: int, cap: int = 28) -> list[str]:

@@ -1,4 +1,5 @@
-"""Statistics for the timing gate: one-sided Mann-Whitney, bootstrap CI of the median ratio, Holm correction.
+"""Statistics, in one place: summaries of a latency distribution (perf's columns) and the timing gate's tests
+(one-sided Mann-Whitney, bootstrap CI of the median ratio, Holm correction).
 
 A timing metric regresses only when the candidate is significantly slower (one-sided Mann-Whitney on the per-trial
 medians, Holm-adjusted across the metrics gated together) AND its median is slower than the baseline's by more than
@@ -118,5 +119,30 @@ def gate_timings(samples: dict[str, tuple[list[float], list[float]]], floor: flo
 
 
 def percentile(values, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]; NaN for no values."""
     values = np.asarray(values, dtype=float)
     return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+# -- summaries of a latency distribution ----------------------------------------------------------------------
+STAT_NAMES = ("n", "min", "p50", "p90", "p99", "mean", "std")
+
+
+def summarize(values, scale: float = 1.0) -> dict:
+    """n/min/p50/p90/p99/mean/std of `values` multiplied by `scale` (e.g. 1e-6 for ns -> ms).
+
+    std is the sample standard deviation (n - 1); NaN for fewer than two values. Empty input gives n = 0 and NaNs.
+    """
+    data = np.asarray([float(v) for v in values], dtype=float) * scale
+    n = len(data)
+    if n == 0:
+        return {"n": 0, **{name: float("nan") for name in STAT_NAMES[1:]}}
+    return {"n": n, "min": float(data.min()), "p50": percentile(data, 50), "p90": percentile(data, 90),
+            "p99": percentile(data, 99), "mean": float(data.mean()),
+            "std": float(data.std(ddof=1)) if n > 1 else float("nan")}
+
+
+def prefixed(prefix: str, stats: dict, unit: str = "") -> dict:
+    """{'ttft_p50_ms': ...} style columns; the count keeps no unit."""
+    suffix = f"_{unit}" if unit else ""
+    return {f"{prefix}_{name}" + ("" if name == "n" else suffix): value for name, value in stats.items()}

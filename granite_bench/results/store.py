@@ -112,6 +112,8 @@ class ResultStore:
         self.root = Path(root)
         # Files found unreadable by the last read(), runs() or query() call.
         self.skipped: list[Path] = []
+        # Every file skipped since this store was opened, with why: what listings and the dashboard report.
+        self.skip_log: dict[Path, str] = {}
 
     # ----- writing -----
 
@@ -203,6 +205,7 @@ class ResultStore:
     def _skip(self, path: Path, error: Exception) -> None:
         warnings.warn(f"skipping {error}", stacklevel=3)
         self.skipped.append(path)
+        self.skip_log.setdefault(path, str(error))
 
     def runs(self) -> pd.DataFrame:
         """One row per run over all tables, sorted by utc_time."""

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from granite_bench.perf.stats import percentile, prefixed, summarize
+from granite_bench.results.stats import percentile, prefixed, summarize
 
 
 def test_summary_matches_numpy_percentiles_and_sample_std():
