@@ -1,8 +1,13 @@
 """Shared fixtures: a private checkpoint cache for the whole session, and the tiny-gqa checkpoint built once."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Inductor compiles the tests' tiny graphs in-process: a pool of compile workers costs more to start than it saves
+# (set before torch is imported, so TP worker ranks inherit it too).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
