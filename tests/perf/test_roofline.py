@@ -3,6 +3,7 @@ import math
 import pytest
 from transformers import GraniteForCausalLM
 
+from granite_bench.perf import roofline
 from granite_bench.perf.roofline import ModelShape, measure_ceilings
 from granite_bench.reference.weights import load_hf_config
 
@@ -46,5 +47,21 @@ def test_ceilings_are_measured_as_positive_rates(dtype):
     c = measure_ceilings(dtype, read_mib=8, matvec_mib=4, matmul_n=64, reps=2)
     for value in (c.read_gbs, c.read_gbs_best, c.matvec_gbs, c.matmul_gflops):
         assert value > 0 and math.isfinite(value)
-    assert c.read_gbs_best >= c.read_gbs
     assert set(c.columns()) >= {"ceiling_read_gbs", "ceiling_matvec_gbs", "ceiling_matmul_gflops"}
+
+
+def test_median_and_best_time_the_calls_after_a_warm_up_and_pick_the_middle_and_the_fastest(monkeypatch):
+    """Scripted call durations (ns) 9 (the warm-up, left out), 4, 2, 6: median 4, best 2, as seconds."""
+    durations = iter([4, 2, 6])
+    clock = {"now": 0}
+    calls = []
+
+    def fake_call():
+        calls.append(clock["now"])
+        if len(calls) > 1:                     # the warm-up call takes no clock time we could see
+            clock["now"] += next(durations)
+
+    monkeypatch.setattr(roofline.time, "perf_counter_ns", lambda: clock["now"])
+    median, best = roofline._median_and_best(fake_call, reps=3, sync=lambda: None)
+    assert len(calls) == 4
+    assert (median, best) == (4e-9, 2e-9)
