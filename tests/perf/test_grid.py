@@ -3,8 +3,9 @@ from dataclasses import replace
 import pytest
 
 from granite_bench.cli import load_suite
-from granite_bench.perf.grid import (SUITES_DIR, GridError, GridSpec, parse_shard, shard_points,
+from granite_bench.perf.grid import (GridError, GridSpec, parse_shard, shard_points,
                                      spec_from_suite, with_overrides)
+from granite_bench.resources import suite_path
 
 
 def test_grid_is_the_cross_product_with_runner_groups_adjacent():
@@ -76,6 +77,6 @@ def test_command_line_overrides_keep_suite_values_left_as_none():
     assert spec.tp == [8] and spec.batch_sizes == [1, 4]
 
 
-@pytest.mark.parametrize("path", sorted(SUITES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(suite_path("perf").glob("*.yaml")), ids=lambda p: p.name)
 def test_committed_suites_expand(path):
     assert spec_from_suite(load_suite(path)).points()
