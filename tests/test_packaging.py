@@ -47,7 +47,7 @@ def installed(tmp_path_factory):
     venv = root / "venv"
     made = run([sys.executable, "-m", "venv", str(venv)], root, env)   # no --system-site-packages
     assert made.returncode == 0, made.stderr[-2000:]
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]  # no .pyc pass: minutes
     for args in ([TORCH_PIN], [str(wheel)]):
         done = run(pip + args, root, env)
         assert done.returncode == 0, done.stderr[-2000:]
