@@ -69,11 +69,13 @@ def render(console, outcome: EvalOutcome) -> None:
 
 def store(args: EvalArgs, outcome: EvalOutcome) -> list[Path]:
     from ..results import ResultStore, collect_run_metadata
+    from ..results.metadata import require_directions
     meta = collect_run_metadata(suite="eval", device=args.device, dtype=args.dtype, config=outcome.settings,
                                 seed=args.seed)
     common = {"model": args.model, "tp_degree": args.tp}
     samples = outcome.samples.assign(**common)
     summary = outcome.summary.drop(columns=["dtype"], errors="ignore").assign(**common)
     store_ = ResultStore(args.results_dir)
-    return [p for p in (store_.write("eval_samples", samples, meta), store_.write("eval_summary", summary, meta))
+    return [p for p in (store_.write("eval_samples", require_directions("eval_samples", samples), meta),
+                        store_.write("eval_summary", require_directions("eval_summary", summary), meta))
             if p is not None]

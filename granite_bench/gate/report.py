@@ -52,13 +52,13 @@ def comparison_frame(comparison) -> pd.DataFrame:
 
 
 def store_comparison(store: ResultStore, comparison) -> Path | None:
-    from ..results.metadata import collect_run_metadata
+    from ..results.metadata import collect_run_metadata, require_directions
     frame = comparison_frame(comparison)
     if frame.empty:
         return None
     settings = {k: v for k, v in comparison.settings.items() if k != "stored_as"}
     meta = collect_run_metadata(suite="compare", device="cpu", dtype="-", config=settings, seed=0)
-    return store.write("comparisons", frame, meta)
+    return store.write("comparisons", require_directions("comparisons", frame), meta)
 
 
 VERDICT_STYLE = {REGRESSION: "bold red", MISSING: "yellow", NEW: "cyan", CHANGED: "yellow", BETTER: "green",

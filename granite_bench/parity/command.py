@@ -142,6 +142,7 @@ def render(console, outcome: ParityOutcome, profile) -> None:
 
 def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_info: dict) -> list[Path]:
     from ..results import ResultStore, collect_run_metadata
+    from ..results.metadata import require_directions
     config = {"model": args.model, "model_dir": str(runner.model_dir), "init": runner.init,
               "neuron_config": runner.neuron_config.to_dict(), "tp_degree": args.tp, "compile": args.compile,
               "num_tokens": args.num_tokens, "profile": {"name": profile.name,
@@ -156,5 +157,5 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
         row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
                     "reduce_dtype": "float32", **compile_info})
     store = ResultStore(args.results_dir)
-    return [p for p in (store.write("parity_positions", [{**common, **r} for r in outcome.positions], meta),
-                        store.write("parity_summary", summary, meta)) if p is not None]
+    return [p for p in (store.write("parity_positions", require_directions("parity_positions", [{**common, **r} for r in outcome.positions]), meta),
+                        store.write("parity_summary", require_directions("parity_summary", summary), meta)) if p is not None]

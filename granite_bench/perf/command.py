@@ -58,8 +58,10 @@ def point_metadata(point: PerfPoint, args: PerfArgs, extra: dict):
 def store_point(store, point: PerfPoint, args: PerfArgs, samples: list[dict], summary: list[dict],
                 extra: dict) -> list[Path]:
     """Samples first, then the summary that marks the point complete; one run id for both."""
+    from ..results.metadata import require_directions
     meta = point_metadata(point, args, extra)
-    written = [store.write(SAMPLES_TABLE, samples, meta), store.write(SUMMARY_TABLE, summary, meta)]
+    written = [store.write(SAMPLES_TABLE, require_directions(SAMPLES_TABLE, samples), meta),
+               store.write(SUMMARY_TABLE, require_directions(SUMMARY_TABLE, summary), meta)]
     return [p for p in written if p is not None]
 
 

@@ -31,7 +31,7 @@ SCHEMA_VERSION: dict[str, int] = {
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
 # say which way is better; GATED ones are judged by `granite-bench compare` (a worse value is a regression), the
 # others are shown and trended only; None: a key or context column with no better direction. Names may be fnmatch
-# patterns. A numeric column written without a declaration is refused by the store (see undeclared_columns).
+# patterns. The commands refuse to store a numeric column without a declaration (require_directions).
 GATED, SHOWN = True, False
 METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
     "parity_summary": {
@@ -45,14 +45,16 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "run_passed": (None, SHOWN), "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN),
         "prompt_len": (None, SHOWN), "num_tokens": (None, SHOWN), "n_positions": (None, SHOWN),
         "*_position": (None, SHOWN), "compiled_graphs": (None, SHOWN), "fail_layer": (None, SHOWN),
-        "layers": (None, SHOWN),
+        "layers": (None, SHOWN), "first_failed": (None, SHOWN), "first_divergence": (None, SHOWN),
+        "divergence_gap": (None, SHOWN),
+        "worst_err_*": ("lower", GATED),   # one per k of the tolerance map (err_top50 for bf16, ...)
     },
     "parity_positions": {
         "max_abs_err": ("lower", SHOWN), "mean_abs_err": ("lower", SHOWN), "max_rel_err": ("lower", SHOWN),
         "kl_ref_impl": ("lower", SHOWN), "err_all": ("lower", SHOWN), "err_top5": ("lower", SHOWN),
         "top1_match": ("higher", SHOWN), "topk_overlap": ("higher", SHOWN), "passed": ("higher", SHOWN),
         "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN), "position": (None, SHOWN),
-        "expected_top1_prob": (None, SHOWN), "layers": (None, SHOWN),
+        "expected_top1_prob": (None, SHOWN), "layers": (None, SHOWN), "err_*": ("lower", SHOWN),
     },
     "eval_summary": {
         "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),
@@ -101,7 +103,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
 
 
 def declared_direction(table: str, column: str) -> tuple[str | None, bool] | None:
-    """(direction, gated) declared for a table's column (exact name first, then patterns); None if undeclared."""
+    """(direction, gated) declared for a table's column: its exact name, else the first pattern (in declaration
+    order) that matches; None if undeclared."""
     declared = METRIC_DIRECTIONS.get(table, {})
     if column in declared:
         return declared[column]
@@ -118,11 +121,23 @@ def gated_direction(table: str, column: str) -> str | None:
 
 
 def undeclared_columns(table: str, dtypes: dict) -> list[str]:
-    """Numeric or boolean result columns (name -> dtype kind) without a declared direction: refuse to store them,
-    so no new column is silently ungated or judged backwards."""
+    """Numeric or boolean result columns (name -> dtype kind) without a declared direction."""
     skip = set(metadata_column_names())
     return sorted(c for c, kind in dtypes.items() if kind in "biuf" and c not in skip
                   and declared_direction(table, c) is None)
+
+
+def require_directions(table: str, rows):
+    """`rows` (a DataFrame or a list of dicts) unchanged, or ValueError naming its numeric columns that have no
+    declared direction: what the commands call before they store, so no new column is silently ungated or judged
+    backwards."""
+    import pandas as pd
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    undeclared = undeclared_columns(table, {c: frame[c].dtype.kind for c in frame.columns})
+    if undeclared:
+        raise ValueError(f"{table}: no direction declared for {', '.join(undeclared)}: add them to "
+                         f"METRIC_DIRECTIONS in results/metadata.py (lower/higher better, gated or not)")
+    return rows
 
 
 # Distributions whose versions are recorded with every run.

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from granite_bench.results.metadata import RunMetadata, metadata_column_names, undeclared_columns
+from granite_bench.results.metadata import RunMetadata, metadata_column_names
 
 # Footer key holding the run's metadata columns as JSON, so runs() reads only footers.
 RUN_FOOTER_KEY = b"granite_bench.run"
@@ -125,10 +125,6 @@ class ResultStore:
         frame = _as_frame(rows)
         if frame is None:
             return None
-        undeclared = undeclared_columns(table, {c: frame[c].dtype.kind for c in frame.columns})
-        if undeclared:
-            raise ValueError(f"{table}: no direction declared for {', '.join(undeclared)}: add them to "
-                             f"METRIC_DIRECTIONS in results/metadata.py (lower/higher better, gated or not)")
         frame = _with_metadata(frame, columns)
         path = self.root / table / f"schema_version={columns['schema_version']}" / f"{meta.run_id}.parquet"
         footer = {RUN_FOOTER_KEY: json.dumps(columns).encode()}

@@ -311,9 +311,9 @@ def test_a_code_tree_gets_its_deterministic_results_by_running_its_own_commands(
     assert any("no 'eval' command" in note for note in worse.notes)
 
 
-def test_results_package_imports_no_torch():
-    code = ("import sys; import granite_bench.results.compare, granite_bench.results.dashboard, "
-            "granite_bench.results.listing, granite_bench.results.ab_probe; "
+def test_results_and_gate_packages_import_no_torch():
+    code = ("import sys; import granite_bench.gate.compare, granite_bench.results.dashboard, "
+            "granite_bench.results.listing, granite_bench.gate.ab_probe; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -321,7 +321,6 @@ def test_results_package_imports_no_torch():
 def copy_tree(target: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "granite_bench", target / "granite_bench", ignore=ignore)
-    shutil.copytree(REPO / "suites", target / "suites", ignore=ignore)
     return target
 
 

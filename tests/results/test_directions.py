@@ -8,7 +8,7 @@ import pytest
 
 from granite_bench.gate.verdict import REGRESSION, compare_table, compared_metrics
 from granite_bench.results.metadata import (METRIC_DIRECTIONS, SCHEMA_VERSION, declared_direction, gated_direction,
-                                            undeclared_columns)
+                                            require_directions, undeclared_columns)
 from granite_bench.results.store import ResultStore
 
 COMMITTED = Path(__file__).resolve().parents[2] / "results"
@@ -27,16 +27,11 @@ def test_every_numeric_column_of_the_committed_results_has_a_declared_direction(
     assert undeclared_columns(table, {c: frame[c].dtype.kind for c in frame.columns}) == []
 
 
-def test_writing_an_undeclared_numeric_column_is_refused_and_nothing_is_written(tmp_path):
-    from granite_bench.results.metadata import RunMetadata
-    meta = RunMetadata(run_id="20250101T000000Z-00000000", utc_time="2025-01-01T00:00:00.000Z", git_sha="abc",
-                       git_dirty=False, package_versions="{}", machine_fingerprint="f", machine="m", suite="s",
-                       device="cpu", dtype="float32", config_hash="0", config_json="{}", seed=0)
-    store = ResultStore(tmp_path)
+def test_rows_with_an_undeclared_numeric_column_are_refused_before_they_are_stored():
     with pytest.raises(ValueError, match="no direction declared for speedup_factor"):
-        store.write("perf_summary", [{"tp": 1, "speedup_factor": 1.5}], meta)
-    assert store.files() == []
-    assert store.write("perf_summary", [{"tp": 1, "tpot_p50_ms": 1.5, "note": "strings need none"}], meta)
+        require_directions("perf_summary", [{"tp": 1, "speedup_factor": 1.5}])
+    rows = [{"tp": 1, "tpot_p50_ms": 1.5, "note": "strings need none"}]
+    assert require_directions("perf_summary", rows) is rows
 
 
 def test_patterns_declare_families_and_exact_names_win():
@@ -44,6 +39,8 @@ def test_patterns_declare_families_and_exact_names_win():
     assert declared_direction("perf_summary", "tpot_ratio_hf_static") == ("lower", False)
     assert declared_direction("parity_summary", "worst_err_all_position") == (None, False)
     assert declared_direction("parity_summary", "worst_err_all") == ("lower", True)
+    assert declared_direction("parity_summary", "worst_err_top50") == ("lower", True)
+    assert declared_direction("parity_summary", "worst_err_top50_position") == (None, False)
     assert declared_direction("parity_summary", "no_such_column") is None
 
 
