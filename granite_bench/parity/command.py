@@ -157,5 +157,7 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
         row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
                     "reduce_dtype": "float32", **compile_info})
     store = ResultStore(args.results_dir)
-    return [p for p in (store.write("parity_positions", require_directions("parity_positions", [{**common, **r} for r in outcome.positions]), meta),
-                        store.write("parity_summary", require_directions("parity_summary", summary), meta)) if p is not None]
+    positions = require_directions("parity_positions", [{**common, **r} for r in outcome.positions])
+    summary = require_directions("parity_summary", summary)
+    return [p for p in (store.write("parity_positions", positions, meta),
+                        store.write("parity_summary", summary, meta)) if p is not None]
