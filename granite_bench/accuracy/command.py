@@ -74,6 +74,4 @@ def store(args: EvalArgs, outcome: EvalOutcome) -> list[Path]:
     common = {"model": args.model, "tp_degree": args.tp}
     samples = outcome.samples.assign(**common)
     summary = outcome.summary.drop(columns=["dtype"], errors="ignore").assign(**common)
-    store_ = ResultStore(args.results_dir)
-    return [p for p in (store_.write("eval_samples", samples, meta), store_.write("eval_summary", summary, meta))
-            if p is not None]
+    return ResultStore(args.results_dir).write_run(meta, {"eval_samples": samples, "eval_summary": summary})

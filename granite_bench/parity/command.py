@@ -153,6 +153,5 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
     for row in summary:
         row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
                     "reduce_dtype": "float32", **compile_info})
-    store = ResultStore(args.results_dir)
-    return [p for p in (store.write("parity_positions", [{**common, **r} for r in outcome.positions], meta),
-                        store.write("parity_summary", summary, meta)) if p is not None]
+    positions = [{**common, **r} for r in outcome.positions]
+    return ResultStore(args.results_dir).write_run(meta, {"parity_positions": positions, "parity_summary": summary})

@@ -1,11 +1,10 @@
 """`granite-bench perf` end to end: expand the grid, skip stored points, measure the rest one at a time, store each
 point as soon as it is done, print the summary.
 
-Storage: every point is its own run (its own run id and metadata), written as one perf_samples file and then one
-perf_summary file. The summary file marks the point complete: a later sweep skips a point whose key has a
-perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
-write disjoint points under their own run ids, so their files union without coordination. A perf_samples file with
-no perf_summary file of the same run id is a point interrupted between the two writes: readers join on run_id.
+Storage: every point is its own run (its own run id and metadata): one perf_samples and one perf_summary file,
+committed together (ResultStore.write_run), so readers see both or neither. A later sweep skips a point whose key
+has a perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
+write disjoint points under their own run ids, so their files union without coordination.
 """
 
 from __future__ import annotations
@@ -57,10 +56,9 @@ def point_metadata(point: PerfPoint, args: PerfArgs, extra: dict):
 
 def store_point(store, point: PerfPoint, args: PerfArgs, samples: list[dict], summary: list[dict],
                 extra: dict) -> list[Path]:
-    """Samples first, then the summary that marks the point complete; one run id for both."""
+    """Samples and summary of one point committed as one run: readers see both or neither."""
     meta = point_metadata(point, args, extra)
-    written = [store.write(SAMPLES_TABLE, samples, meta), store.write(SUMMARY_TABLE, summary, meta)]
-    return [p for p in written if p is not None]
+    return store.write_run(meta, {SAMPLES_TABLE: samples, SUMMARY_TABLE: summary})
 
 
 # -- the command -----------------------------------------------------------------------------------------------
