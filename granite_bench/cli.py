@@ -23,7 +23,8 @@ from .preflight import BadInput
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation.")
 # Rich falls back to 80 columns without a terminal (CI logs): give tables room there.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Under torchrun only rank 0 reports (the other ranks serve it); errors are printed by every rank.
+console = Console(width=None if sys.stdout.isatty() else 160, quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
