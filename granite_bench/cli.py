@@ -374,16 +374,16 @@ def dashboard(
     except BadInput as err:
         fail(err)
     from .results.dashboard import build_dashboard
-    from .results.listing import collect, uncommitted_messages
+    from .results.listing import uncommitted_messages
     from .results.store import ResultStore
     store = ResultStore(results_dir)
     if not results_dir.is_dir():
         warn(f"no results store at {results_dir}: the dashboard is empty (pass --results-dir)")
     try:
-        page, skipped = collect(store, build_dashboard, store, out)
+        page = build_dashboard(store, out)
     except OSError as err:
         fail(os_error_message(err, None), code=1)
-    for message in skipped + uncommitted_messages(store):
+    for message in [f"skipping {e}" for e in store.unreadable_files()] + uncommitted_messages(store):
         warn(f"{message} (left out of the dashboard)")
     console.print(Text(f"dashboard: {page}"))
 

@@ -333,6 +333,16 @@ class ResultStore:
                 good.append(path)
         return good
 
+    def unreadable_files(self) -> list[CorruptResultFile]:
+        """Every committed file whose parquet footer cannot be read (readers skip these), as errors naming them."""
+        bad = []
+        for path in self.files():
+            try:
+                pq.read_metadata(path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+                bad.append(CorruptResultFile(path, f"{type(e).__name__}: {e}"))
+        return bad
+
     def query(self, sql: str, read_only: bool = False) -> pd.DataFrame:
         """Run SQL in DuckDB with one view per table over its readable files.
 
