@@ -39,7 +39,7 @@ def run_eval_command(args: EvalArgs, console) -> bool:
     render(console, outcome)
     if args.results_dir is not None:
         paths = store(args, outcome)
-        console.print(f"results: {', '.join(str(p) for p in paths)}")
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
     return outcome.passed
 
 

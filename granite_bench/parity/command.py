@@ -77,7 +77,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     render(console, outcome, profile)
     if args.results_dir is not None:
         paths = store(args, runner, profile, outcome, compile_info)
-        console.print(f"results: {', '.join(str(p) for p in paths)}")
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
     return outcome.passed
 
 
@@ -147,7 +147,10 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
                                                          "divergence_tolerance": profile.divergence_tolerance}}
     meta = collect_run_metadata(suite=f"parity/{args.suite}", device=args.device, dtype=args.dtype, config=config,
                                 seed=args.seed)
-    common = {"model": args.model, "tp_degree": args.tp, "compiled": args.compile}
+    # the model and settings exactly as checked (a preset cut to --layers says so in every row)
+    common = {"model": args.model, "num_layers": runner.hf_config.num_hidden_layers, "tp_degree": args.tp,
+              "compiled": args.compile, "batch_size": runner.neuron_config.batch_size,
+              "seq_len": runner.neuron_config.sequence_length}
     summary = [{**common, **s} for s in outcome.prompts]
     loc = outcome.localisation or {}
     for row in summary:

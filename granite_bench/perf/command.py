@@ -116,7 +116,8 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                       f"stored: run the same command again to resume")
         raise KeyboardInterrupt
     if store is not None and todo:
-        console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}")
+        console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}",
+                      markup=False)
     return rows
 
 
