@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .run import EvalOutcome, run_eval
@@ -27,7 +28,7 @@ class EvalArgs:
 
 
 def run_eval_command(args: EvalArgs, console) -> bool:
-    console.print(f"[bold]eval[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device} · "
+    console.print(f"[bold]eval[/] {escape(str(args.model))} · {args.dtype} · tp {args.tp} · {args.device} · "
                   f"tasks {', '.join(args.tasks) if args.tasks else 'canary defaults'}"
                   f"{f' · limit {args.limit:g}' if args.limit else ''}")
     with console.status("running the tasks through the implementation, then through the HF reference"):

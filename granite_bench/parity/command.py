@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..reference.hf_reference import load_reference
@@ -54,7 +55,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
     if not raw:
         raise InputError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
-    console.print(f"[bold]parity[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device}"
+    console.print(f"[bold]parity[/] {escape(str(args.model))} · {args.dtype} · tp {args.tp} · {args.device}"
                   f"{' · compiled' if args.compile else ''} · profile {profile.name}")
     runner = GraniteRunner.build(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
                                  batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .grid import GridSpec, PerfPoint, parse_shard, shard_points
@@ -84,7 +85,8 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                 done.setdefault(row["point_key"], []).append(row)
     todo = [p for p in points if p.key not in done]
     shard_text = f" · shard {index}/{count}" if count > 1 else ""
-    console.print(f"[bold]perf[/] {spec.model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
+    model = escape(str(spec.model))
+    console.print(f"[bold]perf[/] {model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
                   f"{spec.device} · {len(grid)} grid points{shard_text} · {len(points) - len(todo)} already stored · "
                   f"{len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
                   f"(+{spec.warmup} warm-up) · baselines: {', '.join(spec.baselines) or 'none'}")
