@@ -264,21 +264,23 @@ def available_memory_bytes() -> int | None:
 
 
 def run_memory_bytes(dims: dict, dtype: str, batch_size: int, seq_len: int) -> int:
-    """Weights in the implementation's dtype + the fp32 reference's weights + the static KV cache."""
+    """The implementation's weights in its dtype + its static KV cache: a floor for the run (the fp32 reference
+    is left out, since it may be offloaded)."""
     params = dims["vocab"] * dims["hidden"] * (1 if dims["tied"] else 2) + dims["layers"] * (
         dims["hidden"] * (2 * dims["heads"] + 2 * dims["kv_heads"]) * dims["head_dim"]
         + 3 * dims["hidden"] * dims["intermediate"])
     kv = 2 * dims["layers"] * batch_size * dims["kv_heads"] * dims["head_dim"] * seq_len * DTYPE_BYTES[dtype]
-    return params * (DTYPE_BYTES[dtype] + 4) + kv
+    return params * DTYPE_BYTES[dtype] + kv
 
 
 def check_memory(dims: dict, dtype: str, batch_size: int, seq_len: int, device: str = "cpu") -> None:
+    """Refuse a CPU run whose weights and KV cache alone exceed the memory available now."""
     if device != "cpu":
         return
     need = run_memory_bytes(dims, dtype, batch_size, seq_len)
     have = available_memory_bytes()
     if have is not None and need > have:
-        raise BadInput(f"--seq-len {seq_len} with --batch-size {batch_size} needs about {gib(need)} of memory "
+        raise BadInput(f"--seq-len {seq_len} with --batch-size {batch_size} needs at least {gib(need)} of memory "
                        f"(weights + KV cache); {gib(have)} is available: lower --seq-len or --batch-size")
 
 
