@@ -270,7 +270,7 @@ def perf(
         run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
                                   fresh=fresh), console, progress_bar)
     except KeyboardInterrupt:
-        raise typer.Exit(INTERRUPTED)  # run_perf_command said which points are stored
+        interrupted("perf", "every point that finished before it is stored; run the same command again to resume")
     except bad_input_types() as err:
         fail(err)
     except run_failure_types() as err:

@@ -208,6 +208,24 @@ def test_ctrl_c_during_parity_says_what_was_interrupted_and_writes_nothing(files
     assert not files["store"].exists()
 
 
+@pytest.mark.parametrize("argv, module, function, said", [
+    (["perf", "--batch-sizes", "1", "--buckets", "32"], "granite_bench.perf.command", "run_perf_command",
+     "error: perf interrupted (Ctrl-C): every point that finished before it is stored"),
+    (["eval"], "granite_bench.accuracy.command", "run_eval_command", "error: eval interrupted (Ctrl-C): nothing was"),
+], ids=["perf", "eval"])
+def test_ctrl_c_in_perf_and_eval_exits_130_with_one_line(argv, module, function, said, files, monkeypatch):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    result = CliRunner().invoke(app, [*argv, "--results-dir", str(files["store"])])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1].startswith(said), result.output
+    assert not files["store"].exists()
+
+
 def test_a_hung_tp_rank_message_with_bracketed_paths_is_printed_as_text(files, monkeypatch):
     from granite_bench.parity import command
     from granite_bench.runtime.distributed import TPRankError
