@@ -340,6 +340,7 @@ def compare(
         preflight.results_dir(results_dir if save else None)
     except BadInput as err:
         fail(err)
+    quiet_transformers()
     from .results.ab import TreeError
     from .results.compare import CompareError, CompareSettings, render, run_compare
     settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
