@@ -1,4 +1,9 @@
-"""granite-bench command line: argument parsing and wiring only."""
+"""granite-bench command line: argument parsing and wiring only.
+
+Every command checks all of its options first, with light imports only (typer, rich, yaml, json and
+granite_bench.preflight), and imports torch/transformers and loads models only after: bad input is answered in
+about a second, with one line and exit code 2, and nothing written.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +15,39 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.text import Text
+
+from . import preflight
+from .preflight import BadInput
 
 from .resources import suites_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation.")
 # Rich falls back to 80 columns without a terminal (CI logs): give tables room there.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Under torchrun only rank 0 reports (the other ranks serve it); errors are printed by every rank.
+console = Console(width=None if sys.stdout.isatty() else 160, quiet=os.environ.get("RANK", "0") != "0")
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SUITES = suites_dir()
+# A user's runs go under the directory the command runs in, never into the package or among the committed
+# baselines in the repository's results/ (which CI and the dashboard read with --results-dir).
+DEFAULT_RESULTS = Path("granite-bench-results")
+RESULTS_HELP = "Where the parquet results go (default: ./granite-bench-results)."
+INTERRUPTED = 130
 
 
 @app.callback()
 def granite_bench():
     """Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_transformers() -> None:
+    """After the options are checked: silence transformers' logging and progress bars (imports it)."""
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-class BadInput(Exception):
-    """Raised for input the user must change; printed as one line, exit code 2."""
 
 
 def bad_input_types() -> tuple:
@@ -52,9 +66,24 @@ def run_failure_types() -> tuple:
     return TPRankError, RecompilationError, GraphBreakError
 
 
-def fail(message: str, code: int = 2):
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def one_line(message) -> str:
+    """An error as one line: its text (paths, exception messages) with newlines folded."""
+    text = str(message).strip() or type(message).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def fail(message, code: int = 2):
+    """Print `error: <message>` as plain text (never parsed as rich markup) and exit with code."""
+    err_console.print(Text.assemble(("error: ", "bold red"), one_line(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message) -> None:
+    err_console.print(Text.assemble(("warning: ", "yellow"), one_line(message)), highlight=False, soft_wrap=True)
+
+
+def interrupted(what: str, kept: str = "nothing was written"):
+    fail(f"{what} interrupted (Ctrl-C): {kept}", code=INTERRUPTED)
 
 
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -70,16 +99,7 @@ def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
 
 
 def load_suite(path: Path) -> dict:
-    import yaml
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"suite file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise BadInput(f"suite file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"suite file {path} must be a mapping of options")
-    return data
+    return preflight.suite_file(path)
 
 
 def progress_bar() -> Progress:
@@ -112,28 +132,77 @@ def parity(
     compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
     layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
     suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
-    results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
+        args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
+                           compile, layers, suite, results_dir if save else None)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
+    try:
         from .parity.command import ParityArgs, run_parity_command
-        spec = load_suite(suite)
-        args = ParityArgs(
-            model=model or spec.get("model", "tiny-gqa"),
-            dtype=dtype or spec.get("dtype", "float32"),
-            batch_size=batch_size or spec.get("batch_size", 4),
-            seq_len=seq_len or spec.get("seq_len", 256),
-            buckets=parse_int_list(buckets, "--buckets") or spec.get("buckets"),
-            num_tokens=num_tokens if num_tokens is not None else spec.get("num_tokens", 16),
-            prompts=prompts, suite_prompts=spec.get("prompts"), tolerance=tolerance, tp=tp, device=device,
-            compile=compile, layers=layers, results_dir=results_dir if save else None, suite=str(suite.stem))
-        passed = run_parity_command(args, console, progress_bar)
+        passed = run_parity_command(ParityArgs(**args), console, progress_bar)
+    except KeyboardInterrupt:
+        interrupted("parity")
     except bad_input_types() as err:
-        fail(str(err))
+        fail(err)
     except run_failure_types() as err:
-        fail(str(err), code=1)
+        fail(f"{err} (nothing was written)", code=1)
+    except OSError as err:
+        fail(os_error_message(err, args["results_dir"]), code=1)
     raise typer.Exit(0 if passed else 1)
+
+
+def os_error_message(err: OSError, results_dir: Path | None) -> str:
+    """One line for a file error that ended a run: results it could not write, or a file it could not read."""
+    name = getattr(err, "filename", None)
+    reason = err.strerror or str(err)
+    if results_dir is not None and name and Path(results_dir).resolve() in Path(name).resolve().parents:
+        return f"could not write the results to {results_dir}: {reason} (nothing of this run was stored)"
+    return f"{reason}: {name}" if name else f"{type(err).__name__}: {err}"
+
+
+def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
+                layers, suite, results_dir):
+    """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
+    change."""
+    from .parity.tolerances import profile_for
+    spec = load_suite(suite)
+
+    def pick(value, key, default):
+        return value if value is not None else spec.get(key, default)
+
+    model = pick(model, "model", "tiny-gqa")
+    dtype = preflight.dtype_name(pick(dtype, "dtype", "float32"))
+    batch_size = preflight.positive(pick(batch_size, "batch_size", 4), "--batch-size")
+    seq_len = preflight.positive(pick(seq_len, "seq_len", 256), "--seq-len")
+    num_tokens = preflight.positive(pick(num_tokens, "num_tokens", 16), "--num-tokens")
+    bucket_list = parse_int_list(buckets, "--buckets") or spec.get("buckets")
+    if bucket_list and max(bucket_list) > seq_len:
+        raise BadInput(f"bucket {max(bucket_list)} is longer than --seq-len {seq_len}: lower --buckets or raise "
+                       f"--seq-len")
+    preflight.positive(tp, "--tp")
+    preflight.device_name(device)
+    config, folder = preflight.model_config(model, layers)
+    dims = preflight.check_model(config, tp, where=str(folder or model))
+    if folder is not None:
+        preflight.check_weights(folder, dims)
+    preflight.check_memory(dims, dtype, batch_size, seq_len, device)
+    try:
+        profile_for(dtype, tolerance)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
+    if not raw:
+        raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
+    # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
+    preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
+    return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
+                num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
+                compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem))
 
 
 @app.command()
@@ -156,36 +225,66 @@ def perf(
     threads: Optional[int] = typer.Option(None, help="torch threads (default: the cores available)."),
     shard: Optional[str] = typer.Option(None, help="Run slice i of n of the grid, e.g. 2/4."),
     suite: Path = typer.Option(SUITES / "perf" / "default.yaml", help="Suite file giving the grid."),
-    results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results (and resume from them)."),
     fresh: bool = typer.Option(False, "--fresh", help="Measure points again even if stored for this commit."),
 ):
     """Latency, throughput and roofline over a tp x batch x bucket grid, with HF Transformers side by side."""
+    from .perf.command import PerfArgs, build_spec, parse_names  # light: rich and the grid only
+    from .perf.grid import GridError, parse_shard, shard_points
     try:
-        from .perf.command import PerfArgs, build_spec, parse_names, run_perf_command
-        from .perf.grid import GridError
         try:
-            spec = build_spec(load_suite(suite), model=model, layers=layers, dtypes=parse_names(dtype),
+            preflight.positive(threads, "--threads")
+            preflight.positive(layers, "--layers")
+            preflight.positive(seq_len, "--seq-len")
+            preflight.positive(new_tokens, "--new-tokens")
+            preflight.positive(rounds, "--rounds")
+            preflight.non_negative(warmup, "--warmup")
+            spec = build_spec(load_suite(suite), model=model, layers=layers,
+                              dtypes=[preflight.dtype_name(d) for d in parse_names(dtype)] if dtype else None,
                               device=device, tp=parse_int_list(tp, "--tp"),
                               batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
                               buckets=parse_int_list(buckets, "--buckets"), new_tokens=new_tokens, seq_len=seq_len,
                               compile=None if compile is None else [compile], rounds=rounds, warmup=warmup,
                               baselines=parse_names(baselines), threads=threads)
-            run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
-                                      fresh=fresh), console, progress_bar)
+            preflight.positive(spec.threads, "threads")
+            preflight.device_name(spec.device)
+            config, folder = preflight.model_config(spec.model, spec.layers)
+            for degree in spec.tp:
+                dims = preflight.check_model(config, degree, where=str(folder or spec.model))
+            if folder is not None:
+                preflight.check_weights(folder, dims)
+            for dtype_ in spec.dtypes:
+                preflight.check_memory(dims, dtype_, max(spec.batch_sizes), spec.cache_length(), spec.device)
+            index, count = parse_shard(shard)
+            grid = spec.points()
+            if not shard_points(grid, index, count):
+                raise BadInput(f"shard {index}/{count} of this grid has no points (the grid has {len(grid)}): "
+                               f"use --shard i/n with n <= {len(grid)}")
+            preflight.results_dir(results_dir if save else None, need_bytes=len(grid) * (1 << 20))
         except GridError as err:
             raise BadInput(str(err)) from None
-    except bad_input_types() as err:
-        fail(str(err))
-    except run_failure_types() as err:
-        fail(str(err), code=1)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
+    try:
+        from .perf.command import run_perf_command
+        run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
+                                  fresh=fresh), console, progress_bar)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        interrupted("perf", "every point that finished before it is stored; run the same command again to resume")
+    except bad_input_types() as err:
+        fail(err)
+    except run_failure_types() as err:
+        fail(f"{err} (every point finished before it is stored)", code=1)
+    except OSError as err:
+        fail(os_error_message(err, results_dir if save else None), code=1)
 
 
 @app.command()
 def results(
-    results_dir: Path = typer.Option(Path("results"), help="The parquet store to read."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store to read (default: "
+                                                            "./granite-bench-results)."),
     table: Optional[str] = typer.Option(None, help="Print one table, e.g. parity_summary (default: the runs)."),
     sql: Optional[str] = typer.Option(None, help="DuckDB SQL over the store; each table is a view of its name."),
     all_columns: bool = typer.Option(False, "--all-columns", help="With --table: keep the run metadata columns."),
@@ -193,20 +292,29 @@ def results(
     csv: Optional[Path] = typer.Option(None, help="Also write the rows to this CSV file."),
 ):
     """List runs (id, time, git sha, suite, device, verdicts), or print a table or a query result."""
+    try:
+        preflight.non_negative(limit, "--limit")
+        if csv is not None:
+            preflight.output_file(csv, "--csv")
+        if not results_dir.is_dir():
+            raise BadInput(f"no results store at {results_dir}: run a command first or pass --results-dir")
+    except BadInput as err:
+        fail(err)
     from .results.listing import run_results_command
     from .results.store import ResultStore
     try:
         run_results_command(ResultStore(results_dir), console, err_console, table=table, sql=sql,
                             all_columns=all_columns, limit=limit, csv=csv)
-    except ValueError as err:  # an unknown table, or SQL DuckDB refuses: one line, exit 2
-        fail(str(err))
+    except ValueError as err:  # an unknown table, a writing or malformed query: one line, exit 2
+        fail(err)
 
 
 @app.command()
 def compare(
     baseline: str = typer.Option(..., help="Stored run id(s) (comma-separated, prefixes ok) or a git ref (HEAD~1)."),
     candidate: str = typer.Option("worktree", help="Run id(s), a git ref (HEAD), or 'worktree' (files as they are)."),
-    results_dir: Path = typer.Option(Path("results"), help="The parquet store (read, and written unless --no-save)."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store (read, and written unless "
+                                                            "--no-save; default: ./granite-bench-results)."),
     trials: int = typer.Option(8, help="Interleaved timing trials per side (at least 6)."),
     reps: int = typer.Option(32, help="Decode steps per trial; a trial's value is their median."),
     floor: float = typer.Option(0.10, help="Practical floor: slowdowns below it never fail (0.10 = 10%)."),
@@ -226,6 +334,15 @@ def compare(
                                             "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    try:
+        for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
+            preflight.positive(value, option)
+        if fail_on not in ("all", "deterministic"):
+            raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
+        preflight.results_dir(results_dir if save else None)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
     from .gate.ab import TreeError
     from .gate.compare import CompareError, CompareSettings, render, run_compare
     settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
@@ -233,8 +350,6 @@ def compare(
                                deterministic=deterministic, rerun=rerun,
                                commands=list(det_command) if det_command else ["parity", "eval"],
                                timing_model=timing_model, timing_layers=timing_layers, threads=threads, store=save)
-    if fail_on not in ("all", "deterministic"):
-        fail(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
     try:
         with progress_bar() as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
@@ -242,22 +357,38 @@ def compare(
             def on_trial(done: int, total: int):
                 progress.update(task, total=total, completed=done, visible=True)
             comparison = run_compare(settings, console, on_trial)
+    except KeyboardInterrupt:
+        interrupted("compare", "no comparison was stored")
     except (CompareError, TreeError) as err:
-        fail(str(err))
+        fail(err)
     render(console, comparison)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 
 @app.command()
 def dashboard(
-    results_dir: Path = typer.Option(Path("results"), help="The parquet store to draw."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store to draw (default: "
+                                                            "./granite-bench-results)."),
     out: Path = typer.Option(Path("dashboard"), help="Folder for index.html and assets/."),
 ):
     """Static HTML dashboard of the store (no network needed to view it)."""
+    try:
+        preflight.output_dir(out, "--out")
+    except BadInput as err:
+        fail(err)
     from .results.dashboard import build_dashboard
+    from .results.listing import uncommitted_messages
     from .results.store import ResultStore
-    page = build_dashboard(ResultStore(results_dir), out)
-    console.print(f"dashboard: {page}")
+    store = ResultStore(results_dir)
+    if not results_dir.is_dir():
+        warn(f"no results store at {results_dir}: the dashboard is empty (pass --results-dir)")
+    try:
+        page = build_dashboard(store, out)
+    except OSError as err:
+        fail(os_error_message(err, None), code=1)
+    for message in [f"skipping {e}" for e in store.unreadable_files()] + uncommitted_messages(store):
+        warn(f"{message} (left out of the dashboard)")
+    console.print(Text(f"dashboard: {page}"))
 
 
 @app.command("eval")
@@ -271,10 +402,28 @@ def eval_(
     num_fewshot: Optional[int] = typer.Option(None, help="Few-shot examples per prompt."),
     batch_size: int = typer.Option(8, help="Compiled batch size the requests are packed into."),
     seq_len: int = typer.Option(256, help="Static KV-cache length (the longest request the runner takes)."),
-    results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
 ):
     """lm-eval accuracy through the implementation and the HF reference, compared sample by sample."""
+    try:
+        dtype = preflight.dtype_name(dtype)
+        preflight.device_name(device)
+        preflight.positive(tp, "--tp")
+        preflight.positive(batch_size, "--batch-size")
+        preflight.positive(seq_len, "--seq-len")
+        preflight.non_negative(num_fewshot, "--num-fewshot")
+        if limit is not None and not limit > 0:
+            raise BadInput(f"--limit must be positive (documents per task, or a fraction below 1), got {limit:g}")
+        config, folder = preflight.model_config(model)
+        dims = preflight.check_model(config, tp, where=str(folder or model))
+        if folder is not None:
+            preflight.check_weights(folder, dims)
+        preflight.check_memory(dims, dtype, batch_size, seq_len, device)
+        preflight.results_dir(results_dir if save else None, need_bytes=16 << 20)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
     try:
         from .accuracy.command import EvalArgs, run_eval_command
         from .accuracy.tasks import TaskError
@@ -284,10 +433,14 @@ def eval_(
             passed = run_eval_command(args, console)
         except TaskError as err:
             raise BadInput(str(err)) from None
+    except KeyboardInterrupt:
+        interrupted("eval")
     except bad_input_types() as err:
-        fail(str(err))
+        fail(err)
     except run_failure_types() as err:
-        fail(str(err), code=1)
+        fail(f"{err} (nothing was written)", code=1)
+    except OSError as err:
+        fail(os_error_message(err, results_dir if save else None), code=1)
     raise typer.Exit(0 if passed else 1)
 
 

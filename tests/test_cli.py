@@ -88,3 +88,20 @@ def test_checkpoint_dir_with_malformed_config_is_refused(tmp_path, prompts_file)
     result = invoke(*FAST, "--prompts", str(prompts_file), "--model", str(bad), "--results-dir", str(tmp_path / "r"))
     assert result.exit_code == 2
     assert "is not valid JSON" in result.output
+
+
+def test_results_go_to_granite_bench_results_under_the_working_directory_by_default(tmp_path, prompts_file,
+                                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*FAST, "--prompts", str(prompts_file))
+    assert result.exit_code == 0, result.output
+    store = ResultStore(tmp_path / "granite-bench-results")
+    assert len(store.read("parity_summary")) == 2 and len(store.committed_runs()) == 1
+
+
+def test_stored_parity_rows_name_the_layers_and_static_shapes_that_were_checked(tmp_path, prompts_file):
+    result = invoke(*FAST, "--layers", "2", "--prompts", str(prompts_file), "--results-dir", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    summary = ResultStore(tmp_path / "r").read("parity_summary")
+    assert summary["num_layers"].tolist() == [2, 2]
+    assert summary["batch_size"].tolist() == [2, 2] and summary["seq_len"].tolist() == [96, 96]

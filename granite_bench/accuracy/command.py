@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .run import EvalOutcome, run_eval
@@ -27,7 +28,7 @@ class EvalArgs:
 
 
 def run_eval_command(args: EvalArgs, console) -> bool:
-    console.print(f"[bold]eval[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device} · "
+    console.print(f"[bold]eval[/] {escape(str(args.model))} · {args.dtype} · tp {args.tp} · {args.device} · "
                   f"tasks {', '.join(args.tasks) if args.tasks else 'canary defaults'}"
                   f"{f' · limit {args.limit:g}' if args.limit else ''}")
     with console.status("running the tasks through the implementation, then through the HF reference"):
@@ -39,7 +40,7 @@ def run_eval_command(args: EvalArgs, console) -> bool:
     render(console, outcome)
     if args.results_dir is not None:
         paths = store(args, outcome)
-        console.print(f"results: {', '.join(str(p) for p in paths)}")
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
     return outcome.passed
 
 
@@ -75,7 +76,5 @@ def store(args: EvalArgs, outcome: EvalOutcome) -> list[Path]:
     common = {"model": args.model, "tp_degree": args.tp}
     samples = outcome.samples.assign(**common)
     summary = outcome.summary.drop(columns=["dtype"], errors="ignore").assign(**common)
-    store_ = ResultStore(args.results_dir)
-    return [p for p in (store_.write("eval_samples", require_directions("eval_samples", samples), meta),
-                        store_.write("eval_summary", require_directions("eval_summary", summary), meta))
-            if p is not None]
+    return ResultStore(args.results_dir).write_run(meta, {"eval_samples": require_directions("eval_samples", samples),
+                                                          "eval_summary": require_directions("eval_summary", summary)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch.distributed as dist
 
 _TP_GROUP = None
@@ -46,3 +48,16 @@ def set_model_parallel_state(tp_size: int, tp_rank: int = 0, group=None) -> None
     if tp_size < 1 or not 0 <= tp_rank < tp_size:
         raise ValueError(f"bad tensor-parallel state: size {tp_size}, rank {tp_rank}")
     _TP_GROUP, _TP_SIZE, _TP_RANK = group, tp_size, tp_rank
+
+
+@contextmanager
+def single_process_state():
+    """Within the block the model runs unsharded (TP size 1, no collectives), whatever the process group is: for a
+    TP-1 twin built and run inside a rank of a TP group (torchrun's rank 0), which no other rank joins."""
+    global _TP_GROUP, _TP_SIZE, _TP_RANK
+    saved = _TP_GROUP, _TP_SIZE, _TP_RANK
+    _TP_GROUP, _TP_SIZE, _TP_RANK = None, 1, 0
+    try:
+        yield
+    finally:
+        _TP_GROUP, _TP_SIZE, _TP_RANK = saved

@@ -107,6 +107,8 @@ def convert_hf_state_dict(hf: dict[str, torch.Tensor], config, plan: HeadPlan, r
 # -- per-rank sharded checkpoints ------------------------------------------------------------------------------
 # Converted once by the driver and cached, so each TP rank reads only its own shard (never the whole checkpoint).
 SHARD_FORMAT_VERSION = 1
+# Package files whose code decides a shard's contents (their bytes are part of the shard cache key).
+CONVERTER_SOURCES = ("model/state_dict.py", "model/head_sharding.py", "model/parallel_layers.py")
 SHARD_MANIFEST = "manifest.json"
 
 
@@ -124,9 +126,12 @@ def checkpoint_fingerprint(model_dir: Path) -> list[dict]:
 
 def shard_key(model_dir: Path, tp: int, dtype: torch.dtype, fused_qkv: bool) -> dict:
     """Everything a set of rank shards depends on (hashed into its cache folder name)."""
+    from ..fingerprint import code_fingerprint
     return {"format": SHARD_FORMAT_VERSION, "model_dir": str(Path(model_dir).resolve()),
             "files": checkpoint_fingerprint(model_dir), "tp": tp, "dtype": str(dtype).replace("torch.", ""),
-            "fused_qkv": fused_qkv}
+            "fused_qkv": fused_qkv,
+            # the converter and the head plan that wrote the shards: a change to either gives new shards
+            "code": code_fingerprint(*CONVERTER_SOURCES, versions_of=("torch", "safetensors"))}
 
 
 def save_sharded_checkpoint(hf: dict[str, torch.Tensor], config, plan: HeadPlan, tp: int, dtype: torch.dtype,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..reference.hf_reference import load_reference
@@ -55,7 +56,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
     if not raw:
         raise InputError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
-    console.print(f"[bold]parity[/] {args.model} · {args.dtype} · tp {args.tp} · {args.device}"
+    console.print(f"[bold]parity[/] {escape(str(args.model))} · {args.dtype} · tp {args.tp} · {args.device}"
                   f"{' · compiled' if args.compile else ''} · profile {profile.name}")
     runner = build_runner(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
                                  batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,
@@ -78,7 +79,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     render(console, outcome, profile)
     if args.results_dir is not None:
         paths = store(args, runner, profile, outcome, compile_info)
-        console.print(f"results: {', '.join(str(p) for p in paths)}")
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
     return outcome.passed
 
 
@@ -150,14 +151,15 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
                                                          "divergence_tolerance": profile.divergence_tolerance}}
     meta = collect_run_metadata(suite=f"parity/{args.suite}", device=args.device, dtype=args.dtype, config=config,
                                 seed=args.seed)
-    common = {"model": args.model, "tp_degree": args.tp, "compiled": args.compile}
+    # the model and settings exactly as checked (a preset cut to --layers says so in every row)
+    common = {"model": args.model, "num_layers": runner.hf_config.num_hidden_layers, "tp_degree": args.tp,
+              "compiled": args.compile, "batch_size": runner.neuron_config.batch_size,
+              "seq_len": runner.neuron_config.sequence_length}
     summary = [{**common, **s} for s in outcome.prompts]
     loc = outcome.localisation or {}
     for row in summary:
         row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
                     "reduce_dtype": "float32", **compile_info})
-    store = ResultStore(args.results_dir)
     positions = require_directions("parity_positions", [{**common, **r} for r in outcome.positions])
     summary = require_directions("parity_summary", summary)
-    return [p for p in (store.write("parity_positions", positions, meta),
-                        store.write("parity_summary", summary, meta)) if p is not None]
+    return ResultStore(args.results_dir).write_run(meta, {"parity_positions": positions, "parity_summary": summary})

@@ -2,7 +2,11 @@
 
 A profile holds a tolerance map (top-k -> (atol, rtol), None = the whole vocabulary), the greedy
 divergence tolerance and the relative error at which per-layer localisation calls a sub-block
-out of tolerance. `profile_for` picks the dtype's profile, or applies a CLI override such as
+out of tolerance. That threshold is derived from the dtype's measured residual-stream noise
+(`hidden_noise_rtol` in the YAML): LOCALISATION_HEADROOM times it, so localisation names the first
+layer whose error leaves the noise, and stays more sensitive than the logit check (a bug that adds
+6e-5 of relative error to every layer's residual stream in fp32, where the noise is <= 1e-6, is
+blamed on layer 0, not on the LM head). A profile may still set `localisation_rtol` itself. `profile_for` picks the dtype's profile, or applies a CLI override such as
 "50:1e-5:0.04,5:1e-5:0.01;div=0.13" (parts not given keep the dtype's values) or a profile name.
 """
 
@@ -29,12 +33,25 @@ OVERRIDE_FORMAT = (
 )
 
 
+# Localisation threshold over the measured residual-stream noise of a dtype: bf16's 0.1 over its measured 4.1e-2
+# (40 layers) had this headroom from the start; fp32 gets 2.5e-6 over its <= 1e-6.
+LOCALISATION_HEADROOM = 2.5
+
+
 @dataclass(frozen=True)
 class ToleranceProfile:
     name: str
     tol_map: dict[int | None, tuple[float, float]]  # top-k -> (atol, rtol); None = whole vocabulary
     divergence_tolerance: float  # a greedy divergence is acceptable below this reference logit gap
     localisation_rtol: float  # max|a-e| / max|e| of a hidden state above which a sub-block left tolerance
+    hidden_noise_rtol: float | None = None  # measured max|a-e| / max|e| of the residual stream from rounding alone
+
+
+def localisation_threshold(entry: dict) -> float:
+    """A profile entry's localisation threshold: its own `localisation_rtol`, else headroom x measured noise."""
+    if "localisation_rtol" in entry:
+        return float(entry["localisation_rtol"])
+    return LOCALISATION_HEADROOM * float(entry["hidden_noise_rtol"])
 
 
 def _parse_k(text: str) -> int | None:
@@ -53,7 +70,8 @@ def _profile_from_yaml(name: str, entry: dict) -> ToleranceProfile:
         name=name,
         tol_map=tol_map,
         divergence_tolerance=float(entry["divergence_tolerance"]),
-        localisation_rtol=float(entry["localisation_rtol"]),
+        localisation_rtol=localisation_threshold(entry),
+        hidden_noise_rtol=float(entry["hidden_noise_rtol"]) if "hidden_noise_rtol" in entry else None,
     )
 
 

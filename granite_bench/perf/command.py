@@ -1,11 +1,10 @@
 """`granite-bench perf` end to end: expand the grid, skip stored points, measure the rest one at a time, store each
 point as soon as it is done, print the summary.
 
-Storage: every point is its own run (its own run id and metadata), written as one perf_samples file and then one
-perf_summary file. The summary file marks the point complete: a later sweep skips a point whose key has a
-perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
-write disjoint points under their own run ids, so their files union without coordination. A perf_samples file with
-no perf_summary file of the same run id is a point interrupted between the two writes: readers join on run_id.
+Storage: every point is its own run (its own run id and metadata): one perf_samples and one perf_summary file,
+committed together (ResultStore.write_run), so readers see both or neither. A later sweep skips a point whose key
+has a perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
+write disjoint points under their own run ids, so their files union without coordination.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from .grid import GridSpec, PerfPoint, parse_shard, shard_points
@@ -57,12 +57,11 @@ def point_metadata(point: PerfPoint, args: PerfArgs, extra: dict):
 
 def store_point(store, point: PerfPoint, args: PerfArgs, samples: list[dict], summary: list[dict],
                 extra: dict) -> list[Path]:
-    """Samples first, then the summary that marks the point complete; one run id for both."""
+    """Samples and summary of one point committed as one run: readers see both or neither."""
     from ..results.metadata import require_directions
     meta = point_metadata(point, args, extra)
-    written = [store.write(SAMPLES_TABLE, require_directions(SAMPLES_TABLE, samples), meta),
-               store.write(SUMMARY_TABLE, require_directions(SUMMARY_TABLE, summary), meta)]
-    return [p for p in written if p is not None]
+    return store.write_run(meta, {SAMPLES_TABLE: require_directions(SAMPLES_TABLE, samples),
+                                  SUMMARY_TABLE: require_directions(SUMMARY_TABLE, summary)})
 
 
 # -- the command -----------------------------------------------------------------------------------------------
@@ -88,7 +87,8 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                 done.setdefault(row["point_key"], []).append(row)
     todo = [p for p in points if p.key not in done]
     shard_text = f" · shard {index}/{count}" if count > 1 else ""
-    console.print(f"[bold]perf[/] {spec.model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
+    model = escape(str(spec.model))
+    console.print(f"[bold]perf[/] {model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
                   f"{spec.device} · {len(grid)} grid points{shard_text} · {len(points) - len(todo)} already stored · "
                   f"{len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
                   f"(+{spec.warmup} warm-up) · baselines: {', '.join(spec.baselines) or 'none'}")
@@ -120,7 +120,8 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                       f"stored: run the same command again to resume")
         raise KeyboardInterrupt
     if store is not None and todo:
-        console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}")
+        console.print(f"results: {len(todo)} points written to {store.root}/{{{SAMPLES_TABLE},{SUMMARY_TABLE}}}",
+                      markup=False)
     return rows
 
 

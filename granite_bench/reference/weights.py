@@ -65,7 +65,10 @@ def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str = "f
         return preset.checkpoint
     init = {**DEFAULT_INIT, **preset.init}
     config = preset_config(preset, num_layers)
-    key = json.dumps({"config": config.to_dict(), "init": init, "dtype": dtype}, sort_keys=True, default=str)
+    from ..fingerprint import code_fingerprint  # the code and versions that create the weights are in the key
+    code = code_fingerprint("reference/weights.py", versions_of=("torch", "transformers"))
+    key = json.dumps({"config": config.to_dict(), "init": init, "dtype": dtype, "code": code}, sort_keys=True,
+                     default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     layers = f"-l{num_layers}" if num_layers is not None else ""
     target = cache_root() / "models" / f"{preset.name}{layers}-{dtype}-{digest}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pandas as pd
+from rich.markup import escape
 
 from granite_bench.results.metadata import metadata_column_names
 from granite_bench.results.store import ResultStore
@@ -95,17 +96,18 @@ def fitting_columns(frame: pd.DataFrame, width: int, cap: int = 28) -> list[str]
 
 def render_frame(console, frame: pd.DataFrame, title: str, limit: int | None = DEFAULT_LIMIT) -> None:
     from rich.table import Table
+    from rich.text import Text
     if frame.empty:
-        console.print(f"{title}: no rows")
+        console.print(Text(f"{title}: no rows"))
         return
     shown = frame.tail(limit) if limit else frame
     columns = fitting_columns(shown, console.width or 160)
     note = f", last {len(shown)} shown" if len(shown) < len(frame) else ""
-    table = Table(title=f"{title} ({len(frame)} rows{note})", title_justify="left")
+    table = Table(title=Text(f"{title} ({len(frame)} rows{note})"), title_justify="left")
     for column in columns:
         table.add_column(str(column), overflow="ellipsis", no_wrap=True, max_width=28)
     for row in shown[columns].itertuples(index=False):
-        table.add_row(*[_text(v) for v in row])
+        table.add_row(*[Text(_text(v)) for v in row])  # values are data, never markup
     console.print(table)
     hidden = [c for c in frame.columns if c not in columns]
     if hidden:
@@ -122,18 +124,31 @@ def _text(value) -> str:
     return str(value)
 
 
+def uncommitted_messages(store: ResultStore) -> list[str]:
+    """One line per run whose files were written but never committed (a crash or kill mid-write): ignored."""
+    runs: dict[str, list[str]] = {}
+    for path in store.uncommitted():
+        runs.setdefault(path.stem, []).append(path.parent.parent.name)
+    return [f"ignoring run {run} in {store.root}: it never committed (interrupted while writing "
+            f"{', '.join(sorted(tables))}); delete its files or leave them, no reader uses them"
+            for run, tables in sorted(runs.items())]
+
+
 def query_or_explain(store: ResultStore, sql: str) -> pd.DataFrame:
     """store.query, with DuckDB's parser and binder errors turned into one-line ValueErrors."""
     import duckdb
     try:
-        return store.query(sql)
+        return store.query(sql, read_only=True)
     except duckdb.Error as err:
         raise ValueError(f"query failed: {str(err).splitlines()[0]} (tables: {', '.join(store.tables())})") from None
 
 
 def run_results_command(store: ResultStore, console, err_console, table: str | None = None, sql: str | None = None,
                         all_columns: bool = False, limit: int = DEFAULT_LIMIT, csv=None) -> None:
-    """Print the runs, one table, or a query result; name every corrupt file that was skipped."""
+    """Print the runs, one table, or a query result; name every corrupt file that was skipped and every file of a
+    run that never committed (both are left out)."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit must be 0 (all rows) or more, got {limit}")
     if sql is not None:
         frame, skipped = collect(store, query_or_explain, store, sql)
         title = "query"
@@ -143,8 +158,8 @@ def run_results_command(store: ResultStore, console, err_console, table: str | N
     else:
         frame, skipped = collect(store, runs_frame, store)
         title = f"runs in {store.root}"
-    for message in skipped:
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    for message in skipped + uncommitted_messages(store):
+        err_console.print("[yellow]warning:[/] " + escape(message), highlight=False, soft_wrap=True)
     render_frame(console, frame, title, limit or None)
     if csv is not None:
         frame.to_csv(csv, index=False)

@@ -46,7 +46,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "prompt_len": (None, SHOWN), "num_tokens": (None, SHOWN), "n_positions": (None, SHOWN),
         "*_position": (None, SHOWN), "compiled_graphs": (None, SHOWN), "fail_layer": (None, SHOWN),
         "layers": (None, SHOWN), "first_failed": (None, SHOWN), "first_divergence": (None, SHOWN),
-        "divergence_gap": (None, SHOWN),
+        "divergence_gap": (None, SHOWN), "num_layers": (None, SHOWN), "batch_size": (None, SHOWN),
+        "seq_len": (None, SHOWN),
         "worst_err_*": ("lower", GATED),   # one per k of the tolerance map (err_top50 for bf16, ...)
     },
     "parity_positions": {
@@ -55,6 +56,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "top1_match": ("higher", SHOWN), "topk_overlap": ("higher", SHOWN), "passed": ("higher", SHOWN),
         "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN), "position": (None, SHOWN),
         "expected_top1_prob": (None, SHOWN), "layers": (None, SHOWN), "err_*": ("lower", SHOWN),
+        "num_layers": (None, SHOWN), "batch_size": (None, SHOWN), "seq_len": (None, SHOWN),
     },
     "eval_summary": {
         "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),

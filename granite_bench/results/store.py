@@ -1,6 +1,14 @@
 """Append-only parquet result store: one immutable file per run and table.
 
-Layout: <root>/<table>/schema_version=<v>/<run_id>.parquet (hive-style).
+Layout: <root>/<table>/schema_version=<v>/<run_id>.parquet (hive-style), and
+<root>/_commits/<run_id>.json, the commit marker of a run.
+
+Whole runs: a run's tables are written first (each atomically), then its commit
+marker, atomically, last. Readers see a file only when its run's marker exists, so
+a run's tables appear together or not at all, also after a crash or a kill between
+two files; files of a run that never committed are listed by `uncommitted()` and
+reported, never read. Files written before commit markers existed (no
+`granite_bench.needs_commit` footer key) are read as they always were.
 Readers union every file of a table by column name across schema versions,
 and skip (by name, with a warning) any file that cannot be read.
 """
@@ -22,6 +30,9 @@ from granite_bench.results.metadata import RunMetadata, metadata_column_names
 
 # Footer key holding the run's metadata columns as JSON, so runs() reads only footers.
 RUN_FOOTER_KEY = b"granite_bench.run"
+# Footer key of files that are visible only once their run's commit marker exists.
+NEEDS_COMMIT_KEY = b"granite_bench.needs_commit"
+COMMITS_DIR = "_commits"
 
 RUN_COLUMNS = ["run_id", "utc_time", "git_sha", "git_dirty", "suite", "device", "dtype"]
 
@@ -60,6 +71,22 @@ def write_rows_atomic(path: Path | str, frame: pd.DataFrame, footer: dict[bytes,
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a small file via a fsynced temp file and os.replace (the commit marker of a run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -118,17 +145,55 @@ class ResultStore:
     # ----- writing -----
 
     def write(self, table: str, rows: pd.DataFrame | list[dict], meta: RunMetadata) -> Path | None:
-        """Write one run's rows of a table; returns the file, or None for an empty list."""
-        if not TABLE_NAME.match(table):
-            raise ValueError(f"table name must match {TABLE_NAME.pattern}: {table!r}")
+        """Write and commit one run's rows of one table; returns the file, or None for an empty list."""
+        written = self.write_run(meta, {table: rows})
+        return written[0] if written else None
+
+    def write_run(self, meta: RunMetadata, tables: dict[str, pd.DataFrame | list[dict]]) -> list[Path]:
+        """Write every table of one run, then commit the run: readers see all of its tables or none.
+
+        Empty tables are left out; a run with no rows at all writes nothing. When a write fails, the files
+        already written are removed again (a kill leaves them uncommitted, so no reader sees them either).
+        A later call for the same run adds its tables (files stay immutable) and commits them in one step."""
+        for table in tables:
+            if not TABLE_NAME.match(table):
+                raise ValueError(f"table name must match {TABLE_NAME.pattern}: {table!r}")
+        marker = self.commit_marker(meta.run_id)
+        earlier = json.loads(marker.read_text())["files"] if marker.exists() else []
+        written: list[Path] = []
+        try:
+            for table, rows in tables.items():
+                path = self._write_table(table, rows, meta)
+                if path is not None:
+                    written.append(path)
+            if written:
+                record = {"run_id": meta.run_id,
+                          "files": earlier + [str(p.relative_to(self.root)) for p in written]}
+                _write_bytes_atomic(marker, (json.dumps(record, indent=1) + "\n").encode())
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return written
+
+    def _write_table(self, table: str, rows, meta: RunMetadata) -> Path | None:
         columns = meta.columns(table)
         frame = _as_frame(rows)
         if frame is None:
             return None
         frame = _with_metadata(frame, columns)
         path = self.root / table / f"schema_version={columns['schema_version']}" / f"{meta.run_id}.parquet"
-        footer = {RUN_FOOTER_KEY: json.dumps(columns).encode()}
+        footer = {RUN_FOOTER_KEY: json.dumps(columns).encode(), NEEDS_COMMIT_KEY: b"1"}
         return write_rows_atomic(path, frame, footer)
+
+    def commit_marker(self, run_id: str) -> Path:
+        return self.root / COMMITS_DIR / f"{run_id}.json"
+
+    def committed_runs(self) -> set[str]:
+        folder = self.root / COMMITS_DIR
+        if not folder.is_dir():
+            return set()
+        return {p.stem for p in folder.glob("*.json") if not p.name.startswith(".")}
 
     # ----- listing -----
 
@@ -143,7 +208,17 @@ class ResultStore:
         )
 
     def files(self, table: str | None = None) -> list[Path]:
-        """Result files, ordered by table, schema version, then run id."""
+        """Result files of committed runs (and of runs from before commit markers), ordered by table, schema
+        version, then run id."""
+        committed = self.committed_runs()
+        return [p for p in self._all_files(table) if self._visible(p, committed)]
+
+    def uncommitted(self, table: str | None = None) -> list[Path]:
+        """Files of runs that started writing but never committed (a crash, a kill, a full disk): never read."""
+        committed = self.committed_runs()
+        return [p for p in self._all_files(table) if not self._visible(p, committed)]
+
+    def _all_files(self, table: str | None) -> list[Path]:
         names = self.tables() if table is None else [table]
         found = []
         for name in names:
@@ -152,6 +227,16 @@ class ResultStore:
                     p for p in folder.glob("*.parquet") if not p.name.startswith(".") and p.is_file()
                 )
         return found
+
+    @staticmethod
+    def _visible(path: Path, committed: set[str]) -> bool:
+        if path.stem in committed:
+            return True
+        try:
+            footer = pq.read_metadata(path).metadata or {}
+        except Exception:  # noqa: BLE001 - an unreadable file stays visible, so readers name it as corrupt
+            return True
+        return NEEDS_COMMIT_KEY not in footer
 
     @staticmethod
     def _version_dirs(table_dir: Path):
@@ -251,11 +336,26 @@ class ResultStore:
                 good.append(path)
         return good
 
-    def query(self, sql: str) -> pd.DataFrame:
-        """Run SQL in DuckDB with one view per table over its readable files."""
+    def unreadable_files(self) -> list[CorruptResultFile]:
+        """Every committed file whose parquet footer cannot be read (readers skip these), as errors naming them."""
+        bad = []
+        for path in self.files():
+            try:
+                pq.read_metadata(path)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+                bad.append(CorruptResultFile(path, f"{type(e).__name__}: {e}"))
+        return bad
+
+    def query(self, sql: str, read_only: bool = False) -> pd.DataFrame:
+        """Run SQL in DuckDB with one view per table over its readable files.
+
+        read_only: refuse (ValueError) any statement but SELECT/EXPLAIN, so a query cannot write files
+        (COPY ... TO), attach databases or change settings."""
         self.skipped = []
         con = duckdb.connect()
         try:
+            if read_only:
+                check_read_only(con, sql)
             for table in self.tables():
                 paths = self._readable_files(table)
                 if not paths:
@@ -268,6 +368,24 @@ class ResultStore:
             return con.execute(sql).df()
         finally:
             con.close()
+
+
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+def check_read_only(con, sql: str) -> None:
+    """ValueError unless every statement of sql only reads (SELECT, EXPLAIN)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as err:
+        raise ValueError(f"query failed: {str(err).splitlines()[0]}") from None
+    if not statements:
+        raise ValueError("the query is empty: give a SELECT statement")
+    for statement in statements:
+        kind = str(statement.type).rsplit(".", 1)[-1]
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ValueError(f"--sql is read-only: {kind} statements are refused (use SELECT; write rows with "
+                             f"--csv)")
 
 
 __all__ = [

@@ -42,6 +42,30 @@ def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_deg
 
 
 def single_process_twin(runner: Runner) -> Runner:
-    """A TP-1 runner on the same checkpoint, static shapes and device: the baseline of a TP-N vs TP-1 check."""
+    """A TP-1 runner on the same checkpoint, static shapes and device: the baseline of a TP-N vs TP-1 check.
+
+    Under torchrun the driver is itself rank 0 of the TP group: the twin is built and run with the model-parallel
+    state set to one process, so it issues no collective that the other ranks (serving rank 0's broadcasts) would
+    have to join."""
+    from .torchrun import spmd_world
     config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1})
-    return build_runner(str(runner.model_dir), neuron_config=config, device=runner.device)
+    with ps.single_process_state():
+        twin = build_runner(str(runner.model_dir), neuron_config=config, device=runner.device)
+    return SingleProcessTwin(twin) if spmd_world() is not None else twin
+
+
+class SingleProcessTwin:
+    """A TP-1 runner whose every call runs with the model-parallel state of one process (see single_process_twin)."""
+
+    def __init__(self, runner: Runner):
+        self._runner = runner
+
+    def __getattr__(self, name):
+        value = getattr(self._runner, name)
+        if not callable(value):
+            return value
+
+        def unsharded(*args, **kwargs):
+            with ps.single_process_state():
+                return value(*args, **kwargs)
+        return unsharded

@@ -102,3 +102,20 @@ def test_cli_refuses_a_tp_degree_the_model_cannot_take(tiny_model_dir):
                                       "--baselines", "none", "--buckets", "8", "--new-tokens", "2"])
     assert result.exit_code == 2, result.output
     assert "--tp 3" in result.output
+
+
+def test_a_point_whose_summary_fails_to_write_is_not_stored_at_all(tmp_path, tiny_model_dir, monkeypatch):
+    """Each point's samples and summary are one run: a failure between them leaves neither for any reader."""
+    from granite_bench.results import store as store_module
+    real = store_module.write_rows_atomic
+
+    def fail_on_summary(path, frame, footer=None):
+        if "perf_summary" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(path, frame, footer)
+
+    monkeypatch.setattr(store_module, "write_rows_atomic", fail_on_summary)
+    with pytest.raises(OSError):
+        run(PerfArgs(small_spec(tiny_model_dir), results_dir=tmp_path))
+    store = ResultStore(tmp_path)
+    assert store.read("perf_samples").empty and store.read("perf_summary").empty and store.uncommitted() == []

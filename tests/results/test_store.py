@@ -306,3 +306,69 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch, target,
     # Nothing left behind blocks the same run from writing again.
     store.write("parity_positions", position_rows(), meta)
     assert len(store.read("parity_positions")) == 3
+
+
+# ----- whole runs: a run's tables appear together or not at all -----------------------------------------------------
+
+def test_write_run_commits_every_table_with_one_marker_written_last(tmp_path):
+    store = ResultStore(tmp_path)
+    written = store.write_run(make_meta(1), {"parity_positions": position_rows(3), "parity_summary": [{"ok": True}]})
+    assert [p.parent.parent.name for p in written] == ["parity_positions", "parity_summary"]
+    marker = store.commit_marker(make_meta(1).run_id)
+    assert marker.exists() and marker.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in written)
+    assert len(store.read("parity_positions")) == 3 and len(store.read("parity_summary")) == 1
+    assert store.runs()["tables"].tolist() == ["parity_positions,parity_summary"]
+
+
+def test_a_crash_between_a_runs_tables_leaves_neither_visible_and_removes_the_first(tmp_path, monkeypatch):
+    from granite_bench.results import store as store_module
+    real = store_module.write_rows_atomic
+
+    def crash_after_first(path, frame, footer=None):
+        if "parity_summary" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(path, frame, footer)
+
+    monkeypatch.setattr(store_module, "write_rows_atomic", crash_after_first)
+    store = ResultStore(tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_run(make_meta(1), {"parity_positions": position_rows(3), "parity_summary": [{"ok": True}]})
+    assert store.read("parity_positions").empty and store.runs().empty
+    assert not list(tmp_path.rglob("*.parquet")) and not store.commit_marker(make_meta(1).run_id).exists()
+
+
+def test_files_of_a_run_that_never_committed_are_listed_and_never_read(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write_run(make_meta(1), {"parity_summary": [{"ok": True}]})
+    orphan = store._write_table("parity_summary", [{"ok": False}], make_meta(2))  # killed before its marker
+    assert store.uncommitted() == [orphan]
+    assert store.read("parity_summary")["ok"].tolist() == [True]
+    assert store.runs()["run_id"].tolist() == [make_meta(1).run_id]
+    assert len(store.query("select * from parity_summary")) == 1
+
+
+def test_files_written_before_commit_markers_existed_are_still_read(tmp_path):
+    store = ResultStore(tmp_path)
+    write_old_v1_file(tmp_path, make_meta(1))
+    assert store.uncommitted() == [] and len(store.read("perf_summary")) == 1
+
+
+def test_a_later_write_adds_its_table_to_a_committed_run(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("parity_positions", position_rows(2), make_meta(1))
+    store.write("parity_summary", [{"ok": True}], make_meta(1))
+    assert store.runs()["tables"].tolist() == ["parity_positions,parity_summary"]
+    with pytest.raises(FileExistsError):
+        store.write("parity_summary", [{"ok": False}], make_meta(1))
+
+
+@pytest.mark.parametrize("sql", ["COPY (SELECT 1) TO 'out.csv'", "CREATE TABLE t AS SELECT 1", "ATTACH 'x.db'",
+                                 "SET threads = 1", "SELECT 1; COPY (SELECT 1) TO 'out.csv'"])
+def test_read_only_query_refuses_every_statement_that_is_not_a_select(tmp_path, sql, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ResultStore(tmp_path / "store")
+    store.write("parity_summary", [{"ok": True}], make_meta(1))
+    with pytest.raises(ValueError, match="read-only"):
+        store.query(sql, read_only=True)
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "x.db").exists()
+    assert store.query("explain select * from parity_summary", read_only=True) is not None

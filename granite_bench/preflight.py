@@ -1,0 +1,336 @@
+"""Checks of a command's options before any heavy import (torch, transformers) or model load.
+
+Only the standard library, yaml and the light granite_bench modules that need neither torch nor transformers are
+imported here, so a bad option is answered in about a second. Every check raises `BadInput` with one line saying
+what to change. What is checked:
+- numbers: positive counts (--batch-size, --seq-len, --num-tokens, --layers, --threads, ...);
+- the model: a preset file or a checkpoint folder's config.json read as plain JSON (shape, rope_type, --layers,
+  TP degree against the head counts), and a checkpoint's weights from their safetensors headers (present, whole,
+  every known tensor of the shape the config asks for);
+- the memory a run's static KV cache and weights need against what the machine has;
+- the results folder: writable and with room for the run, before any work;
+- suite and prompts files: present, text, parsable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+# Kept in step with model/rope.py (which imports torch): the rope types the implementation computes.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Room a results folder must have besides a run's own estimate (parquet footers, temp files, the commit marker).
+RESULTS_SLACK_BYTES = 16 << 20
+
+
+class BadInput(Exception):
+    """Input the user must change; printed as one line, exit code 2."""
+
+
+# ----- numbers ---------------------------------------------------------------------------------------------------
+
+def positive(value, option: str):
+    """value unchanged when None or >= 1; else BadInput naming the option."""
+    if value is not None and not value >= 1:
+        raise BadInput(f"{option} must be a positive integer, got {value}")
+    return value
+
+
+def non_negative(value, option: str):
+    if value is not None and not value >= 0:
+        raise BadInput(f"{option} must be 0 or more, got {value}")
+    return value
+
+
+def dtype_name(dtype: str, option: str = "--dtype") -> str:
+    from .parity.tolerances import canonical_dtype  # yaml only
+    try:
+        return canonical_dtype(dtype)
+    except ValueError:
+        raise BadInput(f"unknown {option} {dtype!r}: use float32, bfloat16 or float16") from None
+
+
+def device_name(device: str) -> str:
+    if device not in ("cpu", "cuda", "neuron"):
+        raise BadInput(f"unknown --device {device!r}: use cpu, cuda or neuron")
+    return device
+
+
+# ----- files -----------------------------------------------------------------------------------------------------
+
+def text_file(path: Path, what: str) -> str:
+    """The file's text; BadInput when it is missing, a folder, unreadable or not UTF-8 text."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise BadInput(f"{what} {path} is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadInput(f"{what} {path} cannot be read: {err.strerror}") from None
+    if b"\x00" in data:
+        raise BadInput(f"{what} {path} is a binary file: give a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{what} {path} is not UTF-8 text: give a UTF-8 text file") from None
+
+
+def suite_file(path: Path) -> dict:
+    import yaml
+    text = text_file(path, "suite file")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise BadInput(f"suite file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"suite file {path} must be a mapping of options")
+    return data
+
+
+def prompts_file(path: Path) -> list:
+    """The prompts of a --prompts file (read as text first, so a binary file is refused in one line)."""
+    from .parity.prompts import PromptError, read_prompts_file  # yaml + json only
+    text_file(path, "prompts file")
+    try:
+        return read_prompts_file(path)
+    except PromptError as err:
+        raise BadInput(str(err)) from None
+
+
+# ----- the model ---------------------------------------------------------------------------------------------------
+
+def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | None]:
+    """(config dict, checkpoint folder or None for a random-weight preset), read without transformers."""
+    positive(layers, "--layers")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if layers is not None:
+            raise BadInput(f"--layers applies to presets only; {path} is a checkpoint folder: drop --layers")
+        return _config_json(path), path
+    from .reference.presets import PresetError, load_preset  # yaml only
+    try:
+        preset = load_preset(model)
+    except PresetError as err:
+        raise BadInput(str(err)) from None
+    if preset.checkpoint is not None:
+        if layers is not None:
+            raise BadInput(f"--layers applies to random-weight presets; '{model}' is a trained checkpoint: "
+                           f"drop --layers")
+        return _config_json(preset.checkpoint), preset.checkpoint
+    config = dict(preset.config)
+    if layers is not None:
+        depth = int(config.get("num_hidden_layers", 0))
+        if layers > depth:
+            raise BadInput(f"--layers {layers} is more than the {depth} layers of '{model}': choose 1..{depth}")
+        config["num_hidden_layers"] = layers
+    return config, None
+
+
+def _config_json(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.exists():
+        raise BadInput(f"{folder} has no config.json: point --model at a Granite checkpoint directory")
+    try:
+        data = json.loads(text_file(path, "config"))
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or re-download it") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} must hold a JSON object: fix or re-download it")
+    if data.get("model_type") != "granite":
+        raise BadInput(f"{path} has model_type {data.get('model_type')!r}; granite-bench needs 'granite'")
+    return data
+
+
+def rope_type(config: dict) -> str:
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    return (params.get("rope_type") or params.get("type") or "default") if isinstance(params, dict) else "default"
+
+
+def shape(config: dict) -> dict:
+    """The numbers the checks need, with HF's defaults where a config leaves them out."""
+    heads = int(config.get("num_attention_heads", 32))
+    hidden = int(config.get("hidden_size", 4096))
+    return {"hidden": hidden, "heads": heads, "kv_heads": int(config.get("num_key_value_heads") or heads),
+            "head_dim": int(config.get("head_dim") or hidden // max(heads, 1)),
+            "intermediate": int(config.get("intermediate_size", 11008)),
+            "layers": int(config.get("num_hidden_layers", 32)), "vocab": int(config.get("vocab_size", 32000)),
+            "tied": bool(config.get("tie_word_embeddings", True))}
+
+
+def check_model(config: dict, tp: int | None, where: str) -> dict:
+    """Refuse a model the implementation cannot run (rope_type, no layers, a TP degree its heads cannot take)."""
+    found = rope_type(config)
+    if found not in SUPPORTED_ROPE_TYPES:
+        raise BadInput(f"{where}: rope_type '{found}' is not supported (supported: "
+                       f"{', '.join(SUPPORTED_ROPE_TYPES)})")
+    dims = shape(config)
+    if dims["layers"] < 1:
+        raise BadInput(f"{where} has {dims['layers']} layers: a model with no layers checks nothing")
+    if tp is not None:
+        from .model.head_sharding import TPDegreeError, validate_tp_degree  # dataclasses only
+        try:
+            validate_tp_degree(dims["heads"], dims["kv_heads"], tp)
+        except TPDegreeError as err:
+            raise BadInput(str(err)) from None
+        for name in ("hidden", "intermediate"):
+            if dims[name] % tp:
+                option = "hidden_size" if name == "hidden" else "intermediate_size"
+                raise BadInput(f"--tp {tp} does not divide {option} {dims[name]}: choose a divisor of it")
+    return dims
+
+
+def expected_tensor_shapes(dims: dict) -> dict[str, tuple[int, ...]]:
+    """HF Granite tensor names -> shapes for this config (the tensors the converter reads)."""
+    h, q, kv = dims["hidden"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
+    i = dims["intermediate"]
+    shapes = {"model.embed_tokens.weight": (dims["vocab"], h), "model.norm.weight": (h,)}
+    if not dims["tied"]:
+        shapes["lm_head.weight"] = (dims["vocab"], h)
+    for layer in range(dims["layers"]):
+        p = f"model.layers.{layer}."
+        shapes.update({p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
+                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    return shapes
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a .safetensors file; BadInput when the file is not whole."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BadInput(f"{path} is truncated ({size} bytes): re-download or re-create the checkpoint")
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            raise BadInput(f"{path} is truncated (header of {length} bytes, file of {size}): re-download it")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadInput(f"{path} is not a safetensors file (unreadable header): re-download it") from None
+    end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise BadInput(f"{path} is truncated ({size} bytes, its tensors need {8 + length + end}): re-download it")
+    return header
+
+
+def check_weights(folder: Path, dims: dict) -> None:
+    """A checkpoint folder's safetensors files are there, whole, and hold tensors of the config's shapes."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise BadInput(f"{index} is not a valid safetensors index: re-download it") from None
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise BadInput(f"{folder} has config.json but no weights (model.safetensors or its index): "
+                       f"download the weights into it")
+    found: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            raise BadInput(f"checkpoint file {path} is missing: re-download or re-create the model")
+        header = safetensors_header(path)
+        found.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    for name, want in expected_tensor_shapes(dims).items():
+        if name not in found:
+            if name == "model.norm.weight" or name.startswith("model.layers."):
+                raise BadInput(f"{folder} has no tensor {name}: the checkpoint does not match its config.json")
+            continue
+        if found[name] != want:
+            raise BadInput(f"tensor {name} in {folder} has shape {list(found[name])}, but config.json asks for "
+                           f"{list(want)}: the checkpoint does not match its config")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (the check is skipped)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def run_memory_bytes(dims: dict, dtype: str, batch_size: int, seq_len: int) -> int:
+    """The implementation's weights in its dtype + its static KV cache: a floor for the run (the fp32 reference
+    is left out, since it may be offloaded)."""
+    params = dims["vocab"] * dims["hidden"] * (1 if dims["tied"] else 2) + dims["layers"] * (
+        dims["hidden"] * (2 * dims["heads"] + 2 * dims["kv_heads"]) * dims["head_dim"]
+        + 3 * dims["hidden"] * dims["intermediate"])
+    kv = 2 * dims["layers"] * batch_size * dims["kv_heads"] * dims["head_dim"] * seq_len * DTYPE_BYTES[dtype]
+    return params * DTYPE_BYTES[dtype] + kv
+
+
+def check_memory(dims: dict, dtype: str, batch_size: int, seq_len: int, device: str = "cpu") -> None:
+    """Refuse a CPU run whose weights and KV cache alone exceed the memory available now."""
+    if device != "cpu":
+        return
+    need = run_memory_bytes(dims, dtype, batch_size, seq_len)
+    have = available_memory_bytes()
+    if have is not None and need > have:
+        raise BadInput(f"--seq-len {seq_len} with --batch-size {batch_size} needs at least {gib(need)} of memory "
+                       f"(weights + KV cache); {gib(have)} is available: lower --seq-len or --batch-size")
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+# ----- results ---------------------------------------------------------------------------------------------------
+
+def results_dir(path: Path | None, need_bytes: int = 0) -> Path | None:
+    """Refuse a results folder that cannot take the run, before any work: not a folder, not writable, too full."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--results-dir {path} is a file: give a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"--results-dir {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"--results-dir {path} is not writable ({existing} denies it): choose another folder")
+    free = shutil.disk_usage(existing).free
+    need = need_bytes + RESULTS_SLACK_BYTES
+    if free < need:
+        raise BadInput(f"--results-dir {path} has {free >> 20} MiB free, the run needs about {need >> 20} MiB: "
+                       f"free space or choose another folder")
+    return path
+
+
+def output_dir(path: Path, option: str = "--out") -> Path:
+    """A folder a command writes into: an existing file, or a place that cannot be written, is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{option} {path} is an existing file: give a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"{option} {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"{option} {path} is not writable ({existing} denies it): choose another folder")
+    return path
+
+
+def output_file(path: Path, option: str) -> Path:
+    """A file a command will write: refused when it is a folder or its folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{option} {path} is a folder: give a file name")
+    output_dir(path.parent if str(path.parent) else Path("."), option)
+    return path
