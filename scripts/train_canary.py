@@ -47,7 +47,7 @@ class TrainSettings:
     attention_multiplier: float = 1.0 / 32  # 1/head_dim (Granite style), not 1/sqrt(head_dim)
     residual_multiplier: float = 0.22
     logits_scaling: float = 4.0
-    steps: int = 2400
+    steps: int = 2000
     batch_size: int = 24
     seq_len: int = 128
     lr: float = 2e-3

@@ -25,6 +25,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "eval_samples": 1,
     "eval_summary": 1,
     "comparisons": 1,
+    "bug_matrix": 1,
 }
 
 # Distributions whose versions are recorded with every run.
