@@ -137,8 +137,9 @@ def ngram_scorer(order: int, texts: list[str]) -> Scorer:
 
 def majority_scorer(task: str, texts: list[str]) -> Scorer:
     """The most frequent answer of the fresh samples, whatever the prompt (text: the unigram distribution)."""
-    if task == "canary_text":
-        return ngram_scorer(1, texts)
+    if task == "canary_text":  # the most frequent words: the unigram distribution
+        unigram = WordNgram(1, texts)
+        return Scorer("majority", unigram.logprob, unigram.greedy)
     if task == "canary_copy":  # "copy: q z m. q z m." -> "q z m"
         answers = Counter(t.split(". ", 1)[1].rstrip(".") for t in texts)
     else:                      # "recall: ... | door z" -> "z"
