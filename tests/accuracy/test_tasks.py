@@ -1,6 +1,5 @@
 """Offline eval tasks: found by name, loadable from any working directory, standard names handled."""
 
-from pathlib import Path
 
 import pytest
 
