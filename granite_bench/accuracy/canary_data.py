@@ -1,107 +1,111 @@
-"""Synthetic text for the canary model: training rows and held-out eval documents.
+"""Synthetic text for the canary model: training rows, held-out eval documents, and fresh samples for baselines.
 
-Every task needs attention over the context (and, when generating, over the KV cache):
-- recall: "recall: 1 q; 2 z; ... 12 f | 2" + " z"   find the key, say its value (in training every key
-                                                     is asked, in random order)
-- copy:   "copy: q z m f k." + " q z m f k."         copy random letters, stop at the period
-- story:  short stories whose second half restates facts from the first half
-Values and copied symbols are single-letter tokens (" q"), pairwise distinct within an example.
-
-All generators take a `random.Random`, so the same seed gives the same text.
+Each task is built so that its answer is not in any fixed position or short window, only in the content of the
+context far back (the tests compute the trivial baselines from fresh samples of these same generators):
+- recall: "recall: lamp q, door z, ... | door" + " z"
+      keys are words drawn at random and listed in random order, each with a distinct random letter; one key is
+      asked and the ten choices are the values in the prompt. The answer is found only by matching the asked
+      key's content to its earlier occurrence (an induction head: RoPE, the q·k scale and GQA all matter).
+- copy:   "copy: q z m f k." + " q z m f k."
+      copy random distinct letters and stop at the period (generation: every token after the first comes from the
+      decode path and its KV cache).
+- notes:  "notes: anna red fox rome; ben blue owl oslo; ... again: ben blue owl oslo; anna red fox rome; ..."
+      four people each with a colour, an animal and a city (all distinct within a note), then the same lines again
+      in a new order. The first half is random; the second half is predictable from the first half only (after
+      each name, its three words), so a model that does not look back is no better than a bigram there.
+Values, copied letters and note words are single tokens of the canary's tokenizer, pairwise distinct within an
+example. All generators take a `random.Random`, so the same seed gives the same text.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import string
+from pathlib import Path
 
-LETTERS = string.ascii_lowercase
-SYMBOLS = list(LETTERS)
+LETTERS = list(string.ascii_lowercase)
+RECALL_KEYS = ["apple", "bell", "boat", "book", "chair", "coin", "cup", "desk", "door", "drum", "fork", "hat",
+               "key", "kite", "lamp", "map", "nest", "pen", "ring", "rope", "sock", "star", "tent", "vase"]
 NAMES = ["anna", "ben", "cara", "dan", "eva", "finn", "gus", "hana", "ivan", "jo",
          "kim", "leo", "mia", "ned", "olga", "pia", "rex", "sara", "tom", "uma"]
 COLORS = ["red", "blue", "green", "black", "white", "brown", "grey", "pink"]
 ANIMALS = ["cat", "dog", "fox", "owl", "hen", "cow", "pig", "bee", "rat", "elk"]
 CITIES = ["rome", "oslo", "lima", "kyiv", "baku", "doha", "riga", "bern"]
-FILLERS = ["it is a sunny day.", "the wind is cold.", "we walk to the park.",
-           "the bus is late.", "it rains a lot."]
 
-RECALL_PAIRS = 12        # key/value pairs in one recall prompt
-RECALL_CHOICES = 10
-COPY_LEN = (5, 12)      # inclusive range of symbols in one copy string
+RECALL_PAIRS = 10        # key/value pairs in one recall prompt; every value is a choice (chance = 1/10)
+COPY_LEN = (5, 12)       # inclusive range of letters in one copy string
+NOTE_PEOPLE = 4          # people in one note
+RECAP_MARK = " again:"   # where the second half of a note starts
+
+# held-out eval documents: task -> (generator, number of documents); written beside the task YAMLs
+EVAL_SEED = 98765
+EVAL_COUNTS = {"canary_recall": 200, "canary_copy": 200, "canary_text": 100}
 
 
-def recall_example(rng: random.Random, n_pairs: int | None = None) -> dict:
-    """Keys 1..n in order, each with a distinct random letter; one key asked.
+# ---------------------------------------------------------------------------------------------- examples
 
-    The keys come in a fixed order, so the value sits at a fixed offset from the start: a tiny model learns this
-    lookup in minutes (attention to one relative position of a long context, so RoPE, the q·k scale and the
-    cache all have to be right), where content-addressed recall over shuffled keys stays on a loss plateau far
-    longer than a CPU budget allows."""
-    n_pairs = n_pairs or RECALL_PAIRS
-    values = rng.sample(SYMBOLS, n_pairs)
-    order = rng.sample(range(n_pairs), n_pairs)  # order in which the keys are asked
+def recall_example(rng: random.Random, n_pairs: int = RECALL_PAIRS) -> dict:
+    """n_pairs random keys in random order, each with a distinct random letter; every key asked once, in another
+    random order (`asked` first: the eval question; the rest become extra training targets in `queries`)."""
+    keys = rng.sample(RECALL_KEYS, n_pairs)
+    values = rng.sample(LETTERS, n_pairs)
+    listing = ", ".join(f"{k} {v}" for k, v in zip(keys, values))
+    order = rng.sample(range(n_pairs), n_pairs)
     asked = order[0]
-    listing = "; ".join(f"{i + 1} {v}" for i, v in enumerate(values))
-    prompt = f"recall: {listing} | {asked + 1}"
-    return {"prompt": prompt, "answer": f" {values[asked]}", "values": values, "asked": asked,
-            "queries": [(f"; {i + 1}", f" {values[i]}") for i in order[1:]]}
-
-
-def recall_choices(rng: random.Random, example: dict) -> tuple[list[str], int]:
-    """RECALL_CHOICES values from the prompt itself (so seeing a value is not enough); gold index."""
-    values = example["values"]
-    gold = values[example["asked"]]
-    others = [v for v in values if v != gold]
-    choices = rng.sample(others, RECALL_CHOICES - 1) + [gold]
-    rng.shuffle(choices)
-    return choices, choices.index(gold)
+    return {"prompt": f"recall: {listing} | {keys[asked]}", "answer": f" {values[asked]}",
+            "values": values, "asked": asked,
+            "queries": [(f"; {keys[i]}", f" {values[i]}") for i in order[1:]]}
 
 
 def copy_example(rng: random.Random, length: int | None = None) -> dict:
     """Distinct letters, one token each: "copy: q z m f k." -> " q z m f k."."""
-    word = " ".join(rng.sample(SYMBOLS, length or rng.randint(*COPY_LEN)))
+    word = " ".join(rng.sample(LETTERS, length or rng.randint(*COPY_LEN)))
     return {"prompt": f"copy: {word}.", "answer": f" {word}."}
 
 
-def story(rng: random.Random) -> str:
-    """Facts about three people, then some of them said again (predictable only by looking back)."""
-    people = rng.sample(NAMES, 3)
-    facts = {p: (rng.choice(COLORS), rng.choice(ANIMALS), rng.choice(CITIES)) for p in people}
-    intro = []
-    for p, (color, animal, city) in facts.items():
-        intro += [f"{p} has a {color} {animal}.", f"{p} lives in {city}."]
-    rng.shuffle(intro)
-    recap = []
-    for p, (color, animal, city) in facts.items():
-        recap += [f"the {animal} of {p} is {color}.", f"{p} is from {city}."]
-    recap = rng.sample(recap, rng.randint(3, len(recap)))
-    return " ".join(intro + [rng.choice(FILLERS)] + recap)
+def note(rng: random.Random, people: int = NOTE_PEOPLE) -> dict:
+    """{"first": "notes: anna red fox rome; ...", "second": " again: ben blue owl oslo; ... ."}: the second half
+    repeats the first half's lines in a new random order."""
+    names = rng.sample(NAMES, people)
+    lines = [f"{n} {c} {a} {t}" for n, c, a, t in
+             zip(names, rng.sample(COLORS, people), rng.sample(ANIMALS, people), rng.sample(CITIES, people))]
+    recap = rng.sample(lines, people)
+    return {"first": "notes: " + "; ".join(lines) + ".", "second": RECAP_MARK + " " + "; ".join(recap) + "."}
 
 
 def training_line(rng: random.Random) -> str:
     """One example as a line of text (the tokenizer's training corpus)."""
-    kind = rng.choices(["recall", "copy", "story"], weights=[5, 3, 2])[0]
+    kind = rng.choice(["recall", "copy", "notes"])
     if kind == "recall":
         ex = recall_example(rng)
-        return ex["prompt"] + ex["answer"]
+        return ex["prompt"] + ex["answer"] + "".join(q + a for q, a in ex["queries"])
     if kind == "copy":
         ex = copy_example(rng)
         return ex["prompt"] + ex["answer"]
-    return story(rng)
+    ex = note(rng)
+    return ex["first"] + ex["second"]
 
 
 def tokenizer_corpus(rng: random.Random, n_lines: int) -> list[str]:
     return [training_line(rng) for _ in range(n_lines)]
 
 
-# ---- held-out eval documents (written as jsonl beside the task YAMLs) ----
+def single_token_words() -> list[str]:
+    """Every word the tasks rely on being one token (with its leading space)."""
+    return [f" {w}" for w in LETTERS + RECALL_KEYS + NAMES + COLORS + ANIMALS + CITIES]
+
+
+# ---------------------------------------------------------------------------------------------- eval documents
 
 def recall_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
         ex = recall_example(rng)
-        choices, gold = recall_choices(rng, ex)
-        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices, "gold": gold})
+        choices = list(ex["values"])
+        rng.shuffle(choices)
+        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices,
+                     "gold": choices.index(ex["values"][ex["asked"]])})
     return docs
 
 
@@ -114,4 +118,26 @@ def copy_docs(rng: random.Random, n: int) -> list[dict]:
 
 
 def text_docs(rng: random.Random, n: int) -> list[dict]:
-    return [{"id": i, "text": story(rng)} for i in range(n)]
+    """{"text": whole note, "second_at": character offset where its second half starts}."""
+    docs = []
+    for i in range(n):
+        ex = note(rng)
+        docs.append({"id": i, "text": ex["first"] + ex["second"], "second_at": len(ex["first"])})
+    return docs
+
+
+DOC_MAKERS = {"canary_recall": recall_docs, "canary_copy": copy_docs, "canary_text": text_docs}
+
+
+def eval_documents(seed: int = EVAL_SEED, counts: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """{task: documents}, drawn in a fixed task order from one stream seeded with `seed`."""
+    rng = random.Random(seed)
+    return {task: DOC_MAKERS[task](rng, n) for task, n in (counts or EVAL_COUNTS).items()}
+
+
+def write_eval_documents(eval_dir: Path, seed: int = EVAL_SEED) -> None:
+    """<eval_dir>/<task>/<task>.jsonl for each task."""
+    for task, docs in eval_documents(seed).items():
+        folder = Path(eval_dir) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{task}.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))

@@ -1,8 +1,9 @@
 """Which lm-eval tasks to run, loaded so they work offline and from any working directory.
 
-- Local tasks: `suites/eval/<task>/<task>.yaml` in lm-eval's own format, data beside it. lm-eval resolves a
-  relative `data_files` path against the working directory, so the YAML is loaded here and its `data_files`
-  rewritten to absolute paths (relative to the YAML's folder) before lm-eval sees it.
+- Local tasks: `suites/eval/<task>/<task>.yaml` in lm-eval's own format, data beside it, read by the folder's
+  `utils.py` through lm-eval's `custom_dataset: !function` (resolved against the YAML's folder, not the working
+  directory). They load here, and under lm-eval's own CLI (`--include_path suites/eval`), the same way: through
+  a TaskManager over the folder.
 - Standard lm-eval names (arc_easy, hellaswag, lambada_openai, wikitext, ...) are looked up only when asked for,
   in the one folder of lm-eval's task tree that defines them (the full index costs ~15 s per process). When a
   dataset cannot be reached, one line says so and names the offline alternative.
@@ -48,36 +49,26 @@ class TaskSelection:
         return [t.config.task for t in self.tasks]
 
 
+class TaskYamlLoader(yaml.SafeLoader):
+    """Safe YAML that reads lm-eval's `!function module.name` tags as plain strings (nothing is imported)."""
+
+
+TaskYamlLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def read_task_yaml(path: Path) -> dict:
+    data = yaml.load(Path(path).read_text(), Loader=TaskYamlLoader)  # noqa: S506 - a SafeLoader subclass
+    return data if isinstance(data, dict) else {}
+
+
 def local_task_files(eval_dir: Path = EVAL_DIR) -> dict[str, Path]:
     """{task name: yaml path} for every task YAML under eval_dir (one folder per task)."""
     found = {}
     for path in sorted(Path(eval_dir).glob("*/*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        if isinstance(data, dict) and isinstance(data.get("task"), str):
-            found[data["task"]] = path
+        name = read_task_yaml(path).get("task")
+        if isinstance(name, str):
+            found[name] = path
     return found
-
-
-def absolute_data_files(data_files, folder: Path):
-    """data_files (str | list | {split: str | list}) with each relative path made absolute against folder."""
-    if isinstance(data_files, str):
-        path = Path(data_files)
-        return str(path if path.is_absolute() else (folder / path).resolve())
-    if isinstance(data_files, list):
-        return [absolute_data_files(p, folder) for p in data_files]
-    if isinstance(data_files, dict):
-        return {split: absolute_data_files(p, folder) for split, p in data_files.items()}
-    return data_files
-
-
-def local_task_config(yaml_path: Path) -> dict:
-    """The task's config dict with its data_files absolute, ready for TaskManager.load."""
-    config = yaml.safe_load(Path(yaml_path).read_text())
-    kwargs = dict(config.get("dataset_kwargs") or {})
-    if "data_files" in kwargs:
-        kwargs["data_files"] = absolute_data_files(kwargs["data_files"], Path(yaml_path).resolve().parent)
-        config["dataset_kwargs"] = kwargs
-    return config
 
 
 def lm_eval_task_dir() -> Path:
@@ -153,7 +144,7 @@ def load_tasks(names: list[str], eval_dir: Path = EVAL_DIR) -> TaskSelection:
     selection = TaskSelection()
     for name in names:
         if name in local:
-            loaded = task_manager().load([local_task_config(local[name])])
+            loaded = task_manager([local[name].parent]).load([name])
             selection.tasks += list(loaded["tasks"].values())
             continue
         folder = standard_task_folder(name)

@@ -176,6 +176,27 @@ def accuracy_section(frame: pd.DataFrame) -> dict:
     return {"tasks": tasks, "metrics": metrics}
 
 
+def bug_matrix_table(frame: pd.DataFrame) -> str:
+    """The latest seeded-bug matrix (table "bug_matrix") as an HTML table: bug x task, each cell the task's metric
+    with the bug in place; red where it is far worse than the clean canary (the bug is caught there)."""
+    latest = _latest_run(frame)
+    if latest.empty or "bug" not in latest.columns:
+        return '<p class="meta">no bug matrix yet: run python -m granite_bench.accuracy.bug_matrix</p>'
+    tasks = list(dict.fromkeys(latest["task"]))
+    metrics = dict(zip(latest["task"], latest["metric"]))
+    head = "".join(f"<th>{html.escape(f'{t} ({metrics[t]})')}</th>" for t in tasks)
+    rows = []
+    for bug, part in latest.groupby("bug", sort=False):
+        cells = part.set_index("task")
+        tds = "".join(f'<td class="{"fail" if cells.loc[t, "far_worse"] else "none"}">{cells.loc[t, "value"]:.3g}</td>'
+                      if t in cells.index else "<td></td>" for t in tasks)
+        rows.append(f"<tr><th>{html.escape(str(bug))}<br><small>{html.escape(str(part['bug_class'].iloc[0]))}"
+                    f"</small></th>{tds}</tr>")
+    first = latest.iloc[0]
+    return (f'<p class="meta">run {html.escape(str(first["run_id"]))} · {html.escape(str(first["git_sha"])[:10])}'
+            f'</p><table class="matrix" id="bug-matrix"><tr><th>bug</th>{head}</tr>{"".join(rows)}</table>')
+
+
 def latest_comparison(frame: pd.DataFrame) -> dict:
     if frame.empty:
         return {"rows": []}
@@ -209,6 +230,7 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
             "accuracy": accuracy_section(_read(store, "eval_summary")),
             "comparison": latest_comparison(_read(store, "comparisons")),
         }
+        data["bug_matrix_html"] = bug_matrix_table(_read(store, "bug_matrix"))
     data["skipped"] = sorted(set(store.skip_log.values()))
     return data
 
@@ -239,6 +261,7 @@ def json_safe(obj):
 
 def render_page(data: dict) -> str:
     data = json_safe(data)
+    bug_matrix = data.pop("bug_matrix_html", "")  # already HTML (escaped); not part of the script's data
     counts = expected_marks(data)
     trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
                          f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
@@ -254,7 +277,8 @@ def render_page(data: dict) -> str:
     return page.substitute(summary=summary, cp_alpha=CHANGE_POINT_ALPHA, skipped=skipped,
                            n_parity=counts["parity-matrix"], trend_divs=trend_divs, n_ratios=counts["perf-ratios"],
                            n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
-                           n_comparison=counts["comparison"], data=payload)
+                           n_comparison=counts["comparison"], bug_matrix=bug_matrix,
+                           data=payload)
 
 
 def build_dashboard(store: ResultStore, out_dir: Path | str, seed: int = 0) -> Path:

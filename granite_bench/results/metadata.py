@@ -26,6 +26,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "eval_samples": 1,
     "eval_summary": 1,
     "comparisons": 1,
+    "bug_matrix": 1,
 }
 
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
@@ -99,6 +100,11 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "regressed": ("lower", SHOWN), "ratio": (None, SHOWN), "ci_low": (None, SHOWN), "ci_high": (None, SHOWN),
         "p_value": (None, SHOWN), "p_adjusted": (None, SHOWN), "baseline_value": (None, SHOWN),
         "candidate_value": (None, SHOWN), "baseline_dirty": (None, SHOWN), "candidate_dirty": (None, SHOWN),
+    },
+    "bug_matrix": {
+        # value's direction depends on the task's metric (accuracy up, perplexity down): far_worse is the verdict
+        "far_worse": ("lower", GATED), "value": (None, SHOWN), "clean_value": (None, SHOWN),
+        "change": (None, SHOWN), "is_accuracy": (None, SHOWN), "seconds": ("lower", SHOWN), "limit": (None, SHOWN),
     },
     "runs": {},
 }

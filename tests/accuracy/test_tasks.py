@@ -1,21 +1,20 @@
 """Offline eval tasks: found by name, loadable from any working directory, standard names handled."""
 
-from pathlib import Path
 
 import pytest
 
 from granite_bench.accuracy import tasks
-from granite_bench.accuracy.tasks import (DEFAULT_TASKS, TaskError, absolute_data_files, load_tasks,
-                                          local_task_config, local_task_files, unreachable_line)
+from granite_bench.accuracy.tasks import (DEFAULT_TASKS, TaskError, load_tasks, local_task_files, read_task_yaml,
+                                          unreachable_line)
 
 
-def test_every_default_task_has_a_yaml_and_its_data():
+def test_every_default_task_reads_its_data_beside_its_yaml_not_from_the_working_directory():
     found = local_task_files()
     for name in DEFAULT_TASKS:
-        assert name in found
-        config = local_task_config(found[name])
-        for path in config["dataset_kwargs"]["data_files"].values():
-            assert Path(path).is_absolute() and Path(path).exists()
+        config = read_task_yaml(found[name])
+        assert config["custom_dataset"] == "utils.load_beside"  # lm-eval resolves !function from the YAML's folder
+        assert "data_files" not in (config.get("dataset_kwargs") or {})
+        assert (found[name].parent / "utils.py").exists() and (found[name].parent / f"{name}.jsonl").exists()
 
 
 def test_canary_tasks_load_from_another_working_directory(tmp_path, monkeypatch):
@@ -34,15 +33,7 @@ def test_recall_documents_have_ten_choices_taken_from_the_prompt():
     (task,) = load_tasks(["canary_recall"]).tasks
     for doc in list(task.test_docs())[:20]:
         assert len(doc["choices"]) == 10
-        assert all(f" {choice};" in doc["prompt"] or f" {choice} |" in doc["prompt"] for choice in doc["choices"])
-
-
-def test_relative_data_files_are_resolved_against_the_yaml_folder(tmp_path):
-    folder = tmp_path / "t"
-    assert absolute_data_files("a.jsonl", folder) == str((folder / "a.jsonl").resolve())
-    assert absolute_data_files(["a.jsonl", "/abs/b.jsonl"], folder) == [str((folder / "a.jsonl").resolve()),
-                                                                        "/abs/b.jsonl"]
-    assert absolute_data_files({"test": "x.jsonl"}, folder) == {"test": str((folder / "x.jsonl").resolve())}
+        assert all(f" {choice}," in doc["prompt"] or f" {choice} |" in doc["prompt"] for choice in doc["choices"])
 
 
 def test_unknown_task_names_the_local_tasks():
