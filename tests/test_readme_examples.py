@@ -57,7 +57,7 @@ def stubbed_runs(monkeypatch):
     from granite_bench.accuracy import command as eval_command
     from granite_bench.parity import command as parity_command
     from granite_bench.perf import command as perf_command
-    from granite_bench.results import compare
+    from granite_bench.gate import compare
     calls = []
     monkeypatch.setattr(parity_command, "run_parity_command", lambda args, *a: calls.append(args) or True)
     monkeypatch.setattr(perf_command, "run_perf_command", lambda args, *a: calls.append(args) or [])

@@ -158,12 +158,12 @@ def check_thresholds(summary: dict, metric: str, thresholds: dict) -> list[str]:
 
 
 def summary_row(task: str, output_type: str, rows: pd.DataFrame, impl_results: dict, ref_results: dict,
-                thresholds: dict, dtype: str, truncated: int = 0) -> dict:
+                thresholds: dict, dtype: str, truncated: int = 0, task_version=None) -> dict:
     impl_metrics, ref_metrics = task_metrics(impl_results), task_metrics(ref_results)
     metric = main_metric(ref_metrics)
     deltas = rows["abs_delta_loglik"].dropna() if not rows.empty else pd.Series(dtype=float)
     summary = {
-        "task": task, "output_type": output_type, "metric": metric, "dtype": dtype,
+        "task": task, "task_version": str(task_version), "output_type": output_type, "metric": metric, "dtype": dtype,
         "n_docs": int(rows["doc_id"].nunique()) if not rows.empty else 0, "n_requests": len(rows),
         "impl_value": impl_metrics.get(metric, math.nan), "impl_stderr": impl_metrics.get(f"{metric}_stderr", math.nan),
         "ref_value": ref_metrics.get(metric, math.nan), "ref_stderr": ref_metrics.get(f"{metric}_stderr", math.nan),
@@ -193,7 +193,7 @@ def compare_runs(impl_run: dict, ref_run: dict, output_types: dict[str, str], th
         sample_frames.append(rows)
         summaries.append(summary_row(task, output_type, rows, impl_run["results"].get(task, {}),
                                      ref_run["results"].get(task, {}), thresholds, dtype,
-                                     (truncated or {}).get(task, 0)))
+                                     (truncated or {}).get(task, 0), ref_run.get("versions", {}).get(task)))
     samples = pd.concat(sample_frames, ignore_index=True) if sample_frames else pd.DataFrame(columns=SAMPLE_COLUMNS)
     return samples, pd.DataFrame(summaries)
 

@@ -23,8 +23,13 @@ ERROR_ABS_FLOOR = 1e-6         # ... and by more than this (fp32 errors near zer
 # Per deterministic table: the columns that say which result a row is (those present are used).
 KEY_COLUMNS = {
     "parity_summary": ["suite", "model", "dtype", "device", "tp_degree", "compiled", "prompt"],
-    "eval_summary": ["suite", "model", "dtype", "device", "tp", "tp_degree", "task", "num_fewshot", "limit"],
+    "eval_summary": ["suite", "model", "dtype", "device", "tp", "tp_degree", "task", "task_version", "num_fewshot",
+                     "limit"],
 }
+# Key columns that say what was measured, not only where: a row is never matched with one that lacks them or has
+# another value (a task whose data changed is a new task, not a regression of the old one).
+VERSION_COLUMNS = {"eval_summary": ["task_version"]}
+UNRECORDED = "unrecorded"
 # A row's group in the printed table: the key without the per-item column.
 ITEM_COLUMNS = {"parity_summary": ["prompt"], "eval_summary": []}
 
@@ -135,6 +140,10 @@ def with_derived_columns(table: str, frame: pd.DataFrame) -> pd.DataFrame:
 def compare_table(table: str, base: pd.DataFrame, cand: pd.DataFrame, error_growth: float) -> list[Row]:
     """Rows of one deterministic table, matched by key, judged per item, shown per group and metric."""
     base, cand = with_derived_columns(table, base), with_derived_columns(table, cand)
+    for column in VERSION_COLUMNS.get(table, []):
+        if column in base.columns or column in cand.columns:
+            base = base.assign(**{column: base[column].astype(str) if column in base.columns else UNRECORDED})
+            cand = cand.assign(**{column: cand[column].astype(str) if column in cand.columns else UNRECORDED})
     keys = [k for k in KEY_COLUMNS.get(table, []) if k in base.columns and k in cand.columns]
     items = [k for k in ITEM_COLUMNS.get(table, []) if k in keys]
     groups = [k for k in keys if k not in items]

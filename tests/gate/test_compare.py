@@ -11,7 +11,7 @@ import pytest
 from granite_bench.gate import ab
 from granite_bench.results import stats
 from granite_bench.gate.compare import CompareSettings, run_compare
-from granite_bench.gate.verdict import BETTER, CHANGED, MISSING, REGRESSION, SAME, compare_deterministic, judge_value
+from granite_bench.gate.verdict import BETTER, CHANGED, MISSING, NEW, REGRESSION, SAME, compare_deterministic, judge_value
 from granite_bench.results.metadata import RunMetadata
 from granite_bench.results.store import ResultStore
 
@@ -105,6 +105,19 @@ def test_perplexity_gates_in_the_lower_is_better_direction():
     worse = compare_deterministic(frames(evals=eval_rows()), frames(evals=eval_rows(perplexity=40.0)))
     assert {r.verdict for r in better if r.metric == "impl_perplexity"} >= {BETTER}
     assert {r.verdict for r in worse if r.metric == "impl_perplexity"} >= {REGRESSION}
+
+
+def test_a_changed_eval_task_version_is_a_new_task_not_a_regression_of_the_old_one():
+    worse = eval_rows(acc=(0.5, 0.4), perplexity=40.0)
+    for base, cand in ((eval_rows(), [dict(r, task_version="2.0") for r in worse]),          # unrecorded -> 2.0
+                       ([dict(r, task_version="1.0") for r in eval_rows()], [dict(r, task_version="2.0") for r in worse])):
+        rows = compare_deterministic(frames(evals=base), frames(evals=cand))
+        assert rows and not any(r.verdict == REGRESSION for r in rows)
+        verdicts = {r.verdict for r in rows if r.metric == "impl_accuracy"}
+        assert verdicts and verdicts <= {NEW, MISSING}
+    same_version = compare_deterministic(frames(evals=[dict(r, task_version="2.0") for r in eval_rows()]),
+                                         frames(evals=[dict(r, task_version="2.0") for r in worse]))
+    assert {r.verdict for r in same_version if r.metric == "impl_accuracy"} >= {REGRESSION}
 
 
 def test_a_result_only_the_baseline_has_is_reported_missing_not_failed():
