@@ -39,8 +39,12 @@ def bad_input_types() -> tuple:
     from .model.head_sharding import TPDegreeError
     from .parity.prompts import PromptError
     from .reference.presets import PresetError
+    from .model.state_dict import CheckpointError
+    from .reference.goldens import GoldenError
+    from .reference.hf_reference import MemoryBudgetError
     from .runtime.runner import InputError
-    return BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError
+    return (BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError, GoldenError,
+            MemoryBudgetError, CheckpointError)
 
 
 def run_failure_types() -> tuple:
@@ -112,6 +116,10 @@ def parity(
     suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
     results_dir: Path = typer.Option(Path("results"), help="Where the parquet results go."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+    goldens: Optional[Path] = typer.Option(None, help="Goldens dir from `granite-bench reference --out`: the HF "
+                                                      "reference model is not loaded."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
+                                                         "beyond it stream from disk)."),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
@@ -125,13 +133,36 @@ def parity(
             buckets=parse_int_list(buckets, "--buckets") or spec.get("buckets"),
             num_tokens=num_tokens if num_tokens is not None else spec.get("num_tokens", 16),
             prompts=prompts, suite_prompts=spec.get("prompts"), tolerance=tolerance, tp=tp, device=device,
-            compile=compile, layers=layers, results_dir=results_dir if save else None, suite=str(suite.stem))
+            compile=compile, layers=layers, results_dir=results_dir if save else None, suite=str(suite.stem),
+            goldens=goldens, max_memory=max_memory)
         passed = run_parity_command(args, console, progress_bar)
     except bad_input_types() as err:
         fail(str(err))
     except run_failure_types() as err:
         fail(str(err), code=1)
     raise typer.Exit(0 if passed else 1)
+
+
+@app.command()
+def reference(
+    model: Optional[str] = typer.Option(None, help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts file: .txt (one per line), .yaml/.json list."),
+    num_tokens: Optional[int] = typer.Option(None, help="Greedy tokens per prompt."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget for the fp32 reference, e.g. 8GiB."),
+    out: Optional[Path] = typer.Option(None, help="Goldens directory (default: the golden cache parity reuses)."),
+    suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
+):
+    """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
+    try:
+        from .reference.command import ReferenceArgs, run_reference_command
+        spec = load_suite(suite)
+        run_reference_command(ReferenceArgs(
+            model=model or spec.get("model", "tiny-gqa"), layers=layers, prompts=prompts,
+            suite_prompts=spec.get("prompts"), num_tokens=num_tokens if num_tokens is not None
+            else spec.get("num_tokens", 16), max_memory=max_memory, out=out), console)
+    except bad_input_types() as err:
+        fail(str(err))
 
 
 @app.command()
