@@ -19,6 +19,8 @@ import json
 import struct
 from pathlib import Path
 
+from .presets import PresetError
+
 SAMPLE_BYTES = 4096
 FINGERPRINT_VERSION = 1
 
@@ -34,11 +36,13 @@ def _tensor_samples(start: int, end: int) -> list[tuple[int, int]]:
 def _hash_safetensors(path: Path, digest) -> None:
     with open(path, "rb") as handle:
         raw_len = handle.read(8)
-        if len(raw_len) != 8:
-            raise ValueError(f"{path} is not a safetensors file (shorter than its 8-byte header length)")
-        (header_len,) = struct.unpack("<Q", raw_len)
-        header_bytes = handle.read(header_len)
-        header = json.loads(header_bytes)
+        (header_len,) = struct.unpack("<Q", raw_len) if len(raw_len) == 8 else (-1,)
+        header_bytes = handle.read(header_len) if 0 < header_len < 100_000_000 else b""
+        try:
+            header = json.loads(header_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise PresetError(f"{path} is not a readable safetensors file: re-download or re-create the "
+                              f"checkpoint") from None
         digest.update(header_bytes)
         data_start = 8 + header_len
         for name in sorted(k for k in header if k != "__metadata__"):
@@ -48,9 +52,29 @@ def _hash_safetensors(path: Path, digest) -> None:
                 digest.update(handle.read(b - a))
 
 
+def check_index(model_dir: Path) -> None:
+    """A sharded checkpoint's index must name only files that are there (PresetError, one line, otherwise)."""
+    index = model_dir / "model.safetensors.index.json"
+    if not index.exists():
+        if not (model_dir / "model.safetensors").exists():
+            raise PresetError(f"{model_dir} has no model.safetensors nor model.safetensors.index.json: point --model "
+                              f"at a safetensors Granite checkpoint")
+        return
+    try:
+        files = set(json.loads(index.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise PresetError(f"{index} is not a safetensors index (no weight_map): re-download or re-create the "
+                          f"checkpoint") from None
+    for name in sorted(files):
+        if not (model_dir / name).exists():
+            raise PresetError(f"checkpoint file {model_dir / name} (named by {index.name}) is missing: re-download "
+                              f"or re-create the checkpoint")
+
+
 def checkpoint_fingerprint(model_dir: Path) -> str:
     """sha256 hex digest of the checkpoint's content (see the module docstring for what it covers)."""
     model_dir = Path(model_dir)
+    check_index(model_dir)
     digest = hashlib.sha256(f"granite-bench checkpoint fingerprint v{FINGERPRINT_VERSION}\n".encode())
     digest.update((model_dir / "config.json").read_bytes())
     for path in sorted(model_dir.glob("*.safetensors")):
