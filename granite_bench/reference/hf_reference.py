@@ -40,6 +40,10 @@ def parse_memory(text: str) -> int:
     return int(value)
 
 
+def human_size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f}GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f}MiB"
+
+
 def offload_device_map(model_dir: Path, max_memory: int) -> dict:
     """An accelerate device map for GraniteForCausalLM in fp32 under `max_memory` bytes of weights: embedding, final
     norm and LM head stay in memory, then as many decoder layers as fit; the rest run from disk ('disk': accelerate
@@ -51,13 +55,14 @@ def offload_device_map(model_dir: Path, max_memory: int) -> dict:
     with init_empty_weights():
         empty = GraniteForCausalLM(config)
     layer_bytes = sum(p.numel() for p in empty.model.layers[0].parameters()) * 4
-    resident_bytes = sum(p.numel() for n, p in empty.named_parameters() if ".layers." not in n) * 4
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # the LM head is the embedding
+    resident_bytes = sum(p.numel() for n, p in empty.named_parameters() if ".layers." not in n and n not in tied) * 4
     needed = resident_bytes + layer_bytes
     if max_memory < needed:
         raise MemoryBudgetError(
-            f"--max-memory {max_memory / 2**30:.2f}GiB cannot hold the reference's embedding/head "
-            f"({resident_bytes / 2**30:.2f}GiB in fp32) plus one decoder layer ({layer_bytes / 2**30:.2f}GiB): "
-            f"give at least {needed / 2**30:.2f}GiB")
+            f"--max-memory {human_size(max_memory)} cannot hold the reference's embedding/head "
+            f"({human_size(resident_bytes)} in fp32) plus one decoder layer ({human_size(layer_bytes)}): "
+            f"give at least {human_size(needed)}")
     in_memory = min(config.num_hidden_layers, int((max_memory - resident_bytes) // layer_bytes))
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
     device_map.update({f"model.layers.{i}": "cpu" if i < in_memory else "disk"
