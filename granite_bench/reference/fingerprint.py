@@ -71,7 +71,7 @@ def check_index(model_dir: Path) -> None:
                               f"or re-create the checkpoint")
 
 
-def checkpoint_fingerprint(model_dir: Path) -> str:
+def content_fingerprint(model_dir: Path) -> str:
     """sha256 hex digest of the checkpoint's content (see the module docstring for what it covers)."""
     model_dir = Path(model_dir)
     check_index(model_dir)

@@ -229,9 +229,9 @@ def obtain_goldens(model: str, model_dir: Path, prompts: list[list[int]], num_to
     """Goldens for parity: from `goldens_dir` when given (the reference model is never loaded), else from the golden
     cache when a matching one is there (never loaded either), else computed by the HF reference (under
     `max_memory` when given), stored in the cache for next time, and the reference released before returning."""
-    from .fingerprint import checkpoint_fingerprint
+    from .fingerprint import content_fingerprint
     from .hf_reference import attention_for_length, load_reference
-    fingerprint = checkpoint_fingerprint(model_dir)
+    fingerprint = content_fingerprint(model_dir)
     attn = attention_for_length(max(len(p) for p in prompts) + num_tokens)
     wanted = golden_key(fingerprint, prompts, num_tokens, attn)
     if goldens_dir is not None:

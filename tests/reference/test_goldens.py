@@ -14,7 +14,7 @@ from granite_bench.parity.check import run_parity, run_parity_on_goldens
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference import goldens as goldens_mod
 from granite_bench.reference import hf_reference
-from granite_bench.reference.fingerprint import checkpoint_fingerprint
+from granite_bench.reference.fingerprint import content_fingerprint
 from granite_bench.reference.goldens import (GOLDEN_FILE, GoldenError, compute_goldens, explicit_goldens,
                                              golden_key, load_goldens, obtain_goldens, save_goldens)
 from granite_bench.runtime.runner import GraniteRunner
@@ -45,7 +45,7 @@ def reference(tiny_model_dir):
 def stored(tiny_model_dir, reference, tmp_path_factory):
     """A golden directory for PROMPTS, written by save_goldens."""
     directory = tmp_path_factory.mktemp("goldens") / "tiny"
-    key = golden_key(checkpoint_fingerprint(tiny_model_dir), PROMPTS, NUM_TOKENS, "eager")
+    key = golden_key(content_fingerprint(tiny_model_dir), PROMPTS, NUM_TOKENS, "eager")
     save_goldens(compute_goldens(reference, PROMPTS, NUM_TOKENS), key, directory, {"run_id": "test"})
     return directory, key
 
@@ -174,12 +174,12 @@ def test_fingerprint_follows_content_not_path_or_time(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, copy)
     for path in copy.iterdir():
         path.touch()
-    assert checkpoint_fingerprint(copy) == checkpoint_fingerprint(tiny_model_dir)
+    assert content_fingerprint(copy) == content_fingerprint(tiny_model_dir)
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # the last byte of the last tensor: inside a sampled range
     weights.write_bytes(bytes(data))
-    assert checkpoint_fingerprint(copy) != checkpoint_fingerprint(tiny_model_dir)
+    assert content_fingerprint(copy) != content_fingerprint(tiny_model_dir)
 
 
 def test_goldens_copied_with_the_checkpoint_to_another_place_are_used_there(stored, tiny_model_dir, tmp_path,
