@@ -152,7 +152,8 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
     from ..results import ResultStore, collect_run_metadata
     config = {"model": args.model, "model_dir": str(runner.model_dir), "init": runner.init,
               "neuron_config": runner.neuron_config.to_dict(), "tp_degree": args.tp, "compile": args.compile,
-              "num_tokens": args.num_tokens, "profile": {"name": profile.name,
+              "num_tokens": args.num_tokens, "goldens": str(args.goldens) if args.goldens else "cache-or-computed",
+              "profile": {"name": profile.name,
                                                          "tol_map": {str(k): v for k, v in profile.tol_map.items()},
                                                          "divergence_tolerance": profile.divergence_tolerance}}
     meta = collect_run_metadata(suite=f"parity/{args.suite}", device=args.device, dtype=args.dtype, config=config,
