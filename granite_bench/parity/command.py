@@ -59,6 +59,8 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
                   f"{' · compiled' if args.compile else ''} · profile {profile.name}")
     from ..reference.goldens import obtain_goldens
     from ..reference.weights import load_hf_config, resolve_model_dir
+    from ..runtime.runner import resolve_device
+    resolve_device(args.device)  # a bad or absent device is refused before weights or goldens are made
     model_dir = resolve_model_dir(args.model, num_layers=args.layers)
     hf_config = load_hf_config(model_dir)
     from ..model.modeling_granite import head_plan
