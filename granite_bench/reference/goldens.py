@@ -44,7 +44,19 @@ class PromptGolden:
     prompt: list[int]
     tokens: list[int]                                   # the reference's greedy tokens
     logits: torch.Tensor                                # [len(prompt) + len(tokens), V] fp32
-    hidden: list = field(default_factory=list)          # [(layer, "attention"|"mlp", Tensor[L + T, H] fp32)]
+    hidden: list | None = field(default_factory=list)   # [(layer, "attention"|"mlp", Tensor[L + T, H] fp32)]
+    file: Path | None = None                            # stored goldens: hidden states are read from here on demand
+
+    def residual_streams(self) -> list:
+        """Every layer's residual streams; read from the golden file only when localisation needs them (a full-depth
+        2B prompt's are ~90 MB, more than its logits)."""
+        if self.hidden is None:
+            from safetensors import safe_open
+            with safe_open(str(self.file), framework="pt") as handle:
+                names = [n for n in handle.keys() if n.startswith("hidden.")]
+                order = sorted(names, key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "attention"))
+                self.hidden = [(int(n.split(".")[1]), n.split(".")[2], handle.get_tensor(n)) for n in order]
+        return self.hidden
 
 
 def prompts_digest(prompts: list[list[int]]) -> str:
@@ -152,11 +164,11 @@ def load_goldens(directory: Path) -> tuple[dict, list[PromptGolden]]:
         path = directory / entry["file"]
         try:
             with safe_open(str(path), framework="pt") as handle:
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-            hidden = sorted(((int(n.split(".")[1]), 0 if n.split(".")[2] == "attention" else 1, n.split(".")[2],
-                              t) for n, t in tensors.items() if n.startswith("hidden.")))
-            golden = PromptGolden(tensors["prompt_ids"].tolist(), tensors["tokens"].tolist(), tensors["logits"],
-                                  [(layer, sub, t) for layer, _, sub, t in hidden])
+                names = set(handle.keys())
+                golden = PromptGolden(handle.get_tensor("prompt_ids").tolist(), handle.get_tensor("tokens").tolist(),
+                                      handle.get_tensor("logits"), hidden=None, file=path)
+            if not any(n.startswith("hidden.") for n in names):
+                raise KeyError("no residual streams")
         except FileNotFoundError:
             raise GoldenError(f"golden file {path} is missing: re-create {directory} with "
                               f"`granite-bench reference`") from None
@@ -252,4 +264,5 @@ def obtain_goldens(model: str, model_dir: Path, prompts: list[list[int]], num_to
         gc.collect()
     save_goldens(goldens, wanted, cache, golden_metadata(wanted, model, model_dir))
     say(f"goldens: computed by the HF reference ({attn} attention), cached in {cache}")
-    return goldens
+    del goldens  # read back: the residual streams then stay on disk until localisation needs them
+    return load_goldens(cache)[1]

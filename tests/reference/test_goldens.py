@@ -104,8 +104,10 @@ def test_golden_files_hold_prompt_ids_tokens_logits_and_every_residual_stream(st
     for g in goldens:
         assert len(g.tokens) == NUM_TOKENS and g.logits.dtype == torch.float32
         assert g.logits.shape == (len(g.prompt) + NUM_TOKENS, 4096)
-        assert [(layer, sub) for layer, sub, _ in g.hidden] == [(i, s) for i in range(4) for s in ("attention", "mlp")]
-        assert all(h.shape == (len(g.prompt) + NUM_TOKENS, 128) for _, _, h in g.hidden)
+        assert g.hidden is None  # read on demand, only for localisation
+        hidden = g.residual_streams()
+        assert [(layer, sub) for layer, sub, _ in hidden] == [(i, s) for i in range(4) for s in ("attention", "mlp")]
+        assert all(h.shape == (len(g.prompt) + NUM_TOKENS, 128) for _, _, h in hidden)
 
 
 def test_automatic_reuse_skips_the_reference_and_a_mismatched_cache_is_recomputed_with_the_reason(
