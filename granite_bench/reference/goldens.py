@@ -114,7 +114,7 @@ def save_goldens(goldens: list[PromptGolden], key: dict, directory: Path, metada
         for i, g in enumerate(goldens):
             tensors = {"prompt_ids": torch.tensor(g.prompt, dtype=torch.int64),
                        "tokens": torch.tensor(g.tokens, dtype=torch.int64), "logits": g.logits.contiguous()}
-            tensors.update({f"hidden.{layer}.{sub}": h.contiguous() for layer, sub, h in g.hidden})
+            tensors.update({f"hidden.{layer}.{sub}": h.contiguous() for layer, sub, h in g.residual_streams()})
             save_file(tensors, str(tmp / prompt_file(i)), metadata={"format_version": str(FORMAT_VERSION)})
             entries.append({"file": prompt_file(i), "prompt_len": len(g.prompt), "num_tokens": len(g.tokens),
                             "positions": int(g.logits.shape[0]), "vocab": int(g.logits.shape[1])})
