@@ -55,8 +55,12 @@ def bad_input_types() -> tuple:
     from .model.head_sharding import TPDegreeError
     from .parity.prompts import PromptError
     from .reference.presets import PresetError
+    from .model.state_dict import CheckpointError
+    from .reference.goldens import GoldenError
+    from .reference.hf_reference import MemoryBudgetError
     from .runtime.runner import InputError
-    return BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError
+    return (BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError, GoldenError,
+            MemoryBudgetError, CheckpointError)
 
 
 def run_failure_types() -> tuple:
@@ -134,11 +138,15 @@ def parity(
     suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+    goldens: Optional[Path] = typer.Option(None, help="Goldens dir from `granite-bench reference --out`: the HF "
+                                                      "reference model is not loaded."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
+                                                         "beyond it stream from disk)."),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
-                           compile, layers, suite, results_dir if save else None)
+                           compile, layers, suite, results_dir if save else None, goldens, max_memory)
     except BadInput as err:
         fail(err)
     quiet_transformers()
@@ -166,7 +174,7 @@ def os_error_message(err: OSError, results_dir: Path | None) -> str:
 
 
 def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
-                layers, suite, results_dir):
+                layers, suite, results_dir, goldens=None, max_memory=None):
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
@@ -200,9 +208,34 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
         raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
     # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
     preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
+    if goldens is not None and not Path(goldens).is_dir():
+        raise BadInput(f"--goldens {goldens} is not a directory: pass the folder `granite-bench reference --out` wrote")
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
-                compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem))
+                compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
+                goldens=goldens, max_memory=max_memory)
+
+
+@app.command()
+def reference(
+    model: Optional[str] = typer.Option(None, help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts file: .txt (one per line), .yaml/.json list."),
+    num_tokens: Optional[int] = typer.Option(None, help="Greedy tokens per prompt."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget for the fp32 reference, e.g. 8GiB."),
+    out: Optional[Path] = typer.Option(None, help="Goldens directory (default: the golden cache parity reuses)."),
+    suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
+):
+    """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
+    try:
+        from .reference.command import ReferenceArgs, run_reference_command
+        spec = load_suite(suite)
+        run_reference_command(ReferenceArgs(
+            model=model or spec.get("model", "tiny-gqa"), layers=layers, prompts=prompts,
+            suite_prompts=spec.get("prompts"), num_tokens=num_tokens if num_tokens is not None
+            else spec.get("num_tokens", 16), max_memory=max_memory, out=out), console)
+    except bad_input_types() as err:
+        fail(str(err))
 
 
 @app.command()

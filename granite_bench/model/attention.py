@@ -1,8 +1,9 @@
 """Attention base: GQA with a fused QKV projection, Granite's q·k scale, fp32 softmax.
 
 Two paths, as in a Neuron port:
-- `prefill_attention`: context encoding attends over the freshly computed k/v of the bucket (causal + padding mask)
-  and writes them to the KV cache prefix;
+- `prefill_attention`: context encoding attends causally over the freshly computed k/v of the bucket and writes them
+  to the KV cache prefix. Prompts are right-padded, so a causal mask alone keeps every real query off the padding;
+  no [L, L] mask or fp32 score matrix is built (SDPA's fused causal kernel: memory O(L), not O(L^2), at 16k+ tokens);
 - `decode_attention`: token generation writes the new k/v at each row's position, then attends over the cache's
   first `kv_len` positions (prior + active token).
 Both use `self.scaling` = config.attention_multiplier, never 1/sqrt(head_dim).
@@ -33,16 +34,17 @@ class HeadLayout:
         return self.q_heads_per_rank // self.kv_heads_per_rank
 
 
-def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       scaling: float) -> torch.Tensor:
-    """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], mask [B, 1, Lq, Lk] (True = attend) -> [B, Hq, Lq, d].
+    """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], mask [B, 1, Lq, Lk] (True = attend), or None for causal attention
+    (query i sees keys 0..i, Lq == Lk) -> [B, Hq, Lq, d].
 
     PyTorch's fused attention with `enable_gqa` groups query heads over their KV head without copying k/v, takes
     Granite's q·k scale, and accumulates the softmax in fp32 for bf16/fp16 inputs. Every row's mask admits key 0,
     so no row is fully masked.
     """
-    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
-                                                      enable_gqa=q.shape[1] != k.shape[1])
+    return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                      scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class GraniteAttention(nn.Module):

@@ -140,10 +140,9 @@ class NeuronGraniteForCausalLM(nn.Module):
         row's last token when output_logits is off. Fills the KV cache prefix [0, L)."""
         batch, length = input_ids.shape
         position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
-        mask = causal[None, None] & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
         cos, sin = self.rotary_emb(position_ids)
-        hidden = self.decode_layers(self.embed_tokens(input_ids), cos, sin, mask, capture=capture)
+        # mask None = causal: right padding sits after every real token, so no [B, 1, L, L] mask is needed
+        hidden = self.decode_layers(self.embed_tokens(input_ids), cos, sin, None, capture=capture)
         if not self.neuron_config.output_logits:
             last = attention_mask.sum(-1) - 1  # [B]
             hidden = hidden[torch.arange(batch, device=hidden.device), last].unsqueeze(1)

@@ -8,30 +8,70 @@ the LM head to a multiple of tp, and the dtype cast.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .head_sharding import HeadPlan
 from .parallel_layers import pad_to_multiple
 
 
-def load_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a (possibly sharded) safetensors checkpoint directory."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    state = {}
-    for name in files:
-        path = model_dir / name
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint file {path} is missing: re-download or re-create the model")
-        state.update(load_file(str(path)))
-    return state
+class CheckpointError(ValueError):
+    """A checkpoint directory whose safetensors files are missing or unreadable (one line, says what to do)."""
+
+
+class SafetensorsCheckpoint(Mapping):
+    """The tensors of a (possibly sharded) safetensors checkpoint directory, read one at a time on access.
+
+    Nothing is loaded up front: conversion reads a tensor, converts it and drops it, so loading a checkpoint never
+    holds the whole HF state dict beside the converted one (a full-depth granite-3.1-8b is 16 GB in bf16).
+    Opening checks that every file the index names exists and has a readable safetensors header."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        index = self.model_dir / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise CheckpointError(f"{index} is not a safetensors index (no weight_map): re-download or "
+                                      f"re-create the checkpoint") from None
+        else:
+            weight_map = None
+        files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+        self.file_of: dict[str, Path] = {}
+        for name in files:
+            path = self.model_dir / name
+            if not path.exists():
+                named_by = index.name if weight_map else "the checkpoint"
+                raise CheckpointError(f"checkpoint file {path} is missing (named by {named_by}): re-download or "
+                                      f"re-create the checkpoint")
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    keys = list(handle.keys())
+            except Exception as err:  # safetensors raises its own error types for a bad header
+                raise CheckpointError(f"checkpoint file {path} is not readable safetensors ({err}): re-download "
+                                      f"or re-create the checkpoint") from None
+            self.file_of.update({key: path for key in keys})
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        path = self.file_of[key]
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.file_of)
+
+    def __len__(self) -> int:
+        return len(self.file_of)
+
+
+def load_hf_state_dict(model_dir: Path) -> SafetensorsCheckpoint:
+    """All tensors of a (possibly sharded) safetensors checkpoint directory, read lazily (see SafetensorsCheckpoint)."""
+    return SafetensorsCheckpoint(model_dir)
 
 
 def select_heads(weight: torch.Tensor, heads: list[int | None], head_dim: int, dim: int) -> torch.Tensor:
@@ -72,36 +112,45 @@ def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qk
     return out
 
 
-def convert_hf_state_dict(hf: dict[str, torch.Tensor], config, plan: HeadPlan, rank: int, tp: int,
+def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, plan: HeadPlan, rank: int, tp: int,
                           dtype: torch.dtype, fused_qkv: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict of rank `rank` of `tp` for `NeuronGraniteForCausalLM`."""
+    """The state dict of rank `rank` of `tp` for `NeuronGraniteForCausalLM`.
+
+    Layer by layer: each HF tensor is read (lazily, from a SafetensorsCheckpoint), converted, cast to `dtype` and
+    dropped, so the peak is this rank's converted weights plus one layer of the checkpoint."""
     out = {}
+
+    def put(key: str, value: torch.Tensor) -> None:
+        out[key] = value.to(dtype).contiguous()
+
     embed = hf["model.embed_tokens.weight"]
-    out["embed_tokens.weight"] = shard(embed, rank, tp, dim=1)
+    put("embed_tokens.weight", shard(embed, rank, tp, dim=1))
     lm_head = hf.get("lm_head.weight")
     if lm_head is None:
         if not getattr(config, "tie_word_embeddings", False):
             raise KeyError("checkpoint has no lm_head.weight and tie_word_embeddings is false")
         lm_head = embed
+    del embed
     padded_vocab = pad_to_multiple(lm_head.shape[0], tp)
     lm_head = torch.nn.functional.pad(lm_head, (0, 0, 0, padded_vocab - lm_head.shape[0]))
-    out["lm_head.weight"] = shard(lm_head, rank, tp, dim=0)
-    out["norm.weight"] = hf["model.norm.weight"]
+    put("lm_head.weight", shard(lm_head, rank, tp, dim=0))
+    del lm_head
+    put("norm.weight", hf["model.norm.weight"])
 
     for i in range(config.num_hidden_layers):
         src, dst = f"model.layers.{i}", f"layers.{i}"
         for key, value in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items():
-            out[f"{dst}.self_attn.{key}"] = value
+            put(f"{dst}.self_attn.{key}", value)
         for name in ("gate_proj", "up_proj"):
-            out[f"{dst}.mlp.{name}.weight"] = shard(hf[f"{src}.mlp.{name}.weight"], rank, tp, dim=0)
+            put(f"{dst}.mlp.{name}.weight", shard(hf[f"{src}.mlp.{name}.weight"], rank, tp, dim=0))
             if f"{src}.mlp.{name}.bias" in hf:
-                out[f"{dst}.mlp.{name}.bias"] = shard(hf[f"{src}.mlp.{name}.bias"], rank, tp, dim=0)
-        out[f"{dst}.mlp.down_proj.weight"] = shard(hf[f"{src}.mlp.down_proj.weight"], rank, tp, dim=1)
+                put(f"{dst}.mlp.{name}.bias", shard(hf[f"{src}.mlp.{name}.bias"], rank, tp, dim=0))
+        put(f"{dst}.mlp.down_proj.weight", shard(hf[f"{src}.mlp.down_proj.weight"], rank, tp, dim=1))
         if f"{src}.mlp.down_proj.bias" in hf:
-            out[f"{dst}.mlp.down_proj.bias"] = hf[f"{src}.mlp.down_proj.bias"]
+            put(f"{dst}.mlp.down_proj.bias", hf[f"{src}.mlp.down_proj.bias"])
         for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{dst}.{norm}.weight"] = hf[f"{src}.{norm}.weight"]
-    return {key: value.to(dtype).contiguous() for key, value in out.items()}
+            put(f"{dst}.{norm}.weight", hf[f"{src}.{norm}.weight"])
+    return out
 
 
 # -- per-rank sharded checkpoints ------------------------------------------------------------------------------

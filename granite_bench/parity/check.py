@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..reference.hf_reference import forward_with_hidden_states, greedy_tokens
+from ..reference.goldens import PromptGolden, compute_goldens
 from .localise import first_failing_block, sub_block_errors
 from .metrics import greedy_comparison, position_metrics, verdict
 from .teacher_forcing import hidden_states_at, teacher_forced_logits
@@ -35,13 +35,12 @@ def batches(items: list, size: int):
         yield start, items[start:start + size]
 
 
-def check_batch(runner, reference, prompts: list[list[int]], num_tokens: int, profile: ToleranceProfile):
-    """Reference goldens, teacher-forced and free-running implementation runs for one batch of prompts."""
-    ref_tokens = [greedy_tokens(reference, p, num_tokens) for p in prompts]
-    goldens = [forward_with_hidden_states(reference, p + t) for p, t in zip(prompts, ref_tokens)]
-    actual = teacher_forced_logits(runner, prompts, ref_tokens)
-    free = runner.generate(prompts, num_tokens)
-    return ref_tokens, goldens, actual, free
+def check_batch(runner, goldens: list[PromptGolden]):
+    """Teacher-forced (the reference's greedy tokens) and free-running implementation runs for one batch."""
+    prompts = [g.prompt for g in goldens]
+    actual = teacher_forced_logits(runner, prompts, [g.tokens for g in goldens])
+    free = runner.generate(prompts, len(goldens[0].tokens))
+    return actual, free
 
 
 def prompt_rows(index: int, prompt: list[int], expected: torch.Tensor, actual: torch.Tensor,
@@ -67,18 +66,24 @@ def prompt_rows(index: int, prompt: list[int], expected: torch.Tensor, actual: t
 
 def run_parity(runner, reference, prompts: list[list[int]], num_tokens: int, profile: ToleranceProfile,
                advance: Callable[[int], None] | None = None) -> ParityOutcome:
+    """Parity against an HF reference model in this process (computes its goldens first)."""
+    return run_parity_on_goldens(runner, compute_goldens(reference, prompts, num_tokens), profile, advance)
+
+
+def run_parity_on_goldens(runner, goldens: list[PromptGolden], profile: ToleranceProfile,
+                          advance: Callable[[int], None] | None = None) -> ParityOutcome:
+    """Parity against stored or freshly computed goldens: no reference model is needed here."""
     positions, summaries, failure, reference_tokens = [], [], None, []
-    for start, batch in batches(prompts, runner.neuron_config.batch_size):
-        ref_tokens, goldens, actual, free = check_batch(runner, reference, batch, num_tokens, profile)
-        reference_tokens += ref_tokens
-        for b, prompt in enumerate(batch):
-            expected = goldens[b][0]
-            rows, summary, result = prompt_rows(start + b, prompt, expected, actual[b], ref_tokens[b],
+    for start, batch in batches(goldens, runner.neuron_config.batch_size):
+        actual, free = check_batch(runner, batch)
+        for b, golden in enumerate(batch):
+            reference_tokens.append(golden.tokens)
+            rows, summary, result = prompt_rows(start + b, golden.prompt, golden.logits, actual[b], golden.tokens,
                                                 free.tokens[b], profile)
             positions += rows
             summaries.append(summary)
             if failure is None and not result.passed:
-                failure = (batch, ref_tokens, b, start + b, result, goldens[b][1])
+                failure = (batch, b, start + b, result)
         if advance:
             advance(len(batch))
     outcome = ParityOutcome(positions, summaries, passed=failure is None, reference_tokens=reference_tokens)
@@ -87,16 +92,17 @@ def run_parity(runner, reference, prompts: list[list[int]], num_tokens: int, pro
     return outcome
 
 
-def localise_failure(runner, profile, batch, ref_tokens, row, prompt_index, result, expected_hidden):
+def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_index, result):
     """Compare per-layer hidden states at the first failing position (or the first greedy divergence)."""
+    prompts, forced = [g.prompt for g in batch], [g.tokens for g in batch]
     position = result.first_failed
     if position is None:  # only the free-running greedy failed: look where it diverged
-        position = len(batch[row]) - 1
-    actual_hidden = hidden_states_at(runner, batch, ref_tokens, row, position)
-    expected_at = [(layer, sub, hidden[position]) for layer, sub, hidden in expected_hidden]
+        position = len(prompts[row]) - 1
+    actual_hidden = hidden_states_at(runner, prompts, forced, row, position)
+    expected_at = [(layer, sub, hidden[position]) for layer, sub, hidden in batch[row].residual_streams()]
     errors = sub_block_errors(expected_at, actual_hidden)
     first = first_failing_block(errors, profile.localisation_rtol)
-    phase = "context_encoding" if position < len(batch[row]) else "token_generation"
+    phase = "context_encoding" if position < len(prompts[row]) else "token_generation"
     if first is None:  # every residual stream within tolerance: the error enters after the last layer
         first = {"layer": None, "sub_block": "final_norm/lm_head", "rel_err": None}
     where = {"prompt": prompt_index, "position": position, "phase": phase, "layer": first["layer"],

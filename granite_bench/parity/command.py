@@ -8,10 +8,9 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ..reference.hf_reference import load_reference
-from ..runtime.runner import InputError
+from ..runtime.runner import InputError, build_neuron_config
 from ..runtime.select import build_runner
-from .check import ParityOutcome, batches, run_parity
+from .check import ParityOutcome, batches, run_parity_on_goldens
 from .prompts import encode_prompts, read_prompts_file
 from .tolerances import profile_for
 
@@ -34,18 +33,20 @@ class ParityArgs:
     results_dir: Path | None
     suite: str = "default"
     seed: int = 0
+    goldens: Path | None = None        # a golden directory (`granite-bench reference --out`): no reference model
+    max_memory: str | None = None      # memory budget of the HF reference when it has to run (accelerate offload)
 
 
-def check_lengths(prompts: list[list[int]], runner, num_tokens: int) -> None:
+def check_lengths(prompts: list[list[int]], neuron_config, num_tokens: int) -> None:
     """Refuse inputs the static shapes cannot hold before any work is done."""
-    largest = runner.neuron_config.context_encoding_buckets[-1]
+    largest = neuron_config.context_encoding_buckets[-1]
     for i, ids in enumerate(prompts):
         if len(ids) > largest:
             raise InputError(f"prompt {i} has {len(ids)} tokens, more than the largest bucket ({largest}): "
                              f"raise --buckets/--seq-len or shorten it")
-        if len(ids) + num_tokens > runner.neuron_config.sequence_length:
+        if len(ids) + num_tokens > neuron_config.sequence_length:
             raise InputError(f"prompt {i} ({len(ids)} tokens) + {num_tokens} new tokens exceeds --seq-len "
-                             f"{runner.neuron_config.sequence_length}: raise --seq-len or lower --num-tokens")
+                             f"{neuron_config.sequence_length}: raise --seq-len or lower --num-tokens")
 
 
 def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
@@ -58,17 +59,28 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
         raise InputError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
     console.print(f"[bold]parity[/] {escape(str(args.model))} · {args.dtype} · tp {args.tp} · {args.device}"
                   f"{' · compiled' if args.compile else ''} · profile {profile.name}")
+    from ..reference.goldens import obtain_goldens
+    from ..reference.weights import load_hf_config, resolve_model_dir
+    from ..runtime.devices import resolve_device
+    resolve_device(args.device)  # a bad or absent device is refused before weights or goldens are made
+    model_dir = resolve_model_dir(args.model, num_layers=args.layers)
+    hf_config = load_hf_config(model_dir)
+    from ..model.modeling_granite import head_plan
+    head_plan(hf_config, args.tp)  # a bad TP degree is refused before any reference work
+    prompts = encode_prompts(raw, model_dir, hf_config.vocab_size)
+    check_lengths(prompts, build_neuron_config(args.batch_size, args.seq_len, args.buckets, args.tp, args.dtype),
+                  args.num_tokens)
+    # The reference (if it has to run at all) is done and released before the implementation is built, so the
+    # peak memory is the larger of the two, not their sum.
+    goldens = obtain_goldens(args.model, model_dir, prompts, args.num_tokens, console.print, args.goldens,
+                             args.max_memory)
     runner = build_runner(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
                                  batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,
                                  compile=args.compile, num_layers=args.layers)
     try:
-        prompts = encode_prompts(raw, runner.model_dir, runner.hf_config.vocab_size)
-        check_lengths(prompts, runner, args.num_tokens)
-        reference = load_reference(runner.model_dir)
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts))
-            outcome = run_parity(runner, reference, prompts, args.num_tokens, profile,
-                                 advance=lambda n: progress.advance(task, n))
+            outcome = run_parity_on_goldens(runner, goldens, profile, advance=lambda n: progress.advance(task, n))
         compile_info = compile_summary(runner)
         if args.tp > 1:
             compile_info["tp_vs_tp1_max_abs_diff"] = tp_vs_single_process(runner, prompts, outcome)
@@ -146,7 +158,8 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
     from ..results.metadata import require_directions
     config = {"model": args.model, "model_dir": str(runner.model_dir), "init": runner.init,
               "neuron_config": runner.neuron_config.to_dict(), "tp_degree": args.tp, "compile": args.compile,
-              "num_tokens": args.num_tokens, "profile": {"name": profile.name,
+              "num_tokens": args.num_tokens, "goldens": str(args.goldens) if args.goldens else "cache-or-computed",
+              "profile": {"name": profile.name,
                                                          "tol_map": {str(k): v for k, v in profile.tol_map.items()},
                                                          "divergence_tolerance": profile.divergence_tolerance}}
     meta = collect_run_metadata(suite=f"parity/{args.suite}", device=args.device, dtype=args.dtype, config=config,

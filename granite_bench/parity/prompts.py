@@ -44,15 +44,32 @@ def encode_prompts(prompts: list, model_dir: Path, vocab_size: int) -> list[list
             ids = [int(t) for t in prompt]
             if any(t < 0 or t >= vocab_size for t in ids):
                 raise PromptError(f"prompt token ids must lie in [0, {vocab_size}) for this model")
+        elif isinstance(prompt, dict):
+            ids = synthetic_prompt(prompt, vocab_size)
         elif isinstance(prompt, str):
             ids = (tokenizer(prompt)["input_ids"] if tokenizer is not None
                    else [BYTE_OFFSET + (b % (vocab_size - BYTE_OFFSET)) for b in prompt.encode("utf-8")])
         else:
-            raise PromptError(f"a prompt must be a text or a list of token ids, got {type(prompt).__name__}")
+            raise PromptError(f"a prompt must be a text, a list of token ids or {{random_tokens: N, seed: S}}, "
+                              f"got {type(prompt).__name__}")
         if not ids:
             raise PromptError("a prompt is empty: every prompt needs at least one token")
         encoded.append(ids)
     return encoded
+
+
+def synthetic_prompt(spec: dict, vocab_size: int) -> list[int]:
+    """{random_tokens: N, seed: S}: N token ids drawn uniformly from [BYTE_OFFSET, vocab) with a seeded generator,
+    for long-context suites (a 16k-token prompt written out would be a 100 KB suite file)."""
+    import torch
+    try:
+        length, seed = int(spec["random_tokens"]), int(spec.get("seed", 0))
+    except (KeyError, TypeError, ValueError):
+        raise PromptError(f"a generated prompt is written {{random_tokens: N, seed: S}}, got {spec}") from None
+    if length < 1 or set(spec) - {"random_tokens", "seed"}:
+        raise PromptError(f"a generated prompt is written {{random_tokens: N >= 1, seed: S}}, got {spec}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(BYTE_OFFSET, vocab_size, (length,), generator=gen).tolist()
 
 
 def load_tokenizer(model_dir: Path):

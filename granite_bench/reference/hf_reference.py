@@ -8,8 +8,82 @@ import torch
 from transformers import GraniteForCausalLM
 
 
-def load_reference(model_dir: Path) -> GraniteForCausalLM:
-    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+class MemoryBudgetError(ValueError):
+    """A --max-memory the reference cannot run under (one line, says what to give)."""
+
+
+LONG_CONTEXT_TOKENS = 2048  # above this many tokens the reference uses SDPA, never an [L, L] score matrix per head
+
+
+def attention_for_length(tokens: int) -> str:
+    """HF attention implementation of the reference for sequences of `tokens`: eager (the plain softmax(QK^T)V
+    formula) for short ones, SDPA for long ones, where eager's fp32 [heads, L, L] scores would take GBs."""
+    return "sdpa" if tokens > LONG_CONTEXT_TOKENS else "eager"
+
+
+def parse_memory(text: str) -> int:
+    """'8GiB', '8GB', '512MiB', '1000000' -> bytes."""
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+             "TB": 10**12, "B": 1}
+    upper = str(text).strip().upper()
+    try:
+        for unit, factor in units.items():
+            if upper.endswith(unit):
+                value = float(upper[:-len(unit)]) * factor
+                break
+        else:
+            value = float(upper)
+    except ValueError:
+        raise MemoryBudgetError(f"--max-memory {text!r} is not a size: give e.g. 8GiB or 512MiB") from None
+    if not value > 0:
+        raise MemoryBudgetError(f"--max-memory {text!r} must be positive: give e.g. 8GiB")
+    return int(value)
+
+
+def human_size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f}GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f}MiB"
+
+
+def offload_device_map(model_dir: Path, max_memory: int) -> dict:
+    """An accelerate device map for GraniteForCausalLM in fp32 under `max_memory` bytes of weights: embedding, final
+    norm and LM head stay in memory, then as many decoder layers as fit; the rest run from disk ('disk': accelerate
+    streams each such layer's weights from the checkpoint's own safetensors files just before the layer runs and
+    drops them after)."""
+    from accelerate import init_empty_weights
+    from transformers import GraniteConfig
+    config = GraniteConfig.from_pretrained(model_dir)
+    with init_empty_weights():
+        empty = GraniteForCausalLM(config)
+    layer_bytes = sum(p.numel() for p in empty.model.layers[0].parameters()) * 4
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # the LM head is the embedding
+    resident_bytes = sum(p.numel() for n, p in empty.named_parameters() if ".layers." not in n and n not in tied) * 4
+    needed = resident_bytes + layer_bytes
+    if max_memory < needed:
+        raise MemoryBudgetError(
+            f"--max-memory {human_size(max_memory)} cannot hold the reference's embedding/head "
+            f"({human_size(resident_bytes)} in fp32) plus one decoder layer ({human_size(layer_bytes)}): "
+            f"give at least {human_size(needed)}")
+    in_memory = min(config.num_hidden_layers, int((max_memory - resident_bytes) // layer_bytes))
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "cpu" if i < in_memory else "disk"
+                       for i in range(config.num_hidden_layers)})
+    return device_map
+
+
+def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memory: str | int | None = None,
+                   offload_dir: Path | None = None) -> GraniteForCausalLM:
+    """HF's own GraniteForCausalLM in fp32 on the CPU. With `max_memory`, accelerate keeps only what fits in memory
+    and streams the other decoder layers from the checkpoint files layer by layer (see offload_device_map)."""
+    if max_memory is None:
+        model = GraniteForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                   attn_implementation=attn_implementation)
+        return model.eval()
+    budget = parse_memory(max_memory) if isinstance(max_memory, str) else int(max_memory)
+    device_map = offload_device_map(Path(model_dir), budget)
+    import tempfile
+    offload = Path(offload_dir) if offload_dir is not None else Path(tempfile.mkdtemp(prefix="granite-bench-offload-"))
+    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn_implementation,
+                                               device_map=device_map, offload_folder=str(offload))
     return model.eval()
 
 

@@ -25,6 +25,8 @@ class Preset:
     config: dict = field(default_factory=dict)      # GraniteConfig keyword arguments
     init: dict = field(default_factory=dict)        # random-weight init (seed, target spreads)
     checkpoint: Path | None = None                  # committed checkpoint folder instead of random weights
+    checkpoint_dtype: str | None = None             # dtype random weights are stored in (real checkpoints: bf16)
+    max_shard_size: str = "5GB"                     # safetensors shard size of the random checkpoint
 
 
 def available_presets() -> list[str]:
@@ -49,4 +51,6 @@ def load_preset(name: str) -> Preset:
         config=dict(data.get("config") or {}),
         init=dict(data.get("init") or {}),
         checkpoint=(MODELS_DIR / checkpoint) if checkpoint else None,
+        checkpoint_dtype=data.get("checkpoint_dtype"),
+        max_shard_size=str(data.get("max_shard_size", "5GB")),
     )

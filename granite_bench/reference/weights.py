@@ -51,8 +51,9 @@ def is_checkpoint_dir(path: Path) -> bool:
     return (path / "config.json").exists()
 
 
-def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str = "float32") -> Path:
-    """A checkpoint directory for `model`: the directory itself, a committed preset folder, or cached random weights."""
+def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str | None = None) -> Path:
+    """A checkpoint directory for `model`: the directory itself, a committed preset folder, or cached random weights
+    (stored in `dtype`, else the preset's `checkpoint_dtype`, else float32)."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not is_checkpoint_dir(path):
@@ -65,6 +66,7 @@ def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str = "f
         return preset.checkpoint
     init = {**DEFAULT_INIT, **preset.init}
     config = preset_config(preset, num_layers)
+    dtype = dtype or preset.checkpoint_dtype or "float32"
     from ..fingerprint import code_fingerprint  # the code and versions that create the weights are in the key
     code = code_fingerprint("reference/weights.py", versions_of=("torch", "transformers"))
     key = json.dumps({"config": config.to_dict(), "init": init, "dtype": dtype, "code": code}, sort_keys=True,
@@ -73,64 +75,106 @@ def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str = "f
     layers = f"-l{num_layers}" if num_layers is not None else ""
     target = cache_root() / "models" / f"{preset.name}{layers}-{dtype}-{digest}"
     if not is_checkpoint_dir(target):
-        create_random_checkpoint(config, init, target, dtype)
+        create_random_checkpoint(config, init, target, dtype, preset.max_shard_size)
     return target
 
 
-@torch.no_grad()
-def scaled_init_(model: GraniteForCausalLM, init: dict) -> dict:
-    """Overwrite HF's init with a seeded one whose logits and attention have a realistic spread; returns the
-    derived constants (so they can be recorded)."""
-    config = model.config
-    gen = torch.Generator().manual_seed(int(init["seed"]))
+def init_constants(config: GraniteConfig, init: dict) -> dict:
+    """q/k gain and final norm gain of the seeded init, derived from the config (recorded beside the weights)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     # q·k over head_dim terms of (q_gain·k_gain) unit-variance products, times attention_multiplier.
     qk_gain = math.sqrt(init["attention_score_std"] / (config.attention_multiplier * math.sqrt(head_dim)))
     final_norm_gain = init["target_logit_std"] * config.logits_scaling / (
         init["embedding_std"] * math.sqrt(config.hidden_size))
-
-    def normal_(tensor, std):
-        tensor.copy_(torch.randn(tensor.shape, generator=gen, dtype=torch.float32) * std)
-
-    def around_(tensor, centre):
-        jitter = init["norm_jitter"]
-        tensor.copy_(centre * (1 + jitter * (2 * torch.rand(tensor.shape, generator=gen) - 1)))
-
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            around_(param, final_norm_gain if name == "model.norm.weight" else 1.0)
-        elif "embed_tokens" in name or name == "lm_head.weight":
-            normal_(param, init["embedding_std"])
-        elif name.endswith(".bias"):
-            param.zero_()
-        else:
-            gain = qk_gain if (".q_proj." in name or ".k_proj." in name) else init["linear_gain"]
-            normal_(param, gain / math.sqrt(param.shape[1]))
-    if config.tie_word_embeddings:
-        model.tie_weights()
     return {"qk_gain": qk_gain, "final_norm_gain": final_norm_gain}
 
 
-def create_random_checkpoint(config: GraniteConfig, init: dict, target: Path, dtype: str) -> Path:
-    """Random seeded weights saved with save_pretrained, atomically (temp folder, then rename)."""
+def seeded_parameters(config: GraniteConfig, init: dict):
+    """(name, fp32 tensor) of every parameter of GraniteForCausalLM(config), one at a time in module order, drawn
+    from one seeded generator: whose logits and attention have a realistic spread (HF's default init gives
+    near-uniform logits). A tied lm_head is not yielded (it is the embedding)."""
+    with torch.device("meta"):
+        shapes = [(name, tuple(p.shape)) for name, p in GraniteForCausalLM(config).named_parameters()]
+    gains = init_constants(config, init)
+    gen = torch.Generator().manual_seed(int(init["seed"]))
+    for name, shape in shapes:
+        if name.endswith("norm.weight"):
+            centre = gains["final_norm_gain"] if name == "model.norm.weight" else 1.0
+            jitter = init["norm_jitter"]
+            yield name, centre * (1 + jitter * (2 * torch.rand(shape, generator=gen) - 1))
+        elif "embed_tokens" in name or name == "lm_head.weight":
+            yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * init["embedding_std"]
+        elif name.endswith(".bias"):
+            yield name, torch.zeros(shape)
+        else:
+            gain = gains["qk_gain"] if (".q_proj." in name or ".k_proj." in name) else init["linear_gain"]
+            yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * (gain / math.sqrt(shape[1]))
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' / '512MiB' / 1000 -> bytes (HF's max_shard_size spelling)."""
+    if isinstance(text, int):
+        return text
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    upper = str(text).strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit):
+            return int(float(upper[:-len(unit)]) * factor)
+    return int(upper)
+
+
+def write_sharded_safetensors(tensors, directory: Path, max_shard_size: int) -> None:
+    """Stream (name, tensor) pairs into model-0000k-of-0000n.safetensors shards of at most max_shard_size bytes plus
+    model.safetensors.index.json, HF's sharded layout; a single shard is written as model.safetensors. Holds one
+    shard in memory at a time."""
+    from safetensors.torch import save_file
+    shards, current, size, total = [], {}, 0, 0
+    weight_map = {}
+
+    def flush():
+        nonlocal current, size
+        name = f"part-{len(shards):05d}.safetensors"
+        save_file(current, str(directory / name), metadata={"format": "pt"})
+        shards.append((name, list(current)))
+        current, size = {}, 0
+
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_size:
+            flush()
+        current[name] = tensor.contiguous()
+        size += nbytes
+        total += nbytes
+    if current:
+        flush()
+    if len(shards) == 1:
+        os.replace(directory / shards[0][0], directory / "model.safetensors")
+        return
+    for i, (part, names) in enumerate(shards):
+        final = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(directory / part, directory / final)
+        weight_map.update({n: final for n in names})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def create_random_checkpoint(config: GraniteConfig, init: dict, target: Path, dtype: str,
+                             max_shard_size: str | int = "5GB") -> Path:
+    """Random seeded weights in `dtype`, written like a real Granite checkpoint (config.json + safetensors, sharded
+    with an index above max_shard_size), atomically (temp folder, then rename). Tensors are drawn and written one
+    shard at a time, so a full-depth granite-3.1-8b (16 GB in bf16) never sits in memory whole, nor in fp32."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        # Build on the meta device in the target dtype, then allocate: a real-shape preset never passes through
-        # an fp32 copy (granite-3.1-8b in fp32 would not fit in this machine's memory) nor HF's slow init.
-        default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(torch_dtype)
-        try:
-            with torch.device("meta"):
-                model = GraniteForCausalLM(config)
-        finally:
-            torch.set_default_dtype(default_dtype)
-        model = model.to_empty(device="cpu")
-        model.tie_weights()
-        derived = scaled_init_(model, init)
-        model.save_pretrained(tmp)
-        (tmp / INIT_FILE).write_text(json.dumps({**init, **derived, "dtype": dtype}, indent=2, sort_keys=True))
+        saved = GraniteConfig(**{**config.to_dict()})
+        saved.dtype = torch_dtype
+        saved.architectures = ["GraniteForCausalLM"]
+        saved.save_pretrained(tmp)
+        tensors = ((name, tensor.to(torch_dtype)) for name, tensor in seeded_parameters(config, init))
+        write_sharded_safetensors(tensors, tmp, parse_size(max_shard_size))
+        (tmp / INIT_FILE).write_text(json.dumps({**init, **init_constants(config, init), "dtype": dtype},
+                                                indent=2, sort_keys=True))
         try:
             os.replace(tmp, target)
         except OSError:  # another process created it first

@@ -167,6 +167,59 @@ def test_load_hf_state_dict_reads_a_sharded_checkpoint(tmp_path):
 
 
 def test_load_hf_state_dict_names_a_missing_weights_file(tmp_path):
+    from granite_bench.model.state_dict import CheckpointError
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match="model.safetensors"):
         load_hf_state_dict(tmp_path)
+
+
+def test_sharded_checkpoint_is_read_lazily_and_converts_like_the_loaded_dict(hf_state, config, tmp_path,
+                                                                             monkeypatch):
+    from safetensors import safe_open
+
+    from granite_bench.model import state_dict as sd
+    from granite_bench.reference.weights import write_sharded_safetensors
+    write_sharded_safetensors(iter(hf_state.items()), tmp_path, 20_000)
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
+    reads = []
+    checkpoint = load_hf_state_dict(tmp_path)
+    assert set(checkpoint) == set(hf_state)
+
+    class CountingOpen:  # counts tensors read, to show nothing is read before conversion asks for it
+        def __init__(self, *args, **kwargs):
+            self.inner = safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, name):
+            reads.append(name)
+            return self.inner.get_tensor(name)
+
+    monkeypatch.setattr(sd, "safe_open", CountingOpen)
+    lazy = load_hf_state_dict(tmp_path)
+    assert reads == []
+    for tp, rank in [(1, 0), (2, 1)]:
+        expected = convert(hf_state, config, tp, rank)
+        actual = convert(lazy, config, tp, rank)
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert set(reads) == set(hf_state)
+
+
+def test_index_naming_a_missing_shard_is_refused_in_one_line(hf_state, tmp_path):
+    from granite_bench.model.state_dict import CheckpointError
+    from granite_bench.reference.weights import write_sharded_safetensors
+    write_sharded_safetensors(iter(hf_state.items()), tmp_path, 20_000)
+    victim = sorted(tmp_path.glob("model-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(CheckpointError, match=victim.name) as err:
+        load_hf_state_dict(tmp_path)
+    assert "\n" not in str(err.value)
