@@ -209,7 +209,8 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
     preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
     if goldens is not None and not Path(goldens).is_dir():
-        raise BadInput(f"--goldens {goldens} is not a directory: pass the folder `granite-bench reference --out` wrote")
+        raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
+                       f"`granite-bench reference --out` wrote")
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
@@ -227,13 +228,29 @@ def reference(
     suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
 ):
     """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
+    try:  # every option checked with light imports, before torch and transformers load
+        spec = load_suite(suite)
+        model = model or spec.get("model", "tiny-gqa")
+        num_tokens = preflight.positive(num_tokens if num_tokens is not None else spec.get("num_tokens", 16),
+                                        "--num-tokens")
+        config, folder = preflight.model_config(model, layers)
+        dims = preflight.check_model(config, None, where=str(folder or model))
+        if folder is not None:
+            preflight.check_weights(folder, dims)
+        raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
+        if not raw:
+            raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
+        if out is not None:
+            preflight.output_dir(out)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
     try:
         from .reference.command import ReferenceArgs, run_reference_command
-        spec = load_suite(suite)
-        run_reference_command(ReferenceArgs(
-            model=model or spec.get("model", "tiny-gqa"), layers=layers, prompts=prompts,
-            suite_prompts=spec.get("prompts"), num_tokens=num_tokens if num_tokens is not None
-            else spec.get("num_tokens", 16), max_memory=max_memory, out=out), console)
+        run_reference_command(ReferenceArgs(model=model, layers=layers, prompts=None, suite_prompts=raw,
+                                            num_tokens=num_tokens, max_memory=max_memory, out=out), console)
+    except KeyboardInterrupt:
+        interrupted("reference", "no goldens were written")
     except bad_input_types() as err:
         fail(str(err))
 

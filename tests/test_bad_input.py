@@ -128,6 +128,10 @@ CASES = [
     ("eval --seq-len 0", ["eval", "--seq-len", "0"], 2, "--seq-len must be a positive integer"),
     ("eval --dtype float7", ["eval", "--dtype", "float7"], 2, "unknown --dtype 'float7'"),
     ("results --limit -5", ["results", "--limit", "-5"], 2, "--limit must be 0 or more, got -5"),
+    ("reference --num-tokens 0", ["reference", "--num-tokens", "0"], 2, "--num-tokens must be a positive integer"),
+    ("reference --layers 0", ["reference", "--layers", "0"], 2, "--layers must be a positive integer, got 0"),
+    ("reference unknown model", ["reference", "--model", "no-such-preset"], 2, "unknown model 'no-such-preset'"),
+    ("reference --out an existing file", ["reference", "--out", __file__], 2, "is an existing file: give a folder"),
     ("results missing store", ["results"], 2, "no results store at"),
     ("results --csv into a folder", ["results", "--csv", "{locked}"], 2, "is a folder: give a file name"),
     ("dashboard --out an existing file", ["dashboard", "--out", "{file}"], 2, "is an existing file: give a folder"),
@@ -173,7 +177,8 @@ def test_bad_input_exits_with_its_code_and_one_line_and_writes_nothing(case, arg
 
 
 REFUSALS = [["parity", "--dtype", "float7", "--no-save"], ["perf", "--threads", "0", "--no-save"],
-            ["eval", "--limit", "0", "--no-save"], ["results", "--limit", "-5"], ["dashboard", "--out", __file__]]
+            ["eval", "--limit", "0", "--no-save"], ["results", "--limit", "-5"], ["dashboard", "--out", __file__],
+            ["reference", "--num-tokens", "0"]]
 
 
 @pytest.mark.parametrize("argv", REFUSALS, ids=[a[0] for a in REFUSALS])
@@ -200,7 +205,7 @@ def test_ctrl_c_during_parity_says_what_was_interrupted_and_writes_nothing(files
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(command, "run_parity", interrupted)
+    monkeypatch.setattr(command, "run_parity_on_goldens", interrupted)
     result = CliRunner().invoke(app, ["parity", *FAST, "--prompts", str(files["prompts"]),
                                       "--results-dir", str(files["store"])])
     assert result.exit_code == 130, result.output
@@ -235,7 +240,7 @@ def test_a_hung_tp_rank_message_with_bracketed_paths_is_printed_as_text(files, m
     def hung(*args, **kwargs):
         raise TPRankError(message)
 
-    monkeypatch.setattr(command, "run_parity", hung)
+    monkeypatch.setattr(command, "run_parity_on_goldens", hung)
     result = CliRunner().invoke(app, ["parity", *FAST, "--prompts", str(files["prompts"]),
                                       "--results-dir", str(files["store"])])
     assert result.exit_code == 1, result.output

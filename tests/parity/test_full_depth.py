@@ -14,7 +14,7 @@ from granite_bench.parity.check import run_parity_on_goldens
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.goldens import obtain_goldens
 from granite_bench.reference.weights import resolve_model_dir
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 PROMPTS = [[5, 9, 33, 120, 7, 64, 900, 17], list(range(40, 63))]
 
@@ -41,14 +41,14 @@ def test_full_depth_preset_is_stored_as_sharded_bf16_safetensors(model_dir):
 
 @pytest.mark.parametrize("dtype", ["float32"])
 def test_full_depth_parity_passes(goldens, dtype):
-    runner = GraniteRunner.build("tiny-full-depth", dtype=dtype, batch_size=2, seq_len=64, buckets=[32])
+    runner = build_runner("tiny-full-depth", dtype=dtype, batch_size=2, seq_len=64, buckets=[32])
     outcome = run_parity_on_goldens(runner, goldens, profile_for(dtype))
     assert outcome.passed, outcome.prompts
     assert len(outcome.positions) == sum(len(p) + 6 for p in PROMPTS)
 
 
 def test_error_in_the_last_of_40_layers_is_localised_there(goldens):
-    runner = GraniteRunner.build("tiny-full-depth", batch_size=2, seq_len=64, buckets=[32])
+    runner = build_runner("tiny-full-depth", batch_size=2, seq_len=64, buckets=[32])
     runner.model.layers[39].residual_multiplier = 0.25  # Granite's 0.22 mistyped in the last layer only
     outcome = run_parity_on_goldens(runner, goldens, profile_for("float32"))
     assert not outcome.passed

@@ -17,7 +17,7 @@ from granite_bench.reference import hf_reference
 from granite_bench.reference.fingerprint import content_fingerprint
 from granite_bench.reference.goldens import (GOLDEN_FILE, GoldenError, compute_goldens, explicit_goldens,
                                              golden_key, load_goldens, obtain_goldens, save_goldens)
-from granite_bench.runtime.runner import GraniteRunner
+from granite_bench.runtime.select import build_runner
 
 PROMPTS = [[5, 9, 33, 120, 7], list(range(40, 63)), [300 + 7 * i for i in range(31)]]
 NUM_TOKENS = 6
@@ -33,7 +33,7 @@ def forbid_reference(monkeypatch):
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir):
-    return GraniteRunner.build("tiny-gqa", batch_size=3, seq_len=96, buckets=[16, 32, 64])
+    return build_runner("tiny-gqa", batch_size=3, seq_len=96, buckets=[16, 32, 64])
 
 
 @pytest.fixture(scope="module")
