@@ -416,6 +416,60 @@ def compare(
 
 
 @app.command()
+def bisect(
+    good: str = typer.Option(..., help="A commit without the regression (an ancestor of --bad)."),
+    bad: str = typer.Option(..., help="A commit with it."),
+    metric: Optional[str] = typer.Option(None, help="Timing metric to bisect: decode_step_ms (default) or "
+                                                    "prefill_ms."),
+    parity: bool = typer.Option(False, "--parity", help="Bisect where `granite-bench parity` started to fail."),
+    trials: int = typer.Option(8, help="Interleaved timing trials per side and step (at least 6)."),
+    reps: int = typer.Option(32, help="Decode steps per trial."),
+    floor: float = typer.Option(0.10, help="Slowdowns below this fraction count as good."),
+    alpha: float = typer.Option(0.05, help="Significance level of a step's timing test."),
+    model: str = typer.Option("tiny-gqa", help="Preset timed (or checked for parity) at each commit."),
+    layers: Optional[int] = typer.Option(None, help="Only the first N layers of the preset."),
+    threads: int = typer.Option(1, help="torch threads in each timing worker."),
+    parity_args: str = typer.Option("--num-tokens 8", help="Extra options of each commit's parity run."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
+    save: bool = typer.Option(True, "--save/--no-save", help="Store the steps (table 'bisect_steps')."),
+):
+    """First commit between --good and --bad where a timing regressed or parity failed (like git bisect run)."""
+    from .gate.bisect import (PARITY, TIMING_METRICS, BisectError, BisectSettings, check_range, final_lines,
+                              run_bisect, step_line)  # light: standard library only
+    from .gate.ab import repo_root
+    repo = repo_root(Path.cwd())
+    try:
+        if parity and metric is not None:
+            raise BadInput("pass --metric or --parity, not both")
+        mode = PARITY if parity else (metric or "decode_step_ms")
+        if mode != PARITY and mode not in TIMING_METRICS:
+            raise BadInput(f"--metric must be one of {', '.join(TIMING_METRICS)}, got {metric!r}")
+        for value, option in ((reps, "--reps"), (threads, "--threads"), (layers, "--layers")):
+            preflight.positive(value, option)
+        if trials < 6:
+            raise BadInput(f"--trials must be at least 6 (interleaved trials per side), got {trials}")
+        if not 0 < alpha < 1 or floor < 0:
+            raise BadInput("--alpha must be in (0, 1) and --floor 0 or more")
+        preflight.results_dir(results_dir if save else None)
+        check_range(repo, good, bad)
+    except (BadInput, BisectError) as err:
+        fail(err)
+    settings = BisectSettings(good=good, bad=bad, repo=repo, mode=mode, trials=trials, reps=reps, floor=floor,
+                              alpha=alpha, model=model, layers=layers, threads=threads,
+                              parity_args=parity_args.split(), results_dir=results_dir if save else None)
+    console.print(f"bisecting {mode} from {good} (good) to {bad} (bad) in {repo}")
+    try:
+        result = run_bisect(settings, on_step=lambda step, left: console.print(Text(step_line(step))))
+    except KeyboardInterrupt:
+        interrupted("bisect", "no steps were stored")
+    except BisectError as err:
+        fail(err)
+    for line in final_lines(result):
+        console.print(Text(line))
+    raise typer.Exit(0 if result.first_bad else 1)
+
+
+@app.command()
 def dashboard(
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store to draw (default: "
                                                             "./granite-bench-results)."),

@@ -27,6 +27,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "eval_summary": 1,
     "comparisons": 1,
     "bug_matrix": 1,
+    "bisect_steps": 1,
 }
 
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
@@ -105,6 +106,13 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         # value's direction depends on the task's metric (accuracy up, perplexity down): far_worse is the verdict
         "far_worse": ("lower", GATED), "value": (None, SHOWN), "clean_value": (None, SHOWN),
         "change": (None, SHOWN), "is_accuracy": (None, SHOWN), "seconds": ("lower", SHOWN), "limit": (None, SHOWN),
+    },
+    "bisect_steps": {
+        # one row per probed commit of a bisect: the A/B numbers of the candidate against the good commit
+        "ratio": ("lower", SHOWN), "ci_low": ("lower", SHOWN), "ci_high": ("lower", SHOWN),
+        "baseline_median": ("lower", SHOWN), "candidate_median": ("lower", SHOWN), "seconds": ("lower", SHOWN),
+        "p_adjusted": (None, SHOWN), "step": (None, SHOWN), "exit_code": (None, SHOWN),
+        "commits_in_range": (None, SHOWN),
     },
     "runs": {},
 }
