@@ -146,6 +146,18 @@ def _num(value, digits: int = 3, scale: float = 1.0, pct: bool = False) -> str:
     return f"{value:.0%}" if pct else f"{value:.{digits}g}"
 
 
+def _frac(row: dict, column: str) -> str:
+    """A roofline fraction as a percentage, marked '!' when it is one the row's ceiling_suspect_of names."""
+    text = _num(row.get(column), pct=True)
+    return text + "!" if column in str(row.get("ceiling_suspect_of") or "").split(",") else text
+
+
+def _threads_note(row: dict) -> str:
+    threads = row.get("ceiling_threads")
+    return f", {int(threads)} threads" if threads is not None and not (isinstance(threads, float)
+                                                                       and math.isnan(threads)) else ""
+
+
 def _point_label(row: dict, varying: set) -> str:
     parts = []
     if "dtype" in varying:
@@ -164,9 +176,12 @@ def render(console, rows: list[dict]) -> None:
     for r in rows:  # measured in this run, or stored with the points it skipped
         if (r["device"], r["dtype"]) not in seen:
             seen.add((r["device"], r["dtype"]))
-            console.print(f"ceilings {r['device']} {r['dtype']}: plain read {r['ceiling_read_gbs']:.1f} GB/s · "
-                          f"matrix-vector {r['ceiling_matvec_gbs']:.1f} GB/s · matmul "
-                          f"{r['ceiling_matmul_gflops']:.0f} GFLOP/s (median of repeats)")
+            best = {k: r.get(f"ceiling_{k}_best", r[f"ceiling_{k}"]) for k in ("read_gbs", "matvec_gbs",
+                                                                                 "matmul_gflops")}
+            console.print(f"ceilings {r['device']} {r['dtype']}: plain read {best['read_gbs']:.1f} GB/s · "
+                          f"matrix-vector {best['matvec_gbs']:.1f} GB/s · matmul {best['matmul_gflops']:.0f} "
+                          f"GFLOP/s (best call; medians {r['ceiling_read_gbs']:.1f} · {r['ceiling_matvec_gbs']:.1f} · "
+                          f"{r['ceiling_matmul_gflops']:.0f}){_threads_note(r)}")
     varying = {name for name in ("dtype", "compiled") if len({r[name] for r in rows}) > 1}
     fixed = [f"{rows[0]['dtype']}" if "dtype" not in varying else "",
              ("compiled" if rows[0]["compiled"] else "eager") if "compiled" not in varying else ""]
@@ -180,8 +195,8 @@ def render(console, rows: list[dict]) -> None:
         table.add_row(_point_label(r, varying), _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
                       _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r.get("ttft_ratio_hf_eager"), 2),
                       _num(r.get("tpot_ratio_hf_eager"), 2), _num(r.get("tpot_ratio_hf_static"), 2),
-                      _num(r["decode_gbs"]), _num(r["decode_frac_matvec"], pct=True),
-                      _num(r["decode_frac_read"], pct=True), _num(r["prefill_frac_matmul"], pct=True),
+                      _num(r["decode_gbs"]), _frac(r, "decode_frac_matvec"), _frac(r, "decode_frac_read"),
+                      _frac(r, "prefill_frac_matmul"),
                       _num(r.get("compile_seconds_total"), 3) if r["compiled"] else "-",
                       _num(r["peak_rss_mb"], 4), _num(r["padding_waste_prefill"], pct=True))
     console.print(table)
@@ -194,8 +209,14 @@ def render(console, rows: list[dict]) -> None:
         for r in baselines:
             hf.add_row(_point_label(r, varying), r["impl"], _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
                        _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r["decode_gbs"]),
-                       _num(r["decode_frac_matvec"], pct=True))
+                       _frac(r, "decode_frac_matvec"))
         console.print(hf)
+    suspect = [f"{_point_label(r, varying)} {r['impl']}: {r['ceiling_suspect_of']}" for r in rows
+               if r.get("ceiling_suspect")]
+    if suspect:
+        console.print(f"[yellow]warning:[/] a fraction above 100% (marked !) or of no measurable ceiling means the "
+                      f"ceiling was measured too low (a busier machine while it was measured): "
+                      f"{'; '.join(suspect)}. Rerun on a quieter machine before reading those fractions.")
     loads = [r[k] for r in impls for k in ("load_avg_1m_start", "load_avg_1m_end")
              if r.get(k) is not None and not math.isnan(r[k])]
     if loads:

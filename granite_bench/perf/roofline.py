@@ -1,16 +1,23 @@
 """Roofline: the machine's ceilings measured in the same run, and the bytes / FLOPs one step of the model needs.
 
-Ceilings (median of a few timed repetitions after a warm-up):
+Ceilings, each timed over at least `reps` calls and at least `min_seconds` after a warm-up, with the torch thread
+count of the points they serve; the median and the best call are kept, and fractions use the best (a busy machine
+only ever slows a call down, so the fastest call is the closest to what the machine can do):
 - plain read bandwidth: `sum` over a buffer far larger than the caches;
 - large matrix-vector bandwidth in the model's dtype: `linear(x[1, K], W[N, K])` over a weight far larger than the
   caches, which is what a decode step mostly is;
-- matmul FLOP/s in the model's dtype (square matmul), the prefill ceiling.
+- matmul FLOP/s in the model's dtype, the prefill ceiling: the faster of `a @ b` and `linear(a, b)` (the kernel the
+  model's projections use), square.
+A fraction of a ceiling above 100% means the ceiling was measured too low (the machine was busier while it was
+measured than during the point): the fraction is kept as measured and the row flagged `ceiling_suspect`.
 Work per step is counted from the HF config and the TP head plan: a decode step reads every weight once (the
 embedding only for the looked-up rows), plus the KV cache positions the step's attention reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -20,6 +27,8 @@ from ..model.config import DTYPES
 from ..model.modeling_granite import head_dim_of, head_plan
 
 MIB = 2**20
+MIN_SECONDS = 0.5        # per ceiling: keep calling until both `reps` calls and this much time have passed ...
+MAX_REPS = 200           # ... but never more calls than this
 
 
 @dataclass
@@ -33,17 +42,20 @@ class Ceilings:
     matmul_gflops: float         # square matmul in `dtype`
     matmul_gflops_best: float
     seconds: float               # time the measurement took
+    threads: int = 0             # torch threads the ceilings were measured with
 
     def columns(self) -> dict:
         return {f"ceiling_{k}": v for k, v in asdict(self).items() if k not in ("device", "dtype")}
 
 
-def _median_and_best(fn, reps: int, sync) -> tuple[float, float]:
-    """Seconds per call: median and minimum of `reps` timed calls after one warm-up call."""
+def _median_and_best(fn, reps: int, sync, min_seconds: float = 0.0,
+                     max_reps: int = MAX_REPS) -> tuple[float, float]:
+    """Seconds per call: median and minimum of the timed calls after one warm-up call; at least `reps` calls and
+    at least `min_seconds` of them in all (at most `max_reps` calls)."""
     fn()
     sync()
     times = []
-    for _ in range(reps):
+    while len(times) < reps or (sum(times) < min_seconds and len(times) < max_reps):
         start = time.perf_counter_ns()
         fn()
         sync()
@@ -52,10 +64,46 @@ def _median_and_best(fn, reps: int, sync) -> tuple[float, float]:
     return times[len(times) // 2], times[0]
 
 
+def fraction_of(rate: float, ceiling: float) -> float:
+    """rate / ceiling; NaN when the ceiling is not a positive finite number (nothing to be a fraction of)."""
+    return rate / ceiling if ceiling > 0 and math.isfinite(ceiling) else float("nan")
+
+
+def suspect_fractions(fractions: dict[str, float]) -> list[str]:
+    """Names of the fractions a ceiling cannot explain: above 100%, or of no measurable ceiling (NaN)."""
+    return [name for name, value in fractions.items() if not value <= 1.0]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op thread count set to `threads` (when given) inside the block, restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_ceilings(dtype: str = "float32", device: str = "cpu", read_mib: int | None = None,
-                     matvec_mib: int = 256, matmul_n: int | None = None, reps: int = 5) -> Ceilings:
+                     matvec_mib: int = 256, matmul_n: int | None = None, reps: int = 5,
+                     min_seconds: float = MIN_SECONDS, threads: int | None = None) -> Ceilings:
+    """The three ceilings with `threads` torch threads (default: as set now), each the median and best of at least
+    `reps` calls and `min_seconds`."""
+    with torch_threads(threads) as used:
+        ceilings = _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds)
+    ceilings.threads = used
+    return ceilings
+
+
+def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -> Ceilings:
     from .timing import synchronizer
-    sync = synchronizer(device)
+    synced = synchronizer(device)
+
+    def timed(fn):
+        return _median_and_best(fn, reps, synced, min_seconds)
+
     cuda = str(device).startswith("cuda")
     read_mib = read_mib or (4096 if cuda else 1024)
     matmul_n = matmul_n or (8192 if cuda else 1024)
@@ -63,7 +111,7 @@ def measure_ceilings(dtype: str = "float32", device: str = "cpu", read_mib: int 
     start = time.perf_counter()
     with torch.no_grad():
         buffer = torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device)
-        t_med, t_best = _median_and_best(lambda: buffer.sum(), reps, sync)
+        t_med, t_best = timed(lambda: buffer.sum())
         read = (buffer.numel() * 4 / t_med / 1e9, buffer.numel() * 4 / t_best / 1e9)
         del buffer
 
@@ -71,14 +119,15 @@ def measure_ceilings(dtype: str = "float32", device: str = "cpu", read_mib: int 
         n = max(1, matvec_mib * MIB // (k * torch_dtype.itemsize))
         weight = torch.randn(n, k, device=device).to(torch_dtype)
         x = torch.randn(1, k, device=device).to(torch_dtype)
-        t_med, t_best = _median_and_best(lambda: torch.nn.functional.linear(x, weight), reps, sync)
+        t_med, t_best = timed(lambda: torch.nn.functional.linear(x, weight))
         nbytes = weight.numel() * weight.element_size()
         matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
         del weight, x
 
         a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
         b = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
-        t_med, t_best = _median_and_best(lambda: a @ b, reps, sync)
+        t_med, t_best = min(timed(lambda: a @ b), timed(lambda: torch.nn.functional.linear(a, b)),
+                             key=lambda median_best: median_best[1])  # the faster kernel by its best call
         flops = 2 * matmul_n**3
         matmul = (flops / t_med / 1e9, flops / t_best / 1e9)
     return Ceilings(str(device), dtype, read[0], read[1], matvec[0], matvec[1], matmul[0], matmul[1],

@@ -17,7 +17,7 @@ import torch
 
 from ..model.config import pick_bucket
 from .grid import GridSpec, PerfPoint
-from .roofline import Ceilings, ModelShape, measure_ceilings
+from .roofline import Ceilings, ModelShape, fraction_of, measure_ceilings, suspect_fractions
 from ..results.stats import prefixed, summarize
 from .timing import (GenerationTiming, device_peak_bytes, peak_rss_bytes, reset_device_peak, reset_peak_rss,
                      synchronizer, time_runner_generation)
@@ -101,6 +101,16 @@ class PointContext:
     threads: dict
 
 
+def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceilings) -> dict:
+    """Fractions of the best measured ceilings, and `ceiling_suspect` when one is above 100% (or has no ceiling):
+    kept as measured, flagged, never clipped."""
+    fractions = {"decode_frac_matvec": fraction_of(decode_gbs, ceilings.matvec_gbs_best),
+                 "decode_frac_read": fraction_of(decode_gbs, ceilings.read_gbs_best),
+                 "prefill_frac_matmul": fraction_of(prefill_gflops, ceilings.matmul_gflops_best)}
+    suspect = suspect_fractions(fractions)
+    return {**fractions, "ceiling_suspect": bool(suspect), "ceiling_suspect_of": ",".join(suspect)}
+
+
 def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx: PointContext) -> list[dict]:
     """One row per implementation: latency statistics, throughput, roofline fractions; ratios on the impl row."""
     rows = {}
@@ -124,10 +134,8 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             "total_tok_s": point.batch_size * (point.prompt_len + point.new_tokens) / e2e_s,
             "decode_tok_s": point.batch_size / (tpot["p50"] * 1e-3),
             "kv_len_mean": kv_mean, "decode_bytes_per_step": step_bytes, "decode_gbs": decode_gbs,
-            "decode_frac_matvec": decode_gbs / ctx.ceilings.matvec_gbs,
-            "decode_frac_read": decode_gbs / ctx.ceilings.read_gbs,
+            **roofline_fractions(decode_gbs, prefill_gflops, ctx.ceilings),
             "prefill_flops": flops, "prefill_gflops": prefill_gflops,
-            "prefill_frac_matmul": prefill_gflops / ctx.ceilings.matmul_gflops,
             **padding_waste(impl, point, kv_lens),
             **ctx.ceilings.columns(),
             "peak_rss_mb": ctx.peak_rss_bytes / 2**20,
@@ -214,9 +222,11 @@ class SweepSession:
         return self.hf_model
 
     def ceilings_for(self, point: PerfPoint) -> Ceilings:
-        key = (point.dtype, point.device)
+        """The ceilings with as many torch threads as the point runs with in all (ranks x threads per rank)."""
+        threads = point.tp * rank_threads(point, self.threads)
+        key = (point.dtype, point.device, threads)
         if key not in self.ceilings:
-            self.ceilings[key] = self._ceilings_fn(point.dtype, point.device)
+            self.ceilings[key] = self._ceilings_fn(point.dtype, point.device, threads=threads)
         return self.ceilings[key]
 
     def measure(self, point: PerfPoint) -> tuple[list[dict], list[dict]]:

@@ -17,7 +17,8 @@ from granite_bench.results import ResultStore
 @pytest.fixture(autouse=True)
 def quick_ceilings(monkeypatch):
     monkeypatch.setattr(sweep, "measure_ceilings",
-                        lambda dtype, device: Ceilings(device, dtype, 20.0, 21.0, 9.0, 10.0, 50.0, 60.0, 0.0))
+                        lambda dtype, device, threads=None: Ceilings(device, dtype, 20.0, 21.0, 9.0, 10.0, 50.0,
+                                                                    60.0, 0.0))
 
 
 def small_spec(tiny_model_dir, **kw):
@@ -119,3 +120,17 @@ def test_a_point_whose_summary_fails_to_write_is_not_stored_at_all(tmp_path, tin
         run(PerfArgs(small_spec(tiny_model_dir), results_dir=tmp_path))
     store = ResultStore(tmp_path)
     assert store.read("perf_samples").empty and store.read("perf_summary").empty and store.uncommitted() == []
+
+
+def test_a_ceiling_measured_too_low_is_flagged_in_the_store_and_warned_in_the_table(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """A matrix-vector ceiling of 1e-6 GB/s (a machine busy while it was measured): every decode fraction is far
+    above 100%; it is stored as measured, flagged, marked '!' and warned about, never printed silently."""
+    monkeypatch.setattr(sweep, "measure_ceilings", lambda dtype, device, threads=None:
+                        Ceilings(device, dtype, 20.0, 21.0, 1e-6, 1e-6, 50.0, 60.0, 0.0, threads or 1))
+    rows, text = run(PerfArgs(small_spec(tiny_model_dir, buckets=[8], baselines=[]), results_dir=tmp_path))
+    summary = ResultStore(tmp_path).read("perf_summary")
+    assert summary["ceiling_suspect"].all() and (summary["decode_frac_matvec"] > 1).all()
+    assert set(summary["ceiling_suspect_of"]) == {"decode_frac_matvec"}
+    assert "warning:" in text and "ceiling was measured too low" in text
+    assert any(cell.strip().endswith("%!") for cell in text.split("│"))

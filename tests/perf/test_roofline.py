@@ -1,6 +1,7 @@
 import math
 
 import pytest
+import torch
 from transformers import GraniteForCausalLM
 
 from granite_bench.perf import roofline
@@ -44,7 +45,7 @@ def test_prefill_flops_count_projections_square_attention_and_last_logits():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ceilings_are_measured_as_positive_rates(dtype):
-    c = measure_ceilings(dtype, read_mib=8, matvec_mib=4, matmul_n=64, reps=2)
+    c = measure_ceilings(dtype, read_mib=8, matvec_mib=4, matmul_n=64, reps=2, min_seconds=0.05)
     for value in (c.read_gbs, c.read_gbs_best, c.matvec_gbs, c.matmul_gflops):
         assert value > 0 and math.isfinite(value)
     assert set(c.columns()) >= {"ceiling_read_gbs", "ceiling_matvec_gbs", "ceiling_matmul_gflops"}
@@ -65,3 +66,51 @@ def test_median_and_best_time_the_calls_after_a_warm_up_and_pick_the_middle_and_
     median, best = roofline._median_and_best(fake_call, reps=3, sync=lambda: None)
     assert len(calls) == 4
     assert (median, best) == (4e-9, 2e-9)
+
+
+def test_median_and_best_keep_calling_until_the_minimum_time_has_passed(monkeypatch):
+    """Scripted 0.1 s calls: 2 reps asked, but 0.5 s of calls wanted, so 5 timed calls (after the warm-up)."""
+    clock = {"now": 0}
+    calls = []
+
+    def fake_call():
+        calls.append(clock["now"])
+        clock["now"] += 100_000_000
+
+    monkeypatch.setattr(roofline.time, "perf_counter_ns", lambda: clock["now"])
+    median, best = roofline._median_and_best(fake_call, reps=2, sync=lambda: None, min_seconds=0.5)
+    assert len(calls) == 1 + 5 and (median, best) == (0.1, 0.1)
+
+
+def test_one_slow_call_under_load_does_not_lower_the_ceiling_the_fractions_use(monkeypatch):
+    """Scripted matrix-vector calls: a busy machine makes most calls 4x slower; the best call is the ceiling."""
+    durations = iter([40, 40, 10, 40, 40])
+    clock = {"now": 0}
+    warm = {"done": False}
+
+    def fake_call():
+        if warm["done"]:
+            clock["now"] += next(durations)
+        warm["done"] = True
+
+    monkeypatch.setattr(roofline.time, "perf_counter_ns", lambda: clock["now"])
+    median, best = roofline._median_and_best(fake_call, reps=5, sync=lambda: None)
+    assert median == 40e-9 and best == 10e-9
+    nbytes = 1e3
+    ceiling = roofline.Ceilings("cpu", "float32", 1, 1, nbytes / median / 1e9, nbytes / best / 1e9, 1, 1, 0)
+    point_gbs = 2.5 * ceiling.matvec_gbs                             # a point reading at 2.5x the median-call rate
+    assert roofline.fraction_of(point_gbs, ceiling.matvec_gbs) > 1 # against the median: an impossible 250%
+    assert roofline.fraction_of(point_gbs, ceiling.matvec_gbs_best) <= 1
+
+
+def test_ceilings_are_measured_with_the_thread_count_asked_and_threads_are_restored():
+    before = torch.get_num_threads()
+    c = measure_ceilings("float32", read_mib=4, matvec_mib=2, matmul_n=32, reps=1, min_seconds=0, threads=2)
+    assert c.threads == 2 and torch.get_num_threads() == before
+
+
+def test_suspect_fractions_are_those_above_one_or_without_a_ceiling():
+    fractions = {"decode_frac_matvec": 1.46, "decode_frac_read": 0.5, "prefill_frac_matmul": float("nan"),
+                 "exactly": 1.0}
+    assert roofline.suspect_fractions(fractions) == ["decode_frac_matvec", "prefill_frac_matmul"]
+    assert math.isnan(roofline.fraction_of(5.0, 0.0))

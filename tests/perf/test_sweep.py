@@ -1,11 +1,12 @@
 import json
+import math
 
 import pytest
 
 from granite_bench.perf.grid import GridSpec, PerfPoint
 from granite_bench.perf.roofline import Ceilings, ModelShape
-from granite_bench.perf.sweep import (IMPL, PointContext, interleaved_rounds, kv_lengths, make_prompts,
-                                      padding_waste, sample_rows, summary_rows)
+from granite_bench.perf.sweep import (IMPL, PointContext, SweepSession, interleaved_rounds, kv_lengths,
+                                      make_prompts, padding_waste, sample_rows, summary_rows)
 from granite_bench.perf.timing import GenerationTiming
 from granite_bench.reference.weights import load_hf_config
 
@@ -74,7 +75,7 @@ def test_summary_ratios_bandwidth_and_throughput(tiny_model_dir):
     assert ours["tpot_n"] == 9 and ours["ttft_n"] == 3
     step_bytes = ModelShape.of(config, 1).decode_bytes(1, 64, 4)
     assert ours["decode_gbs"] == pytest.approx(step_bytes / 1e-3 / 1e9)
-    assert ours["decode_frac_matvec"] == pytest.approx(ours["decode_gbs"] / 10.0)
+    assert ours["decode_frac_matvec"] == pytest.approx(ours["decode_gbs"] / 11.0)   # of the best ceiling call
     assert ours["output_tok_s"] == pytest.approx(4 / 7e-3)               # 4 tokens in 4 + 3 * 1 ms
     assert json.loads(ours["compile_seconds_json"]) == {"token_generation[64]": 2.5}
     assert "tpot_ratio_hf_eager" not in rows["hf_eager"]
@@ -100,3 +101,32 @@ def test_compile_times_are_those_of_the_graphs_the_point_ran():
     runner = SimpleNamespace(graphs=graphs, neuron_config=SimpleNamespace(token_generation_buckets=[64, 256]))
     assert compile_times(runner, POINT) == {"context_encoding[32]": 1.5, "token_generation[64]": 2.0}
     assert compile_times(SimpleNamespace(neuron_config=runner.neuron_config), POINT) == {}
+
+
+def test_a_fraction_above_a_ceiling_is_kept_and_flagged_suspect():
+    from granite_bench.perf.sweep import roofline_fractions
+    low = Ceilings("cpu", "float32", 20.0, 21.0, 1.0, 2.0, 100.0, 110.0, 0.1)      # matvec measured too low
+    flagged = roofline_fractions(decode_gbs=3.0, prefill_gflops=55.0, ceilings=low)
+    assert flagged["decode_frac_matvec"] == pytest.approx(1.5)                    # kept as measured, not clipped
+    assert flagged["ceiling_suspect"] and flagged["ceiling_suspect_of"] == "decode_frac_matvec"
+    fine = roofline_fractions(decode_gbs=1.5, prefill_gflops=55.0, ceilings=low)
+    assert not fine["ceiling_suspect"] and fine["ceiling_suspect_of"] == ""
+
+
+def test_a_ceiling_measured_as_zero_gives_no_fraction_and_is_flagged():
+    from granite_bench.perf.sweep import roofline_fractions
+    zero = Ceilings("cpu", "bfloat16", 20.0, 21.0, 10.0, 11.0, 0.0, 0.0, 0.1)
+    row = roofline_fractions(decode_gbs=1.0, prefill_gflops=5.0, ceilings=zero)
+    assert math.isnan(row["prefill_frac_matmul"]) and row["ceiling_suspect_of"] == "prefill_frac_matmul"
+
+
+def test_ceilings_are_measured_once_per_dtype_and_thread_count_of_the_points():
+    asked = []
+
+    def ceilings_fn(dtype, device, threads=None):
+        asked.append((dtype, device, threads))
+        return CEILINGS
+    session = SweepSession(GridSpec(), {"torch_threads": 2}, ceilings_fn=ceilings_fn)
+    session.ceilings_for(POINT)
+    session.ceilings_for(POINT)
+    assert asked == [(POINT.dtype, POINT.device, 2)]
