@@ -158,6 +158,14 @@ def imports(tree: Path) -> tuple[bool, str]:
     return done.returncode == 0, (lines[-1] if lines else f"exit {done.returncode}")
 
 
+def summary_line(lines: list[str]) -> str:
+    """The last line of a command's output that says something: words, not a table's border or cells."""
+    for line in reversed(lines):
+        if line and not "\u2500" <= line[0] <= "\u257f" and any(c.isalpha() for c in line):
+            return line
+    return ""
+
+
 def parity_step(tree, settings: BisectSettings, role: str, subject: str) -> Step:
     """Run the tree's own `granite-bench parity`: exit 0 good, a failed check (exit 1, no crash) bad, else skip."""
     from .ab import tree_env
@@ -183,7 +191,7 @@ def parity_step(tree, settings: BisectSettings, role: str, subject: str) -> Step
         judgement = BAD
     else:
         judgement = SKIP
-    last = (err[-1] if judgement == SKIP and err else out[-1] if out else "")[:200]
+    last = (err[-1] if judgement == SKIP and err else summary_line(out))[:200]
     return Step(role, tree.sha, subject, judgement, f"parity exit {done.returncode}: {last}", seconds,
                 exit_code=done.returncode)
 

@@ -51,6 +51,12 @@ def test_search_leaves_the_range_open_when_only_skipped_commits_remain():
     assert found == [3, 4, 5]                           # 5 is bad; 3 or 4 may be first: "could be any of"
 
 
+def test_a_parity_step_cites_the_verdict_line_not_the_tables_border():
+    out = ["parity tiny-gqa float32", "│ 0 │ 1.2e-05 │ pass │", "FAIL prompt 0 diverges at position 3",
+           "┏━━━┓", "│ x │", "└───┘"]
+    assert bisect.summary_line(out) == "FAIL prompt 0 diverges at position 3"
+
+
 # ----- a synthetic history ----------------------------------------------------------------------------------------
 
 def git(repo: Path, *args: str) -> str:
