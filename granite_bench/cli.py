@@ -466,7 +466,7 @@ def bisect(
         fail(err)
     for line in final_lines(result):
         console.print(Text(line))
-    raise typer.Exit(0 if result.first_bad else 1)
+    raise typer.Exit(0 if result.first_bad and result.confirmed is not False else 1)
 
 
 @app.command()

@@ -6,7 +6,8 @@ A binary search over the first-parent commits from --good (exclusive) to --bad (
   interleaved A/B comparison (ab.run_interleaved) and judged by stats.gate_timings; a regression marks it bad;
 - --parity: each probed commit runs its own `granite-bench parity` (exit 0 good, 1 bad).
 Both ends are checked first: the bad commit must be bad (against the good one, or failing parity), the good commit
-must pass parity. A commit whose package does not import, or whose command crashes, is skipped (git bisect's exit
+must pass parity. A timing answer is then confirmed against its own parent (a noisy miss of one probe sends a
+binary search the wrong way); an unconfirmed answer is printed with a warning and exit 1. A commit whose package does not import, or whose command crashes, is skipped (git bisect's exit
 125) and the search continues with the nearest untested commit. Each step is printed and stored (table
 `bisect_steps`, one row per probed commit, in one committed run).
 
@@ -51,7 +52,7 @@ class BisectSettings:
 
 @dataclass
 class Step:
-    role: str                 # good-end | bad-end | probe
+    role: str                 # good-end | bad-end | probe | confirm (timing: the answer against its parent)
     sha: str
     subject: str
     judgement: str            # good | bad | skip
@@ -75,6 +76,7 @@ class BisectResult:
     first_bad: str | None                    # None when skipped commits leave it open
     candidates: list[str]                    # the commits it could be (one when found)
     subject: str = ""
+    confirmed: bool | None = None            # timing: the first bad commit against its own parent; None: not run
 
 
 # ----- the range: cheap git checks, before any heavy import ---------------------------------------------------------
@@ -207,7 +209,7 @@ def timing_step(good_tree, tree, settings: BisectSettings, role: str, subject: s
         result = ab.run_interleaved(good_tree, tree, trials=settings.trials, reps=settings.reps, probe_args=probe)
     except ab.TreeError as err:
         if err.tree is good_tree:
-            raise BisectError(f"the --good commit {good_tree.sha[:12]} cannot be timed: "
+            raise BisectError(f"the baseline commit {good_tree.sha[:12]} cannot be timed: "
                               f"{str(err).splitlines()[0]}") from None
         return Step(role, tree.sha, subject, SKIP, f"cannot be timed: {str(err).splitlines()[0][:200]}",
                     time.perf_counter() - start)
@@ -267,10 +269,22 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
             return record(step, 0).judgement
 
         indices, _ = search(commits, judge)
-    candidates = [commits[i] for i in indices]
-    first_bad = candidates[0] if len(candidates) == 1 else None
+        candidates = [commits[i] for i in indices]
+        first_bad = candidates[0] if len(candidates) == 1 else None
+        confirmed = None
+        parent = _git(repo, "rev-parse", f"{first_bad}^").stdout.strip() if first_bad else ""
+        if settings.mode != PARITY and first_bad and parent != good_sha:
+            # Each probe was judged against the good commit, and a noisy miss sends the search the wrong way:
+            # time the answer against its own parent, which must be the slower-by-it pair.
+            with ab.code_tree(repo, parent) as parent_tree, ab.code_tree(repo, first_bad) as tree:
+                try:
+                    step = timing_step(parent_tree, tree, settings, "confirm", subject_of(repo, first_bad))
+                except BisectError as err:
+                    step = Step("confirm", first_bad, subject_of(repo, first_bad), SKIP, str(err), 0.0)
+            record(step, 0)
+            confirmed = None if step.judgement == SKIP else step.judgement == BAD
     result = BisectResult(good_sha, bad_sha, commits, steps, first_bad, candidates,
-                          subject_of(repo, first_bad) if first_bad else "")
+                          subject_of(repo, first_bad) if first_bad else "", confirmed)
     if settings.results_dir is not None:
         store_steps(settings, result)
     return result
@@ -303,6 +317,9 @@ def step_line(step: Step) -> str:
 def final_lines(result: BisectResult) -> list[str]:
     """git bisect's ending: '<sha> is the first bad commit' and its subject, or the commits it could be."""
     if result.first_bad:
-        return [f"{result.first_bad} is the first bad commit", result.subject]
+        doubt = [] if result.confirmed is not False else [
+            f"warning: {result.first_bad[:12]} is not measurably slower than its parent: a probe was likely misjudged "
+            f"(noise); rerun with more --trials or on a quieter machine"]
+        return doubt + [f"{result.first_bad} is the first bad commit", result.subject]
     return ["only skipped commits are left to test; the first bad commit could be any of:",
             *result.candidates]

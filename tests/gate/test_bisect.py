@@ -57,6 +57,14 @@ def test_a_parity_step_cites_the_verdict_line_not_the_tables_border():
     assert bisect.summary_line(out) == "FAIL prompt 0 diverges at position 3"
 
 
+def test_an_answer_not_slower_than_its_parent_is_printed_with_a_warning_before_the_git_bisect_lines():
+    result = bisect.BisectResult("g" * 40, "b" * 40, ["a" * 40, "b" * 40], [], "a" * 40, ["a" * 40], "subject",
+                                 confirmed=False)
+    lines = bisect.final_lines(result)
+    assert lines[0].startswith("warning:") and lines[1:] == ["a" * 40 + " is the first bad commit", "subject"]
+    assert bisect.final_lines(bisect.BisectResult("g", "b", [], [], None, ["x", "y"]))[1:] == ["x", "y"]
+
+
 # ----- a synthetic history ----------------------------------------------------------------------------------------
 
 def git(repo: Path, *args: str) -> str:
@@ -127,6 +135,7 @@ def test_bisect_by_decode_time_finds_the_planted_slowdown_and_skips_the_commit_t
     judged = {s.sha: s.judgement for s in result.steps}
     assert judged[shas["no-import"]] == SKIP and judged[shas["slowdown"]] == BAD
     assert judged[shas["harmless-4"]] == BAD                   # the bad end is checked first
+    assert result.confirmed is True and result.steps[-1].role == "confirm"   # against its own parent too
     slow = next(s for s in result.steps if s.sha == shas["slowdown"])
     assert slow.ratio > 1.5 and slow.candidate_median > slow.baseline_median + 1e3 * SLEEP_S / 2
     stored = ResultStore(tmp_path).read("bisect_steps")
