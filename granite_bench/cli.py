@@ -459,7 +459,7 @@ def bisect(
                               parity_args=parity_args.split(), results_dir=results_dir if save else None)
     console.print(f"bisecting {mode} from {good} (good) to {bad} (bad) in {repo}")
     try:
-        result = run_bisect(settings, on_step=lambda step, left: console.print(Text(step_line(step))))
+        result = run_bisect(settings, on_step=lambda step: console.print(Text(step_line(step))))
     except KeyboardInterrupt:
         interrupted("bisect", "no steps were stored")
     except BisectError as err:

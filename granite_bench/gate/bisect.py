@@ -227,7 +227,7 @@ def timing_step(good_tree, tree, settings: BisectSettings, role: str, subject: s
 # ----- the whole search -------------------------------------------------------------------------------------------
 
 def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
-    """Check the range and both ends, search, store the steps; on_step(step, commits_left) after each one."""
+    """Check the range and both ends, search, store the steps; on_step(step) after each one."""
     import contextlib
     from . import ab
     if settings.mode != PARITY and settings.mode not in TIMING_METRICS:
@@ -236,10 +236,10 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
     good_sha, bad_sha, commits = check_range(repo, settings.good, settings.bad)
     steps: list[Step] = []
 
-    def record(step: Step, left: int) -> Step:
+    def record(step: Step) -> Step:
         steps.append(step)
         if on_step is not None:
-            on_step(step, left)
+            on_step(step)
         return step
 
     with contextlib.ExitStack() as stack:
@@ -252,11 +252,11 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
                 return timing_step(good_tree, tree, settings, role, subject_of(repo, sha))
 
         if settings.mode == PARITY:
-            end = record(parity_step(good_tree, settings, "good-end", subject_of(repo, good_sha)), len(commits))
+            end = record(parity_step(good_tree, settings, "good-end", subject_of(repo, good_sha)))
             if end.judgement != GOOD:
                 raise BisectError(f"the --good commit {good_sha[:12]} already fails parity ({end.evidence}): "
                                   f"pass an older --good")
-        end = record(judge_sha(bad_sha, "bad-end"), len(commits))
+        end = record(judge_sha(bad_sha, "bad-end"))
         if end.judgement == SKIP:
             raise BisectError(f"the --bad commit {bad_sha[:12]} cannot be judged ({end.evidence}): pass another --bad")
         if end.judgement == GOOD:
@@ -266,7 +266,7 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
 
         def judge(index: int) -> str:
             step = judge_sha(commits[index], "probe")
-            return record(step, 0).judgement
+            return record(step).judgement
 
         indices, _ = search(commits, judge)
         candidates = [commits[i] for i in indices]
@@ -281,7 +281,7 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
                     step = timing_step(parent_tree, tree, settings, "confirm", subject_of(repo, first_bad))
                 except BisectError as err:
                     step = Step("confirm", first_bad, subject_of(repo, first_bad), SKIP, str(err), 0.0)
-            record(step, 0)
+            record(step)
             confirmed = None if step.judgement == SKIP else step.judgement == BAD
     result = BisectResult(good_sha, bad_sha, commits, steps, first_bad, candidates,
                           subject_of(repo, first_bad) if first_bad else "", confirmed)
@@ -296,7 +296,8 @@ def steps_frame(settings: BisectSettings, result: BisectResult):
     for number, step in enumerate(result.steps, 1):
         rows.append({"step": number, **asdict(step), "mode": settings.mode, "good_sha": result.good_sha,
                      "bad_sha": result.bad_sha, "commits_in_range": len(result.commits),
-                     "first_bad_sha": result.first_bad or "", "candidates": ",".join(result.candidates)})
+                     "first_bad_sha": result.first_bad or "", "candidates": ",".join(result.candidates),
+                     "answer_confirmed": {True: "yes", False: "no", None: "not run"}[result.confirmed]})
     return pd.DataFrame(rows)
 
 

@@ -128,7 +128,7 @@ def test_bisect_by_decode_time_finds_the_planted_slowdown_and_skips_the_commit_t
     repo, shas, prompts = history
     lines = []
     result = run_bisect(settings_for(repo, shas, "decode_step_ms", prompts, results_dir=tmp_path),
-                        on_step=lambda step, left: lines.append(bisect.step_line(step)))
+                        on_step=lambda step: lines.append(bisect.step_line(step)))
     assert result.first_bad == shas["slowdown"], "\n".join(lines)
     assert bisect.final_lines(result) == [f"{shas['slowdown']} is the first bad commit",
                                           "planted: a sleep in the decode step"]
@@ -147,7 +147,7 @@ def test_bisect_by_parity_finds_the_planted_residual_change(history):
     repo, shas, prompts = history
     lines = []
     result = run_bisect(settings_for(repo, shas, bisect.PARITY, prompts),
-                        on_step=lambda step, left: lines.append(bisect.step_line(step)))
+                        on_step=lambda step: lines.append(bisect.step_line(step)))
     assert result.first_bad == shas["parity-break"], "\n".join(lines)
     judged = {s.sha: s.judgement for s in result.steps}
     assert judged[shas["good"]] == GOOD and judged[shas["no-import"]] == SKIP
