@@ -161,7 +161,11 @@ def imports(tree: Path) -> tuple[bool, str]:
 
 
 def summary_line(lines: list[str]) -> str:
-    """The last line of a command's output that says something: words, not a table's border or cells."""
+    """The command's verdict line (the last starting PASS or FAIL), else its last line that says something: words,
+    not a table's border or cells."""
+    for line in reversed(lines):
+        if line.startswith(("PASS", "FAIL")):
+            return line
     for line in reversed(lines):
         if line and not "\u2500" <= line[0] <= "\u257f" and any(c.isalpha() for c in line):
             return line

@@ -53,8 +53,9 @@ def test_search_leaves_the_range_open_when_only_skipped_commits_remain():
 
 def test_a_parity_step_cites_the_verdict_line_not_the_tables_border():
     out = ["parity tiny-gqa float32", "│ 0 │ 1.2e-05 │ pass │", "FAIL prompt 0 diverges at position 3",
-           "┏━━━┓", "│ x │", "└───┘"]
+           "per-layer residual stream at that position", "┏━━━┓", "│ x │", "└───┘"]
     assert bisect.summary_line(out) == "FAIL prompt 0 diverges at position 3"
+    assert bisect.summary_line(["done", "│ x │", "└───┘"]) == "done"
 
 
 def test_an_answer_not_slower_than_its_parent_is_printed_with_a_warning_before_the_git_bisect_lines():
