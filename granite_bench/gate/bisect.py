@@ -264,9 +264,10 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
         if end.judgement == SKIP:
             raise BisectError(f"the --bad commit {bad_sha[:12]} cannot be judged ({end.evidence}): pass another --bad")
         if end.judgement == GOOD:
-            what = "passes parity" if settings.mode == PARITY else f"is not slower than --good ({end.evidence})"
-            raise BisectError(f"the --bad commit {bad_sha[:12]} {what}: nothing to bisect; the --good commit may "
-                              f"already be bad, pass an older --good")
+            what = ("passes parity: nothing to bisect, pass a --bad that fails it" if settings.mode == PARITY else
+                    f"is not slower than --good ({end.evidence}): nothing to bisect, or the --good commit is already "
+                    f"slow; pass an older --good")
+            raise BisectError(f"the --bad commit {bad_sha[:12]} {what}")
 
         def judge(index: int) -> str:
             step = judge_sha(commits[index], "probe")
