@@ -294,16 +294,10 @@ def results_dir(path: Path | None, need_bytes: int = 0) -> Path | None:
     """Refuse a results folder that cannot take the run, before any work: not a folder, not writable, too full."""
     if path is None:
         return None
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"--results-dir {path} is a file: give a folder")
+    path = output_dir(path, "--results-dir")
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir():
-        raise BadInput(f"--results-dir {path} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BadInput(f"--results-dir {path} is not writable ({existing} denies it): choose another folder")
     free = shutil.disk_usage(existing).free
     need = need_bytes + RESULTS_SLACK_BYTES
     if free < need:

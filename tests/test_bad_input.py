@@ -108,7 +108,7 @@ CASES = [
      "has model_type 'llama'"),
     ("parity --layers on a checkpoint folder", ["parity", *FAST, "--model", "{ckpt:yarn}", "--layers", "2"], 2,
      "--layers applies to presets only"),
-    ("parity results dir is a file", ["parity", *FAST, "--results-dir", "{file}"], 2, "is a file: give a folder"),
+    ("parity results dir is a file", ["parity", *FAST, "--results-dir", "{file}"], 2, "is an existing file: give a folder"),
     ("parity results dir under a file", ["parity", *FAST, "--results-dir", "{file}/res"], 2,
      "cannot be created"),
     ("parity results dir not writable", ["parity", *FAST, "--results-dir", "{locked}/res"], 2, "is not writable"),
