@@ -112,7 +112,7 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
     if path.is_dir():
         if layers is not None:
             raise BadInput(f"--layers applies to presets only; {path} is a checkpoint folder: drop --layers")
-        return _config_json(path), path
+        return config_json(path), path
     from .reference.presets import PresetError, load_preset  # yaml only
     try:
         preset = load_preset(model)
@@ -122,7 +122,7 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
         if layers is not None:
             raise BadInput(f"--layers applies to random-weight presets; '{model}' is a trained checkpoint: "
                            f"drop --layers")
-        return _config_json(preset.checkpoint), preset.checkpoint
+        return config_json(preset.checkpoint), preset.checkpoint
     config = dict(preset.config)
     if layers is not None:
         depth = int(config.get("num_hidden_layers", 0))
@@ -132,7 +132,8 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
     return config, None
 
 
-def _config_json(folder: Path) -> dict:
+def config_json(folder: Path) -> dict:
+    """A checkpoint folder's config.json as a dict: present, UTF-8 JSON, an object, model_type granite."""
     path = folder / "config.json"
     if not path.exists():
         raise BadInput(f"{folder} has no config.json: point --model at a Granite checkpoint directory")

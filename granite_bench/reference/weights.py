@@ -194,18 +194,12 @@ def read_init(model_dir: Path) -> dict:
 def load_hf_config(model_dir: Path) -> GraniteConfig:
     """The checkpoint's config, through transformers (reads transformers 4.x rope_theta/rope_scaling and 5.x
     rope_parameters alike)."""
-    path = Path(model_dir) / "config.json"
+    from ..preflight import BadInput, config_json  # the CLI's own check, before torch loads: one reader for both
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PresetError(f"{path} is missing: point --model at a Granite checkpoint directory") from None
-    except json.JSONDecodeError as err:
-        raise PresetError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or re-download it") from None
-    if not isinstance(data, dict):
-        raise PresetError(f"{path} must hold a JSON object: fix or re-download it")
-    if data.get("model_type") != "granite":
-        raise PresetError(f"{path} has model_type {data.get('model_type')!r}; granite-bench needs 'granite'")
+        config_json(Path(model_dir))
+    except BadInput as err:
+        raise PresetError(str(err)) from None
     try:
         return GraniteConfig.from_pretrained(model_dir)
     except (TypeError, ValueError, KeyError) as err:
-        raise PresetError(f"{path} is malformed: {err}") from None
+        raise PresetError(f"{Path(model_dir) / 'config.json'} is malformed: {err}") from None
