@@ -21,9 +21,8 @@ class ReferenceArgs:
 def run_reference_command(args: ReferenceArgs, console) -> Path:
     """Goldens of (model, prompts, num tokens) written to args.out, or to the golden cache parity looks in."""
     from ..parity.prompts import PromptError, encode_prompts, read_prompts_file
-    from .fingerprint import content_fingerprint
-    from .goldens import GoldenError, cache_dir_for, compute_goldens, golden_key, golden_metadata, save_goldens
-    from .hf_reference import attention_for_length, load_reference, offload_device_map, parse_memory
+    from .goldens import GoldenError, cache_dir_for, golden_request, run_reference
+    from .hf_reference import offload_device_map, parse_memory
     from .weights import load_hf_config, resolve_model_dir
     raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
     if not raw:
@@ -37,18 +36,14 @@ def run_reference_command(args: ReferenceArgs, console) -> Path:
     prompts = encode_prompts(raw, model_dir, hf_config.vocab_size)
     if args.max_memory is not None:  # refuse a budget that cannot hold one layer before loading anything
         offload_device_map(model_dir, parse_memory(args.max_memory))
-    fingerprint = content_fingerprint(model_dir)
-    attn = attention_for_length(max(len(p) for p in prompts) + args.num_tokens)
-    key = golden_key(fingerprint, prompts, args.num_tokens, attn)
+    fingerprint, key = golden_request(model_dir, prompts, args.num_tokens)
     target = Path(args.out) if args.out is not None else cache_dir_for(model_dir, fingerprint, prompts,
                                                                          args.num_tokens)
-    console.print(f"[bold]reference[/] {args.model} · fp32 · {attn} attention · {len(prompts)} prompts · "
-                  f"{args.num_tokens} tokens{f' · max memory {args.max_memory}' if args.max_memory else ''}")
+    console.print(f"[bold]reference[/] {args.model} · fp32 · {key['attn_implementation']} attention · "
+                  f"{len(prompts)} prompts · {args.num_tokens} tokens"
+                  f"{f' · max memory {args.max_memory}' if args.max_memory else ''}")
     start = time.perf_counter()
-    reference = load_reference(model_dir, attn_implementation=attn, max_memory=args.max_memory)
-    goldens = compute_goldens(reference, prompts, args.num_tokens)
-    del reference
-    save_goldens(goldens, key, target, golden_metadata(key, args.model, model_dir))
-    console.print(f"goldens: {target} ({len(goldens)} prompts, checkpoint {fingerprint[:12]}, "
+    run_reference(args.model, model_dir, prompts, args.num_tokens, key, target, args.max_memory)
+    console.print(f"goldens: {target} ({len(prompts)} prompts, checkpoint {fingerprint[:12]}, "
                   f"{time.perf_counter() - start:.1f} s)")
     return target

@@ -236,16 +236,36 @@ def golden_metadata(key: dict, model: str, model_dir: Path) -> dict:
     return asdict(meta)
 
 
+def golden_request(model_dir: Path, prompts: list[list[int]], num_tokens: int) -> tuple[str, dict]:
+    """(checkpoint fingerprint, the key goldens of these prompts must carry)."""
+    from .fingerprint import content_fingerprint
+    from .hf_reference import attention_for_length
+    fingerprint = content_fingerprint(model_dir)
+    attn = attention_for_length(max(len(p) for p in prompts) + num_tokens)
+    return fingerprint, golden_key(fingerprint, prompts, num_tokens, attn)
+
+
+def run_reference(model: str, model_dir: Path, prompts: list[list[int]], num_tokens: int, key: dict,
+                  directory: Path, max_memory: str | None = None, progress=None) -> None:
+    """Run the HF fp32 reference (under `max_memory` when given) and store its goldens in `directory`; the
+    reference model is released before returning."""
+    from .hf_reference import load_reference
+    reference = load_reference(model_dir, attn_implementation=key["attn_implementation"], max_memory=max_memory)
+    try:
+        goldens = compute_goldens(reference, prompts, num_tokens, advance=progress)
+    finally:
+        del reference
+        import gc
+        gc.collect()
+    save_goldens(goldens, key, directory, golden_metadata(key, model, model_dir))
+
+
 def obtain_goldens(model: str, model_dir: Path, prompts: list[list[int]], num_tokens: int, say,
                    goldens_dir: Path | None = None, max_memory: str | None = None, progress=None) -> list[PromptGolden]:
     """Goldens for parity: from `goldens_dir` when given (the reference model is never loaded), else from the golden
     cache when a matching one is there (never loaded either), else computed by the HF reference (under
     `max_memory` when given), stored in the cache for next time, and the reference released before returning."""
-    from .fingerprint import content_fingerprint
-    from .hf_reference import attention_for_length, load_reference
-    fingerprint = content_fingerprint(model_dir)
-    attn = attention_for_length(max(len(p) for p in prompts) + num_tokens)
-    wanted = golden_key(fingerprint, prompts, num_tokens, attn)
+    fingerprint, wanted = golden_request(model_dir, prompts, num_tokens)
     if goldens_dir is not None:
         goldens = explicit_goldens(Path(goldens_dir), wanted, say)
         say(f"goldens: {goldens_dir} (reference model not loaded)")
@@ -255,14 +275,6 @@ def obtain_goldens(model: str, model_dir: Path, prompts: list[list[int]], num_to
     if goldens is not None:
         say(f"goldens: reused {cache} (reference model not loaded)")
         return goldens
-    reference = load_reference(model_dir, attn_implementation=attn, max_memory=max_memory)
-    try:
-        goldens = compute_goldens(reference, prompts, num_tokens, advance=progress)
-    finally:
-        del reference
-        import gc
-        gc.collect()
-    save_goldens(goldens, wanted, cache, golden_metadata(wanted, model, model_dir))
-    say(f"goldens: computed by the HF reference ({attn} attention), cached in {cache}")
-    del goldens  # read back: the residual streams then stay on disk until localisation needs them
-    return load_goldens(cache)[1]
+    run_reference(model, model_dir, prompts, num_tokens, wanted, cache, max_memory, progress)
+    say(f"goldens: computed by the HF reference ({wanted['attn_implementation']} attention), cached in {cache}")
+    return load_goldens(cache)[1]  # read back: the residual streams stay on disk until localisation needs them
