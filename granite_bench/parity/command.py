@@ -74,9 +74,9 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     # peak memory is the larger of the two, not their sum.
     goldens = obtain_goldens(args.model, model_dir, prompts, args.num_tokens, console.print, args.goldens,
                              args.max_memory)
-    runner = build_runner(args.model, dtype=args.dtype, device=args.device, tp_degree=args.tp,
-                                 batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets,
-                                 compile=args.compile, num_layers=args.layers)
+    # the folder resolved above (a preset already cut to --layers): the same files the goldens describe
+    runner = build_runner(str(model_dir), dtype=args.dtype, device=args.device, tp_degree=args.tp,
+                          batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile)
     try:
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts))
