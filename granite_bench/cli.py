@@ -225,6 +225,9 @@ def reference(
     layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
     max_memory: Optional[str] = typer.Option(None, help="Memory budget for the fp32 reference, e.g. 8GiB."),
     out: Optional[Path] = typer.Option(None, help="Goldens directory (default: the golden cache parity reuses)."),
+    framework_dtype: Optional[str] = typer.Option(None, help="Also run HF's own model in this dtype (bfloat16, "
+                                                  "float16) on the goldens: parity in that dtype is judged against it."),
+    force: bool = typer.Option(False, "--force", help="Recompute goldens that are already there and match."),
     suite: Path = typer.Option(SUITES / "parity" / "default.yaml", help="Suite file giving the defaults."),
 ):
     """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
@@ -242,13 +245,16 @@ def reference(
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
         if out is not None:
             preflight.output_dir(out)
+        if framework_dtype is not None and preflight.dtype_name(framework_dtype, "--framework-dtype") == "float32":
+            raise BadInput("--framework-dtype float32 is the reference itself: give bfloat16 or float16")
     except BadInput as err:
         fail(err)
     quiet_transformers()
     try:
         from .reference.command import ReferenceArgs, run_reference_command
         run_reference_command(ReferenceArgs(model=model, layers=layers, prompts=None, suite_prompts=raw,
-                                            num_tokens=num_tokens, max_memory=max_memory, out=out), console)
+                                            num_tokens=num_tokens, max_memory=max_memory, out=out,
+                                            framework_dtype=framework_dtype, force=force), console)
     except KeyboardInterrupt:
         interrupted("reference", "no goldens were written")
     except bad_input_types() as err:

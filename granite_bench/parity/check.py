@@ -99,7 +99,7 @@ def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_ind
     if position is None:  # only the free-running greedy failed: look where it diverged
         position = len(prompts[row]) - 1
     actual_hidden = hidden_states_at(runner, prompts, forced, row, position)
-    expected_at = [(layer, sub, hidden[position]) for layer, sub, hidden in batch[row].residual_streams()]
+    expected_at = batch[row].residual_streams_at(position)
     errors = sub_block_errors(expected_at, actual_hidden)
     first = first_failing_block(errors, profile.localisation_rtol)
     phase = "context_encoding" if position < len(prompts[row]) else "token_generation"

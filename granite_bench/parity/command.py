@@ -74,6 +74,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     # peak memory is the larger of the two, not their sum.
     goldens = obtain_goldens(args.model, model_dir, prompts, args.num_tokens, console.print, args.goldens,
                              args.max_memory)
+    profile, framework = calibrate_on_framework(profile, goldens, args.dtype, args.tolerance, console.print)
     # the folder resolved above (a preset already cut to --layers): the same files the goldens describe
     runner = build_runner(str(model_dir), dtype=args.dtype, device=args.device, tp_degree=args.tp,
                           batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile)
@@ -88,11 +89,61 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
                           f"{compile_info['tp_vs_tp1_max_abs_diff']:.2e}")
     finally:
         runner.close()
+    add_framework_columns(outcome, profile, framework)
     render(console, outcome, profile)
+    if not outcome.passed and framework is None and profile.framework_factor is not None and args.tolerance is None:
+        console.print(f"note: {args.dtype} error grows with depth; to judge it against HF's own {args.dtype} model on "
+                      f"these goldens, run `granite-bench reference --framework-dtype {args.dtype}` with the same "
+                      f"--model/--prompts/--num-tokens, then parity again")
     if args.results_dir is not None:
         paths = store(args, runner, profile, outcome, compile_info)
         console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
     return outcome.passed
+
+
+def calibrate_on_framework(profile, goldens, dtype: str, override: str | None, say):
+    """(profile, framework error doc or None): the dtype's own profile judged against HF's own error in that dtype
+    on these goldens when they carry it (`granite-bench reference --framework-dtype`), else the profile as it is.
+    An explicit --tolerance is taken as given."""
+    from ..reference.framework_error import framework_file, load_framework_error
+    from ..reference.goldens import GoldenError, read_golden_index
+    from .metrics import tol_key_name
+    from .tolerances import calibrated, canonical_dtype
+    if override is not None or profile.framework_factor is None or goldens[0].file is None:
+        return profile, None
+    directory = goldens[0].file.parent
+    framework = load_framework_error(directory, canonical_dtype(dtype), read_golden_index(directory)["key"])
+    if framework is None:
+        return profile, None
+    try:
+        judged = calibrated(profile, framework["worst"])
+    except KeyError as err:
+        raise GoldenError(f"{framework_file(directory, canonical_dtype(dtype))} lacks {err.args[0]} of profile "
+                          f"{profile.name}: re-create it with `granite-bench reference --framework-dtype "
+                          f"{canonical_dtype(dtype)}`") from None
+    changes = ", ".join(f"{tol_key_name(k)} rtol {profile.tol_map[k][1]:g} -> {judged.tol_map[k][1]:.3g} "
+                        f"({profile.framework_factor:g} x HF's {framework['worst'][f'err_{tol_key_name(k)}']:.3g})"
+                        for k in profile.tol_map)
+    changes += (f", greedy divergence tolerance {profile.divergence_tolerance:g} -> {judged.divergence_tolerance:.3g} "
+                f"({profile.framework_factor:g} x the most HF's own error moved a top-50 logit gap, "
+                f"{framework['worst']['gap_err']:.3g})")
+    say(f"HF's own {framework['dtype']} on these goldens ({framework_file(directory, framework['dtype']).name}): "
+        f"{changes}; profile {judged.name}")
+    return judged, framework
+
+
+def add_framework_columns(outcome: ParityOutcome, profile, framework: dict | None) -> None:
+    """Per prompt: the rtol each top-k was judged with and, when calibrated, HF's own worst error in this dtype."""
+    from .metrics import tol_key_name
+    for i, row in enumerate(outcome.prompts):
+        for k, (_, rtol) in profile.tol_map.items():
+            name = tol_key_name(k)
+            row[f"rtol_{name}"] = rtol
+            if framework is not None:
+                row[f"framework_worst_err_{name}"] = max(framework["prompts"][i][f"err_{name}"])
+        row["divergence_tolerance"] = profile.divergence_tolerance
+        if framework is not None:
+            row["framework_divergence_gap"] = framework["prompts"][i]["divergence_gap"]
 
 
 def tp_vs_single_process(runner, prompts: list[list[int]], outcome: ParityOutcome) -> float:
@@ -126,15 +177,17 @@ def render(console, outcome: ParityOutcome, profile) -> None:
     for s in outcome.prompts:
         topk = [(k, v) for k, v in s.items() if k.startswith("worst_err_") and not k.endswith("_position")]
         worst_k = max(topk, key=lambda kv: kv[1]) if topk else ("-", None)
+        framework = s.get(f"framework_{worst_k[0]}")  # HF's own error in this dtype on the same prompt
         table.add_row(str(s["prompt"]), str(s["prompt_len"]), str(s["n_positions"]), str(s["n_failed"]),
                       f"{s.get('worst_max_abs_err', float('nan')):.2e}",
-                      f"{worst_k[1]:.2e} ({worst_k[0][len('worst_err_'):]})" if worst_k[1] is not None else "-",
+                      (f"{worst_k[1]:.2e} ({worst_k[0][len('worst_err_'):]})"
+                       + (f" HF {framework:.2e}" if framework is not None else "")) if worst_k[1] is not None else "-",
                       f"{s.get('worst_kl_ref_impl', float('nan')):.2e}", f"{s['greedy_match_rate']:.0%}",
                       "[green]pass[/]" if s["passed"] else "[red]FAIL[/]")
     console.print(table)
     if outcome.passed:
         console.print(f"[bold green]PASS[/] every position within profile '{profile.name}' "
-                      f"and greedy tokens agree")
+                      f"and greedy tokens agree (or part only where the reference's own gap is within the divergence tolerance)")
         return
     where = outcome.localisation or {}
     if where.get("layer") is not None:

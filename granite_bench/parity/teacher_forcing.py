@@ -33,8 +33,8 @@ def hidden_states_at(runner, prompts: list[list[int]], forced: list[list[int]], 
     lengths = torch.tensor([len(p) for p in prompts])
     prompt_len = int(lengths[row])
     if position < prompt_len:
-        _, captured = runner.context_encode(prompts, capture_hidden=True)
-        return [(layer, sub, hidden[row, position]) for layer, sub, hidden in captured]
+        _, captured = runner.context_encode(prompts, capture_hidden=True, capture_position=position)
+        return [(layer, sub, hidden[row, 0]) for layer, sub, hidden in captured]
     runner.context_encode(prompts)
     step = position - prompt_len
     for j in range(step + 1):

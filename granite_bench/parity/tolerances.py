@@ -45,6 +45,7 @@ class ToleranceProfile:
     divergence_tolerance: float  # a greedy divergence is acceptable below this reference logit gap
     localisation_rtol: float  # max|a-e| / max|e| of a hidden state above which a sub-block left tolerance
     hidden_noise_rtol: float | None = None  # measured max|a-e| / max|e| of the residual stream from rounding alone
+    framework_factor: float | None = None  # how much worse than HF's own model in this dtype parity may be
 
 
 def localisation_threshold(entry: dict) -> float:
@@ -72,6 +73,7 @@ def _profile_from_yaml(name: str, entry: dict) -> ToleranceProfile:
         divergence_tolerance=float(entry["divergence_tolerance"]),
         localisation_rtol=localisation_threshold(entry),
         hidden_noise_rtol=float(entry["hidden_noise_rtol"]) if "hidden_noise_rtol" in entry else None,
+        framework_factor=float(entry["framework_factor"]) if "framework_factor" in entry else None,
     )
 
 
@@ -141,3 +143,24 @@ def profile_for(dtype: str, override: str | None = None, path: Path | None = Non
         raise ValueError(f"no tolerance profile for dtype {name!r} in {path or DEFAULT_PATH}")
     base = profiles[name]
     return base if override is None else parse_override(override, base)
+
+
+def calibrated(profile: ToleranceProfile, framework_worst: dict[str, float]) -> ToleranceProfile:
+    """The profile judged against the framework's own error in this dtype on the same goldens: each top-k rtol
+    becomes max(rtol, framework_factor x HF's worst err_<k>), i.e. the implementation may be at most
+    framework_factor times worse than HF Transformers' own model in the same dtype, never held to less than the
+    profile (a framework error below rtol / factor leaves the profile as it is). The greedy divergence tolerance
+    likewise becomes max(tolerance, framework_factor x the most HF's own error in this dtype moved a reference gap
+    between its top token and another of its top 50, at any position): a flip at a smaller gap is one that the
+    framework's own rounding can make. KeyError when the framework file lacks one of the profile's k."""
+    factor = profile.framework_factor
+    if factor is None:
+        return profile
+    tol_map = {}
+    for k, (atol, rtol) in profile.tol_map.items():
+        name = "all" if k is None else f"top{k}"
+        tol_map[k] = (atol, max(rtol, factor * framework_worst[f"err_{name}"]))
+    divergence = max(profile.divergence_tolerance, factor * framework_worst["gap_err"])
+    if tol_map == profile.tol_map and divergence == profile.divergence_tolerance:
+        return profile
+    return replace(profile, name=f"{profile.name}+hf-{factor:g}x", tol_map=tol_map, divergence_tolerance=divergence)

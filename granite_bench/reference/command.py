@@ -16,12 +16,14 @@ class ReferenceArgs:
     num_tokens: int
     max_memory: str | None
     out: Path | None
+    framework_dtype: str | None = None   # also measure HF's own model in this dtype on the goldens
+    force: bool = False                  # recompute goldens that are already there and match
 
 
 def run_reference_command(args: ReferenceArgs, console) -> Path:
     """Goldens of (model, prompts, num tokens) written to args.out, or to the golden cache parity looks in."""
     from ..parity.prompts import PromptError, encode_prompts, read_prompts_file
-    from .goldens import GoldenError, cache_dir_for, golden_request, run_reference
+    from .goldens import GoldenError, cache_dir_for, cached_goldens, golden_request, run_reference
     from .hf_reference import offload_device_map, parse_memory
     from .weights import load_hf_config, resolve_model_dir
     raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
@@ -43,7 +45,17 @@ def run_reference_command(args: ReferenceArgs, console) -> Path:
                   f"{len(prompts)} prompts · {args.num_tokens} tokens"
                   f"{f' · max memory {args.max_memory}' if args.max_memory else ''}")
     start = time.perf_counter()
-    run_reference(args.model, model_dir, prompts, args.num_tokens, key, target, args.max_memory)
-    console.print(f"goldens: {target} ({len(prompts)} prompts, checkpoint {fingerprint[:12]}, "
-                  f"{time.perf_counter() - start:.1f} s)")
+    if not args.force and cached_goldens(target, key, console.print) is not None:
+        console.print(f"goldens: {target} already holds these goldens (kept; --force recomputes them)")
+    else:
+        run_reference(args.model, model_dir, prompts, args.num_tokens, key, target, args.max_memory)
+        console.print(f"goldens: {target} ({len(prompts)} prompts, checkpoint {fingerprint[:12]}, "
+                      f"{time.perf_counter() - start:.1f} s)")
+    if args.framework_dtype is not None:
+        from .framework_error import compute_framework_error, framework_file
+        start = time.perf_counter()
+        doc = compute_framework_error(model_dir, target, args.framework_dtype, args.max_memory)
+        worst = ", ".join(f"{name} {value:.3g}" for name, value in doc["worst"].items())
+        console.print(f"HF's own {doc['dtype']} against these goldens: worst {worst} -> "
+                      f"{framework_file(target, doc['dtype'])} ({time.perf_counter() - start:.1f} s)")
     return target

@@ -48,15 +48,24 @@ class PromptGolden:
     file: Path | None = None                            # stored goldens: hidden states are read from here on demand
 
     def residual_streams(self) -> list:
-        """Every layer's residual streams; read from the golden file only when localisation needs them (a full-depth
-        2B prompt's are ~90 MB, more than its logits)."""
+        """Every layer's residual streams at every position (in memory, or read whole from the golden file)."""
         if self.hidden is None:
-            from safetensors import safe_open
-            with safe_open(str(self.file), framework="pt") as handle:
-                names = [n for n in handle.keys() if n.startswith("hidden.")]
-                order = sorted(names, key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "attention"))
-                self.hidden = [(int(n.split(".")[1]), n.split(".")[2], handle.get_tensor(n)) for n in order]
+            return self._read_streams(slice(None))
         return self.hidden
+
+    def residual_streams_at(self, position: int) -> list:
+        """[(layer, sub, Tensor[H])] at one position: from a golden file only that row of each stream is read (a
+        full-depth 2B prompt's streams at every position are ~90 MB)."""
+        if self.hidden is None:
+            return self._read_streams(position)
+        return [(layer, sub, hidden[position]) for layer, sub, hidden in self.hidden]
+
+    def _read_streams(self, index) -> list:
+        from safetensors import safe_open
+        with safe_open(str(self.file), framework="pt") as handle:
+            names = [n for n in handle.keys() if n.startswith("hidden.")]
+            order = sorted(names, key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "attention"))
+            return [(int(n.split(".")[1]), n.split(".")[2], handle.get_slice(n)[index]) for n in order]
 
 
 def prompts_digest(prompts: list[list[int]]) -> str:

@@ -44,8 +44,8 @@ def human_size(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f}GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.2f}MiB"
 
 
-def offload_device_map(model_dir: Path, max_memory: int) -> dict:
-    """An accelerate device map for GraniteForCausalLM in fp32 under `max_memory` bytes of weights: embedding, final
+def offload_device_map(model_dir: Path, max_memory: int, dtype: torch.dtype = torch.float32) -> dict:
+    """An accelerate device map for GraniteForCausalLM in `dtype` under `max_memory` bytes of weights: embedding, final
     norm and LM head stay in memory, then as many decoder layers as fit; the rest run from disk ('disk': accelerate
     streams each such layer's weights from the checkpoint's own safetensors files just before the layer runs and
     drops them after)."""
@@ -54,14 +54,15 @@ def offload_device_map(model_dir: Path, max_memory: int) -> dict:
     config = GraniteConfig.from_pretrained(model_dir)
     with init_empty_weights():
         empty = GraniteForCausalLM(config)
-    layer_bytes = sum(p.numel() for p in empty.model.layers[0].parameters()) * 4
+    size = torch.finfo(dtype).bits // 8
+    layer_bytes = sum(p.numel() for p in empty.model.layers[0].parameters()) * size
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # the LM head is the embedding
-    resident_bytes = sum(p.numel() for n, p in empty.named_parameters() if ".layers." not in n and n not in tied) * 4
+    resident_bytes = sum(p.numel() for n, p in empty.named_parameters() if ".layers." not in n and n not in tied) * size
     needed = resident_bytes + layer_bytes
     if max_memory < needed:
         raise MemoryBudgetError(
             f"--max-memory {human_size(max_memory)} cannot hold the reference's embedding/head "
-            f"({human_size(resident_bytes)} in fp32) plus one decoder layer ({human_size(layer_bytes)}): "
+            f"({human_size(resident_bytes)} in {str(dtype).removeprefix('torch.')}) plus one decoder layer ({human_size(layer_bytes)}): "
             f"give at least {human_size(needed)}")
     in_memory = min(config.num_hidden_layers, int((max_memory - resident_bytes) // layer_bytes))
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
@@ -71,18 +72,18 @@ def offload_device_map(model_dir: Path, max_memory: int) -> dict:
 
 
 def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memory: str | int | None = None,
-                   offload_dir: Path | None = None) -> GraniteForCausalLM:
-    """HF's own GraniteForCausalLM in fp32 on the CPU. With `max_memory`, accelerate keeps only what fits in memory
+                   offload_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> GraniteForCausalLM:
+    """HF's own GraniteForCausalLM on the CPU, in fp32 (the golden) or `dtype` (the framework's own error in a lower
+    dtype, see framework_error.py). With `max_memory`, accelerate keeps only what fits in memory
     and streams the other decoder layers from the checkpoint files layer by layer (see offload_device_map)."""
     if max_memory is None:
-        model = GraniteForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                   attn_implementation=attn_implementation)
+        model = GraniteForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
         return model.eval()
     budget = parse_memory(max_memory) if isinstance(max_memory, str) else int(max_memory)
-    device_map = offload_device_map(Path(model_dir), budget)
+    device_map = offload_device_map(Path(model_dir), budget, dtype)
     import tempfile
     offload = Path(offload_dir) if offload_dir is not None else Path(tempfile.mkdtemp(prefix="granite-bench-offload-"))
-    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn_implementation,
+    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation,
                                                device_map=device_map, offload_folder=str(offload))
     return model.eval()
 

@@ -51,6 +51,9 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "divergence_gap": (None, SHOWN), "num_layers": (None, SHOWN), "batch_size": (None, SHOWN),
         "seq_len": (None, SHOWN),
         "worst_err_*": ("lower", GATED),   # one per k of the tolerance map (err_top50 for bf16, ...)
+        # the rtol each k was judged with, and HF's own error in the run's dtype when the profile was calibrated on it
+        "rtol_*": (None, SHOWN), "framework_worst_err_*": (None, SHOWN), "divergence_tolerance": (None, SHOWN),
+        "framework_divergence_gap": (None, SHOWN),
     },
     "parity_positions": {
         "max_abs_err": ("lower", SHOWN), "mean_abs_err": ("lower", SHOWN), "max_rel_err": ("lower", SHOWN),

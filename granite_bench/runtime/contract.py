@@ -34,9 +34,11 @@ class Runner(Protocol):
     load_seconds: float
     graphs: CompileInfo
 
-    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False):
+    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False,
+                       capture_position: int | None = None):
         """Logits [rows, max_len, V] float32 (output_logits on) or [rows, 1, V] (off: each row's last position);
-        with capture_hidden also the per-layer hidden states."""
+        with capture_hidden also the per-layer hidden states [(layer, sub, Tensor[rows, max_len, H])], only at
+        `capture_position` ([rows, 1, H]) when given."""
 
     def token_generate(self, next_ids: torch.Tensor, positions: torch.Tensor, capture_hidden: bool = False):
         """One token per row at `positions` [B]; logits [B, V] float32."""

@@ -78,8 +78,11 @@ class GraniteRunner:
         return self.neuron_config.batch_size - rows
 
     @torch.no_grad()
-    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False):
-        """Right-pad to a bucket and the batch size; logits [rows, max_len, V] (float32) of every position."""
+    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False,
+                       capture_position: int | None = None):
+        """Right-pad to a bucket and the batch size; logits [rows, max_len, V] (float32) of every position.
+        capture_hidden: also each sub-block's residual stream [rows, max_len, H], or [rows, 1, H] at
+        `capture_position` only."""
         if not input_ids or any(len(row) == 0 for row in input_ids):
             raise InputError("every prompt needs at least one token")
         longest = max(len(row) for row in input_ids)
@@ -93,7 +96,7 @@ class GraniteRunner:
         for i, row in enumerate(rows):
             ids[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
-        capture = [] if capture_hidden else None
+        capture = HiddenCapture(capture_position) if capture_hidden else None
         logits = self.graphs.context_encoding(bucket, ids.to(self.device), mask.to(self.device), capture)
         logits = logits[:len(input_ids), :longest].cpu()
         return (logits, stack_capture(capture, len(input_ids), longest)) if capture_hidden else logits
@@ -110,7 +113,7 @@ class GraniteRunner:
         pad = self.pad_rows(rows)
         ids = torch.cat([next_ids.long().cpu(), torch.full((pad,), PAD_TOKEN)]).view(-1, 1)
         pos = torch.cat([positions.long().cpu(), torch.zeros(pad, dtype=torch.long)])
-        capture = [] if capture_hidden else None
+        capture = HiddenCapture() if capture_hidden else None
         logits = self.graphs.token_generation(kv_len, ids.to(self.device), pos.to(self.device), capture)
         logits = logits[:rows, 0].cpu()
         return (logits, stack_capture(capture, rows, 1)) if capture_hidden else logits
@@ -127,6 +130,23 @@ class GraniteRunner:
         """Nothing to release in one process (the TP runner stops its ranks here)."""
 
 
-def stack_capture(capture, rows: int, length: int):
-    """[(layer, sub, Tensor[B, L, H])] trimmed to the real rows and positions, on CPU, float32."""
-    return [(i // 2, sub, hidden[:rows, :length].float().cpu()) for i, (sub, hidden) in enumerate(capture)]
+class HiddenCapture(list):
+    """What the model's layers append while they run: (sub, residual stream [B, L, H]) per sub-block, each kept as a
+    float32 CPU copy as it is made, of one position only when `position` is given. Localisation needs one position;
+    a full-depth model's streams at every position of a batch are hundreds of MB (2B, 4 x 128 tokens: 336 MB)."""
+
+    def __init__(self, position: int | None = None):
+        super().__init__()
+        self.position = position
+
+    def append(self, item) -> None:
+        sub, hidden = item
+        if self.position is not None:
+            hidden = hidden[:, self.position:self.position + 1]
+        super().append((sub, hidden.to(device="cpu", dtype=torch.float32, copy=True)))
+
+
+def stack_capture(capture: HiddenCapture, rows: int, length: int):
+    """[(layer, sub, Tensor[B, L, H])] trimmed to the real rows and positions (L = 1 for a one-position capture)."""
+    length = 1 if capture.position is not None else length
+    return [(i // 2, sub, hidden[:rows, :length]) for i, (sub, hidden) in enumerate(capture)]

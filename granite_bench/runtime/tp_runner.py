@@ -267,8 +267,10 @@ class TPRunner:
         raise TPRankError(message)
 
     # -- the runner interface --------------------------------------------------------------------------------------
-    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False):
-        return self._call("context_encode", [list(map(int, row)) for row in input_ids], capture_hidden=capture_hidden)
+    def context_encode(self, input_ids: list[list[int]], capture_hidden: bool = False,
+                       capture_position: int | None = None):
+        return self._call("context_encode", [list(map(int, row)) for row in input_ids], capture_hidden=capture_hidden,
+                          capture_position=capture_position)
 
     def token_generate(self, next_ids: torch.Tensor, positions: torch.Tensor, capture_hidden: bool = False):
         return self._call("token_generate", torch.as_tensor(next_ids).cpu().clone(),

@@ -100,3 +100,23 @@ def test_load_profiles_from_another_file(tmp_path):
     assert profile_for("float32", path=path).localisation_rtol == 1e-3
     with pytest.raises(ValueError, match="no tolerance profile"):
         profile_for("bfloat16", path=path)
+
+
+def test_calibrated_raises_each_rtol_to_the_framework_factor_times_hf_own_error_and_never_lowers_it():
+    from granite_bench.parity.tolerances import calibrated
+    base = profile_for("bfloat16")
+    assert base.framework_factor == 1.25
+    loose = calibrated(base, {"err_top50": 0.08, "gap_err": 2.0})
+    assert loose.tol_map[50] == (base.tol_map[50][0], pytest.approx(0.1))
+    assert loose.divergence_tolerance == pytest.approx(2.5)
+    assert loose.name == "bfloat16+hf-1.25x"
+    # HF's own error well inside the profile: the profile stands, unchanged and under its own name
+    assert calibrated(base, {"err_top50": 0.01, "gap_err": 0.1}) == base
+
+
+def test_calibration_needs_every_k_of_the_profile_and_leaves_float32_alone():
+    from granite_bench.parity.tolerances import calibrated
+    with pytest.raises(KeyError):
+        calibrated(profile_for("float16"), {"err_top50": 0.5, "gap_err": 1.0})  # float16 also checks all/1000/5
+    fp32 = profile_for("float32")
+    assert fp32.framework_factor is None and calibrated(fp32, {"err_all": 1.0, "err_top5": 1.0, "gap_err": 9}) == fp32

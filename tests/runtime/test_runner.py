@@ -144,3 +144,13 @@ def test_every_runner_implements_the_runner_contract(runner):
         for method in ("context_encode", "token_generate", "generate", "reset", "close"):
             ours = inspect.signature(getattr(cls, method)).parameters
             assert list(ours) == list(inspect.signature(getattr(Runner, method)).parameters), (cls, method)
+
+
+def test_capture_at_one_position_keeps_that_position_of_every_residual_stream_only(runner):
+    prompts = [[5, 9, 33, 120, 7, 64], [11, 12, 13]]
+    _, every = runner.context_encode(prompts, capture_hidden=True)
+    _, one = runner.context_encode(prompts, capture_hidden=True, capture_position=4)
+    assert [(layer, sub) for layer, sub, _ in one] == [(layer, sub) for layer, sub, _ in every]
+    for (_, _, full), (_, _, at) in zip(every, one):
+        assert at.shape == (2, 1, full.shape[-1]) and at.dtype == torch.float32
+        assert torch.equal(at[:, 0], full[:, 4])
