@@ -263,14 +263,6 @@ class NeuronRunner(GraniteRunner):
         self.graphs = graphs
         self.load_seconds = 0.0
 
-    @property
-    def compile_seconds(self) -> dict:
-        return self.graphs.compile_seconds
-
-    @property
-    def compile_counts(self) -> dict:
-        return dict(self.graphs.compile_counts)
-
     @classmethod
     def start(cls, model_dir: Path, hf_config, neuron_config: NeuronConfig, workdir: Path | None = None):
         """Trace and compile every (phase, bucket) graph with ModelBuilder, then load the weights on device."""

@@ -143,14 +143,6 @@ class TPRunner:
         self._rundir: Path | None = None
         self._finalizer = None
 
-    @property
-    def compile_seconds(self) -> dict:
-        return self.graphs.compile_seconds
-
-    @property
-    def compile_counts(self) -> dict:
-        return dict(self.graphs.compile_counts)
-
     # -- start ---------------------------------------------------------------------------------------------------
     @classmethod
     def start(cls, model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",

@@ -99,5 +99,5 @@ def test_tp2_compiled_graphs_pass_parity_and_compile_once():
     finally:
         runner.close()
     assert outcome.passed
-    assert runner.compile_counts == {("context_encoding", 16): 1, ("token_generation", 32): 1}
-    assert set(runner.compile_seconds) == {("context_encoding", 16), ("token_generation", 32)}
+    assert dict(runner.graphs.compile_counts) == {("context_encoding", 16): 1, ("token_generation", 32): 1}
+    assert set(runner.graphs.compile_seconds) == {("context_encoding", 16), ("token_generation", 32)}

@@ -54,7 +54,7 @@ def test_build_with_tp_above_one_returns_a_driver_with_the_runner_attributes(tp2
     assert tp2.hf_config.num_attention_heads == 8 and tp2.init["seed"] == 0
     assert tp2.device == "cpu" and tp2.load_seconds > 0 and tp2.backend == "gloo"
     assert len(tp2.processes) == 2 and all(p.is_alive() for p in tp2.processes)
-    assert tp2.compile_seconds == {} and tp2.compile_counts == {}
+    assert tp2.graphs.compile_seconds == {} and dict(tp2.graphs.compile_counts) == {}
 
 
 def test_tp2_context_encoding_and_decode_match_one_process(tp2, single):
