@@ -168,10 +168,29 @@ def _point_label(row: dict, varying: set) -> str:
     return " ".join(parts)
 
 
+def cpu_kinds(rows: list[dict]) -> list[str]:
+    """One line per kind of CPU the rows were measured on ('cpu: <model> · flags ... · kernels <kind>'), emulation
+    named; rows from before the CPU was recorded give none."""
+    lines = []
+    for r in rows:
+        if not r.get("cpu_kind"):
+            continue
+        flags = r.get("cpu_flags") or "none of avx2/avx512f/avx512_bf16/amx_bf16"
+        line = f"cpu: {r.get('cpu_model', '?')} · flags {flags} · kernels {r['cpu_kind']}"
+        if r.get("cpu_emulated"):
+            line += (" · EMULATED: a smaller CPU's kernels on this machine's memory system and clock, not a "
+                     "measurement of that CPU")
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 def render(console, rows: list[dict]) -> None:
     if not rows:
         console.print("no points measured")
         return
+    for kind in cpu_kinds(rows):
+        console.print(kind, markup=False)
     seen = set()
     for r in rows:  # measured in this run, or stored with the points it skipped
         if (r["device"], r["dtype"]) not in seen:

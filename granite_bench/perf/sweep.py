@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -99,6 +99,7 @@ class PointContext:
     peak_rss_bytes: int
     device_peak_bytes: int | None
     threads: dict
+    cpu: dict = field(default_factory=dict)    # perf.cpu.cpu_kind_columns(): which kind of CPU was measured
 
 
 def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceilings) -> dict:
@@ -140,7 +141,7 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             **ctx.ceilings.columns(),
             "peak_rss_mb": ctx.peak_rss_bytes / 2**20,
             "device_peak_mb": ctx.device_peak_bytes / 2**20 if ctx.device_peak_bytes is not None else None,
-            **ctx.threads,
+            **ctx.threads, **ctx.cpu,
         }
         if impl != IMPL:
             from .hf_baseline import HF_ATTENTION, HF_IMPLEMENTATIONS
@@ -205,6 +206,8 @@ class SweepSession:
         self.hf_model = None
         self._hf_key = None
         self.ceilings: dict[tuple[str, str], Ceilings] = {}
+        from .cpu import cpu_kind_columns
+        self.cpu = cpu_kind_columns()
 
     def runner_for(self, point: PerfPoint):
         if self._group != point.runner_group:
@@ -256,7 +259,8 @@ class SweepSession:
         ctx = PointContext(hf_config, generation_buckets, ceilings, itemsize, compile_times(runner, point),
                            peak_rss_bytes(pids), device_peak_bytes(point.device),
                            {**self.threads, "threads_per_rank": rank_threads(point, self.threads),
-                            "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()})
+                            "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()},
+                           self.cpu)
         return sample_rows(point, timed), summary_rows(point, timed, ctx)
 
     def close_runner(self) -> None:

@@ -114,3 +114,19 @@ def test_suspect_fractions_are_those_above_one_or_without_a_ceiling():
                  "exactly": 1.0}
     assert roofline.suspect_fractions(fractions) == ["decode_frac_matvec", "prefill_frac_matmul"]
     assert math.isnan(roofline.fraction_of(5.0, 0.0))
+
+
+def test_the_last_level_cache_is_the_largest_cache_the_os_reports(tmp_path):
+    for index, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "491520K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert roofline.last_level_cache_bytes(str(tmp_path)) == 480 * 2**20
+    assert roofline.last_level_cache_bytes(str(tmp_path / "missing")) == 0
+
+
+def test_ceiling_buffers_stream_from_memory_past_a_large_cache_within_a_memory_cap():
+    mib = 2**20
+    assert roofline.streaming_buffer_mib(256, 32 * mib) == 256           # a usual L3: the floor is already 8x it
+    assert roofline.streaming_buffer_mib(256, 480 * mib) == 960          # a 480 MiB L3: twice it
+    assert roofline.streaming_buffer_mib(256, 4096 * mib) == roofline.MAX_BUFFER_MIB
+    assert roofline.streaming_buffer_mib(256, 0) == 256                  # unknown cache: the floor
