@@ -2,8 +2,9 @@
 
 The same code runs different kernels on different CPUs (AVX2-only machines have no AVX-512 and no bf16 dot-product
 units), so a decode time says little without the kind of CPU it was measured on. An AVX2 machine can be emulated on
-an AVX-512 one by limiting PyTorch's dispatch (`ATEN_CPU_CAPABILITY=avx2`) and oneDNN (`ONEDNN_MAX_CPU_ISA=AVX2`):
-the kernels are then AVX2's, but the memory system and clock are still the host's, so `cpu_emulated` marks such rows.
+an AVX-512 one by limiting PyTorch's dispatch (`ATEN_CPU_CAPABILITY=avx2`), oneDNN (`ONEDNN_MAX_CPU_ISA=AVX2`) and
+MKL, which does torch's fp32 matrix products (`MKL_ENABLE_INSTRUCTIONS=AVX2`): the kernels are then AVX2's, but the
+memory system, caches and clock are still the host's, so `cpu_emulated` marks such rows.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def native_capability(flags: list[str]) -> str:
 
 def is_emulated(capability: str, flags: list[str], limits: dict[str, str]) -> bool:
     """True when the kernels run a lower instruction set than the CPU has: torch's capability is below the flags'
-    level, or oneDNN is limited to an ISA below AVX-512 on an AVX-512 CPU."""
+    level, or oneDNN or MKL is limited to an ISA below AVX-512 on an AVX-512 CPU."""
     native = native_capability(flags)
     if capability in CAPABILITY_ORDER and CAPABILITY_ORDER.index(capability) < CAPABILITY_ORDER.index(native):
         return True
-    onednn = limits.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    return native == "AVX512" and bool(onednn) and onednn != "ALL" and not onednn.startswith(("AVX512", "AVX10"))
+    library_limits = [limits.get(name, "").upper() for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")]
+    return native == "AVX512" and any(limit and limit != "ALL" and not limit.startswith(("AVX512", "AVX10"))
+                                      for limit in library_limits)
 
 
 def cpu_kind_label(capability: str, flags: list[str], limits: dict[str, str]) -> str:

@@ -298,9 +298,9 @@ def _memory_gib() -> int:
 # The CPU features a memory-bound decode's kernels depend on (x86 names as /proc/cpuinfo spells them): AVX2-only
 # machines have no AVX-512 and no bf16 dot-product units, so their fp32 and bf16 kernels differ from AVX-512 ones.
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-# Environment variables that make PyTorch's (ATen dispatch) and oneDNN's kernels use a lower instruction set than the
-# CPU has: how an AVX2 machine is emulated on an AVX-512 one.
-ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+# Environment variables that make PyTorch's own kernels (ATen dispatch), oneDNN's and MKL's (fp32 BLAS) use a lower
+# instruction set than the CPU has: how an AVX2 machine is emulated on an AVX-512 one.
+ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cpu_flags(cpuinfo: str | None = None) -> list[str]:

@@ -9,7 +9,7 @@ from granite_bench.perf.cpu import cpu_kind_columns, cpu_kind_label, is_emulated
 from granite_bench.results.metadata import cpu_flags
 
 AVX512_FLAGS = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+EMULATION = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def test_native_capability_is_the_highest_level_the_flags_allow():
@@ -21,6 +21,7 @@ def test_native_capability_is_the_highest_level_the_flags_allow():
 def test_avx2_kernels_on_an_avx512_cpu_are_emulation():
     assert is_emulated("AVX2", AVX512_FLAGS, EMULATION)
     assert is_emulated("AVX512", AVX512_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX2"})     # oneDNN alone limited
+    assert is_emulated("AVX512", AVX512_FLAGS, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"})  # MKL alone limited
     assert not is_emulated("AVX512", AVX512_FLAGS, {})
     assert not is_emulated("AVX512", AVX512_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
 
