@@ -48,6 +48,23 @@ def gather_from_tp_region(x: torch.Tensor, comm_dtype: torch.dtype = torch.float
     return gathered.movedim(0, -1).to(x.dtype)
 
 
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T (+ bias) -> [..., N], as nn.functional.linear.
+
+    One row of bf16/fp16 on CPU (a decode step at batch 1) goes through torch.mv instead: its matrix-vector kernel
+    accumulates in fp32 like linear's, and streams bf16 weights ~20% faster on an AVX-512 CPU with avx512_bf16
+    (measured on the 4-layer granite-3.1-2b decode step: 81 vs 102 ms of CPU time; the same on AVX2 kernels), where
+    linear goes through oneDNN's matrix-matrix path with one row."""
+    if (x.device.type == "cpu" and weight.dtype in REDUCED_PRECISION and x.numel() == x.shape[-1]
+            and weight.is_contiguous()):
+        y = torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])   # [..., N]
+        return y if bias is None else y + bias
+    return nn.functional.linear(x, weight, bias)
+
+
 class ColumnParallelLinear(nn.Module):
     """y = x W^T + b with W split by rows (output features) across TP ranks."""
 
@@ -66,7 +83,7 @@ class ColumnParallelLinear(nn.Module):
                      if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         return gather_from_tp_region(y, self.reduce_dtype) if self.gather_output else y
 
 
@@ -90,7 +107,7 @@ class RowParallelLinear(nn.Module):
         if not self.input_is_parallel:
             rank = ps.get_tensor_model_parallel_rank()
             x = x[..., rank * self.input_size_per_partition:(rank + 1) * self.input_size_per_partition]
-        y = reduce_from_tp_region(nn.functional.linear(x, self.weight), self.reduce_dtype)
+        y = reduce_from_tp_region(linear(x, self.weight), self.reduce_dtype)
         return y + self.bias if self.bias is not None else y
 
 

@@ -8,7 +8,9 @@ only ever slows a call down, so the fastest call is the closest to what the mach
   kernels a decode step's projections use) over a weight far larger than the caches, which is what a decode step
   mostly is. "Far larger" is measured, not assumed: both buffers are at least twice the last-level cache the OS
   reports (some servers have hundreds of MiB of L3: a 256 MiB weight there is partly served from cache, which gives
-  a ceiling no decode over a model that does not fit the cache can reach);
+  a ceiling no decode over a model that does not fit the cache can reach). On CPU both buffers sit in memory
+  advised for transparent huge pages (runtime.huge_pages), as the implementation's weights do: streaming from 2 MiB
+  pages is faster than from 4 KiB ones, and a ceiling must be the best the machine does;
 - matmul FLOP/s in the model's dtype, the prefill ceiling: the faster of `a @ b` and `linear(a, b)` (the kernel the
   model's projections use), square.
 A fraction of a ceiling above 100% means the ceiling was measured too low (the machine was busier while it was
@@ -28,6 +30,7 @@ import torch
 
 from ..model.config import DTYPES
 from ..model.modeling_granite import head_dim_of, head_plan
+from ..runtime.huge_pages import huge_page_tensor
 
 MIB = 2**20
 CACHE_MULTIPLE = 2       # the read and matrix-vector buffers are at least this many times the last-level cache ...
@@ -143,14 +146,16 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
     torch_dtype = DTYPES[dtype]
     start = time.perf_counter()
     with torch.no_grad():
-        buffer = torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device)
+        buffer = (torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device) if cuda
+                  else huge_page_tensor((read_mib * MIB // 4,), torch.float32).fill_(1.0))
         t_med, t_best = timed(lambda: buffer.sum())
         read = (buffer.numel() * 4 / t_med / 1e9, buffer.numel() * 4 / t_best / 1e9)
         del buffer
 
         k = 4096
         n = max(1, matvec_mib * MIB // (k * torch_dtype.itemsize))
-        weight = torch.empty(n, k, dtype=torch_dtype, device=device).uniform_(-1, 1)  # no fp32 copy of it
+        weight = (torch.empty(n, k, dtype=torch_dtype, device=device) if cuda
+                  else huge_page_tensor((n, k), torch_dtype)).uniform_(-1, 1)  # no fp32 copy of it
         x = torch.randn(1, k, device=device).to(torch_dtype)
         t_med, t_best = min(timed(lambda: torch.nn.functional.linear(x, weight)), timed(lambda: torch.mv(weight, x[0])),
                             key=lambda median_best: median_best[1])  # the faster kernel by its best call
