@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..results.metadata import cpu_model, cpu_flags, isa_limits
+from ..results.metadata import cpu_flags, cpu_model, isa_limits
+from ..runtime.huge_pages import thp_mode
 
 # x86 instruction-set levels, lowest first, as torch names its dispatch capability and as the CPU flags imply it.
 CAPABILITY_ORDER = ("DEFAULT", "AVX2", "AVX512")
@@ -52,4 +53,5 @@ def cpu_kind_columns() -> dict:
     return {"cpu_model": cpu_model(), "cpu_flags": " ".join(flags), "cpu_capability": capability,
             "cpu_isa_limits": " ".join(f"{name}={value}" for name, value in limits.items()),
             "cpu_emulated": is_emulated(capability, flags, limits),
-            "cpu_kind": cpu_kind_label(capability, flags, limits)}
+            "cpu_kind": cpu_kind_label(capability, flags, limits),
+            "transparent_huge_pages": thp_mode()}   # whether the weights' huge-page advice can take effect

@@ -81,6 +81,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "ttft_*_ms": ("lower", SHOWN), "tpot_*_ms": ("lower", SHOWN), "e2e_*_ms": ("lower", SHOWN),
         "*_ratio_hf_*": ("lower", SHOWN), "output_tok_s": ("higher", SHOWN), "total_tok_s": ("higher", SHOWN),
         "decode_tok_s": ("higher", SHOWN), "decode_gbs": ("higher", SHOWN), "prefill_gflops": ("higher", SHOWN),
+        "decode_gbs_cpu": ("higher", SHOWN),
         "decode_frac_*": ("higher", SHOWN), "prefill_frac_*": ("higher", SHOWN),
         "padding_waste_*": ("lower", SHOWN), "peak_rss_mb": ("lower", SHOWN), "device_peak_mb": ("lower", SHOWN),
         "compile_seconds_total": ("lower", SHOWN),

@@ -44,6 +44,7 @@ def test_the_columns_carry_torchs_own_capability():
     assert columns["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert columns["cpu_flags"].split() == cpu_flags()
     assert isinstance(columns["cpu_emulated"], bool) and columns["cpu_kind"].startswith(columns["cpu_capability"])
+    assert columns["transparent_huge_pages"] in ("always", "madvise", "never", "unknown")
 
 
 @pytest.mark.skipif("avx512f" not in cpu_flags(), reason="emulating AVX2 needs an AVX-512 CPU")
