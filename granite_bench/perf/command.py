@@ -158,6 +158,13 @@ def _threads_note(row: dict) -> str:
                                                                        and math.isnan(threads)) else ""
 
 
+def _cpu_ceiling_note(row: dict) -> str:
+    value = row.get("ceiling_matvec_gbs_cpu_best")
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"; matrix-vector in CPU time {value:.1f} GB/s"
+
+
 def _point_label(row: dict, varying: set) -> str:
     parts = []
     if "dtype" in varying:
@@ -202,7 +209,7 @@ def render(console, rows: list[dict]) -> None:
             console.print(f"ceilings {r['device']} {r['dtype']}: plain read {best['read_gbs']:.1f} GB/s · "
                           f"matrix-vector {best['matvec_gbs']:.1f} GB/s · matmul {best['matmul_gflops']:.0f} "
                           f"GFLOP/s (best call; medians {r['ceiling_read_gbs']:.1f} · {r['ceiling_matvec_gbs']:.1f} · "
-                          f"{r['ceiling_matmul_gflops']:.0f}){_threads_note(r)}")
+                          f"{r['ceiling_matmul_gflops']:.0f}){_threads_note(r)}{_cpu_ceiling_note(r)}")
     varying = {name for name in ("dtype", "compiled") if len({r[name] for r in rows}) > 1}
     fixed = [f"{rows[0]['dtype']}" if "dtype" not in varying else "",
              ("compiled" if rows[0]["compiled"] else "eager") if "compiled" not in varying else ""]

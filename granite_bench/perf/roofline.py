@@ -53,6 +53,10 @@ class Ceilings:
     matmul_gflops_best: float
     seconds: float               # time the measurement took
     threads: int = 0             # torch threads the ceilings were measured with
+    # the best call's rate in process CPU time: a call another process interrupts is not slower in CPU time, so on
+    # a host where processes take turns on the cores this is the ceiling for rates measured in CPU time
+    read_gbs_cpu_best: float = float("nan")
+    matvec_gbs_cpu_best: float = float("nan")
 
     def columns(self) -> dict:
         return {f"ceiling_{k}": v for k, v in asdict(self).items() if k not in ("device", "dtype")}
@@ -72,6 +76,19 @@ def _median_and_best(fn, reps: int, sync, min_seconds: float = 0.0,
         times.append((time.perf_counter_ns() - start) / 1e9)
     times.sort()
     return times[len(times) // 2], times[0]
+
+
+def best_cpu_seconds(fn, reps: int, sync) -> float:
+    """The fewest process CPU seconds of `reps` calls (after one warm-up call)."""
+    fn()
+    sync()
+    best = math.inf
+    for _ in range(max(1, reps)):
+        start = time.process_time_ns()
+        fn()
+        sync()
+        best = min(best, (time.process_time_ns() - start) / 1e9)
+    return best
 
 
 def fraction_of(rate: float, ceiling: float) -> float:
@@ -150,6 +167,7 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
                   else huge_page_tensor((read_mib * MIB // 4,), torch.float32).fill_(1.0))
         t_med, t_best = timed(lambda: buffer.sum())
         read = (buffer.numel() * 4 / t_med / 1e9, buffer.numel() * 4 / t_best / 1e9)
+        read_cpu = math.nan if cuda else buffer.numel() * 4 / best_cpu_seconds(lambda: buffer.sum(), reps, synced) / 1e9
         del buffer
 
         k = 4096
@@ -161,6 +179,9 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
                             key=lambda median_best: median_best[1])  # the faster kernel by its best call
         nbytes = weight.numel() * weight.element_size()
         matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
+        matvec_cpu = math.nan if cuda else nbytes / min(
+            best_cpu_seconds(lambda: torch.nn.functional.linear(x, weight), reps, synced),
+            best_cpu_seconds(lambda: torch.mv(weight, x[0]), reps, synced)) / 1e9
         del weight, x
 
         a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
@@ -170,7 +191,7 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
         flops = 2 * matmul_n**3
         matmul = (flops / t_med / 1e9, flops / t_best / 1e9)
     return Ceilings(str(device), dtype, read[0], read[1], matvec[0], matvec[1], matmul[0], matmul[1],
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, read_gbs_cpu_best=read_cpu, matvec_gbs_cpu_best=matvec_cpu)
 
 
 # -- work per step ---------------------------------------------------------------------------------------------

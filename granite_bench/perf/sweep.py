@@ -9,6 +9,7 @@ decode steps and one end-to-end latency.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -106,12 +107,12 @@ def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceili
                        decode_gbs_cpu: float | None = None) -> dict:
     """Fractions of the best measured ceilings, and `ceiling_suspect` when one is above 100% (or has no ceiling):
     kept as measured, flagged, never clipped. `decode_gbs_cpu` (bytes per CPU-time second of a step) adds
-    decode_frac_matvec_cpu."""
+    decode_frac_matvec_cpu, of the matrix-vector ceiling's best call in CPU time (when that was measured)."""
     fractions = {"decode_frac_matvec": fraction_of(decode_gbs, ceilings.matvec_gbs_best),
                  "decode_frac_read": fraction_of(decode_gbs, ceilings.read_gbs_best),
                  "prefill_frac_matmul": fraction_of(prefill_gflops, ceilings.matmul_gflops_best)}
-    if decode_gbs_cpu is not None:
-        fractions["decode_frac_matvec_cpu"] = fraction_of(decode_gbs_cpu, ceilings.matvec_gbs_best)
+    if decode_gbs_cpu is not None and math.isfinite(ceilings.matvec_gbs_cpu_best):
+        fractions["decode_frac_matvec_cpu"] = fraction_of(decode_gbs_cpu, ceilings.matvec_gbs_cpu_best)
     suspect = suspect_fractions(fractions)
     return {**fractions, "ceiling_suspect": bool(suspect), "ceiling_suspect_of": ",".join(suspect)}
 

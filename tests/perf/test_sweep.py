@@ -137,12 +137,15 @@ def test_cpu_time_medians_bandwidth_and_ratios_sit_beside_the_wall_time_ones(tin
     config = load_hf_config(tiny_model_dir)
     ours_t = dataclasses.replace(fake_timing(4, 1.0), ttft_cpu_ns=2_000_000, step_cpu_ns=[500_000] * 3)
     hf_t = dataclasses.replace(fake_timing(8, 4.0), ttft_cpu_ns=4_000_000, step_cpu_ns=[1_000_000] * 3)
-    rows = {r["impl"]: r for r in summary_rows(POINT, {IMPL: [ours_t] * 3, "hf_eager": [hf_t] * 3}, context(config))}
+    ctx = dataclasses.replace(context(config), ceilings=dataclasses.replace(CEILINGS, matvec_gbs_cpu_best=12.0))
+    rows = {r["impl"]: r for r in summary_rows(POINT, {IMPL: [ours_t] * 3, "hf_eager": [hf_t] * 3}, ctx)}
     ours = rows[IMPL]
     assert ours["tpot_cpu_p50_ms"] == pytest.approx(0.5) and ours["ttft_cpu_p50_ms"] == pytest.approx(2.0)
     assert ours["tpot_cpu_ratio_hf_eager"] == pytest.approx(0.5) and ours["ttft_cpu_ratio_hf_eager"] == 0.5
     assert ours["decode_gbs_cpu"] == pytest.approx(2 * ours["decode_gbs"])   # half the time: twice the rate
-    assert ours["decode_frac_matvec_cpu"] == pytest.approx(ours["decode_gbs_cpu"] / 11.0)
+    assert ours["decode_frac_matvec_cpu"] == pytest.approx(ours["decode_gbs_cpu"] / 12.0)   # of the CPU-time ceiling
+    no_cpu_ceiling = summary_rows(POINT, {IMPL: [ours_t] * 3}, context(config))[0]
+    assert "decode_frac_matvec_cpu" not in no_cpu_ceiling and not no_cpu_ceiling["ceiling_suspect"]
 
 
 def test_timings_without_cpu_time_give_no_cpu_columns(tiny_model_dir):
