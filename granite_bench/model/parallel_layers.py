@@ -8,6 +8,8 @@ At tensor-parallel size 1 every collective is the identity.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed._functional_collectives as funcol
 from torch import nn
@@ -51,15 +53,23 @@ def gather_from_tp_region(x: torch.Tensor, comm_dtype: torch.dtype = torch.float
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
+@functools.cache
+def single_row_uses_mv() -> bool:
+    """Whether one row of bf16/fp16 is multiplied with torch.mv rather than linear: where torch dispatches its CPU
+    kernels at AVX-512 (fixed per process: ATEN_CPU_CAPABILITY is read once)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias) -> [..., N], as nn.functional.linear.
 
-    One row of bf16/fp16 on CPU (a decode step at batch 1) goes through torch.mv instead: its matrix-vector kernel
-    accumulates in fp32 like linear's, and streams bf16 weights ~20% faster on an AVX-512 CPU with avx512_bf16
-    (measured on the 4-layer granite-3.1-2b decode step: 81 vs 102 ms of CPU time; the same on AVX2 kernels), where
-    linear goes through oneDNN's matrix-matrix path with one row."""
+    One row of bf16/fp16 on CPU (a decode step at batch 1) is a matrix-vector product, and which kernel streams the
+    weights fastest depends on the CPU's kind (measured on the 4-layer granite-3.1-2b decode step, process CPU
+    time): with AVX-512 kernels torch.mv's (fp32 accumulation) beats linear's oneDNN matrix-matrix path with one
+    row, 81 vs 102 ms; with AVX2 kernels (no bf16 dot-product units) it loses, 8.6 vs 7.1 ms per 8192 x 2048
+    projection, so there it stays with linear."""
     if (x.device.type == "cpu" and weight.dtype in REDUCED_PRECISION and x.numel() == x.shape[-1]
-            and weight.is_contiguous()):
+            and weight.is_contiguous() and single_row_uses_mv()):
         y = torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])   # [..., N]
         return y if bias is None else y + bias
     return nn.functional.linear(x, weight, bias)
