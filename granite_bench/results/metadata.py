@@ -22,7 +22,8 @@ SCHEMA_VERSION: dict[str, int] = {
     "parity_positions": 1,
     "parity_summary": 1,
     "perf_samples": 1,
-    "perf_summary": 1,
+    "perf_summary": 2,   # 2: ceilings stream past the last-level cache from huge pages (decode_frac_* changed
+                         # meaning); CPU-time latencies and the CPU's kind added
     "eval_samples": 1,
     "eval_summary": 1,
     "comparisons": 1,
