@@ -36,8 +36,8 @@ class HeadLayout:
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                       scaling: float) -> torch.Tensor:
-    """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], mask [B, 1, Lq, Lk] (True = attend), or None for causal attention
-    (query i sees keys 0..i, Lq == Lk) -> [B, Hq, Lq, d].
+    """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], mask [B, 1, Lq, Lk] (boolean, True = attend; or additive, 0 / -inf in
+    q's dtype), or None for causal attention (query i sees keys 0..i, Lq == Lk) -> [B, Hq, Lq, d].
 
     PyTorch's fused attention with `enable_gqa` groups query heads over their KV head without copying k/v, takes
     Granite's q·k scale, and accumulates the softmax in fp32 for bf16/fp16 inputs. Every row's mask admits key 0,

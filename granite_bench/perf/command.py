@@ -158,6 +158,13 @@ def _threads_note(row: dict) -> str:
                                                                        and math.isnan(threads)) else ""
 
 
+def _cpu_ceiling_note(row: dict) -> str:
+    value = row.get("ceiling_matvec_gbs_cpu_best")
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"; matrix-vector in CPU time {value:.1f} GB/s"
+
+
 def _point_label(row: dict, varying: set) -> str:
     parts = []
     if "dtype" in varying:
@@ -168,10 +175,31 @@ def _point_label(row: dict, varying: set) -> str:
     return " ".join(parts)
 
 
+def cpu_kinds(rows: list[dict]) -> list[str]:
+    """One line per kind of CPU the rows were measured on ('cpu: <model> · flags ... · kernels <kind>'), emulation
+    named; rows from before the CPU was recorded give none."""
+    lines = []
+    for r in rows:
+        if not r.get("cpu_kind"):
+            continue
+        flags = r.get("cpu_flags") or "none of avx2/avx512f/avx512_bf16/amx_bf16"
+        line = f"cpu: {r.get('cpu_model', '?')} · flags {flags} · kernels {r['cpu_kind']}"
+        if r.get("transparent_huge_pages"):
+            line += f" · transparent huge pages {r['transparent_huge_pages']}"
+        if r.get("cpu_emulated"):
+            line += (" · EMULATED: a smaller CPU's kernels on this machine's memory system and clock, not a "
+                     "measurement of that CPU")
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 def render(console, rows: list[dict]) -> None:
     if not rows:
         console.print("no points measured")
         return
+    for kind in cpu_kinds(rows):
+        console.print(kind, markup=False)
     seen = set()
     for r in rows:  # measured in this run, or stored with the points it skipped
         if (r["device"], r["dtype"]) not in seen:
@@ -181,22 +209,24 @@ def render(console, rows: list[dict]) -> None:
             console.print(f"ceilings {r['device']} {r['dtype']}: plain read {best['read_gbs']:.1f} GB/s · "
                           f"matrix-vector {best['matvec_gbs']:.1f} GB/s · matmul {best['matmul_gflops']:.0f} "
                           f"GFLOP/s (best call; medians {r['ceiling_read_gbs']:.1f} · {r['ceiling_matvec_gbs']:.1f} · "
-                          f"{r['ceiling_matmul_gflops']:.0f}){_threads_note(r)}")
+                          f"{r['ceiling_matmul_gflops']:.0f}){_threads_note(r)}{_cpu_ceiling_note(r)}")
     varying = {name for name in ("dtype", "compiled") if len({r[name] for r in rows}) > 1}
     fixed = [f"{rows[0]['dtype']}" if "dtype" not in varying else "",
              ("compiled" if rows[0]["compiled"] else "eager") if "compiled" not in varying else ""]
     impls = [r for r in rows if r["impl"] == "granite"]
     table = Table(title=f"implementation ({' '.join(f for f in fixed if f)}; latencies p50 ms) and "
-                        f"implementation/HF ratios (< 1: faster than HF)", title_justify="left")
+                        f"implementation/HF ratios (< 1: faster than HF); cpu: the same in process CPU time",
+                  title_justify="left")
     for column in ("point", "TTFT", "TPOT", "TPOT p99", "tok/s", "TTFT/HFe", "TPOT/HFe", "TPOT/HFs", "GB/s",
-                   "%matvec", "%read", "%matmul", "compile s", "RSS MiB", "pad"):
+                   "%matvec", "%read", "%matmul", "cpu TPOT", "cpu /HFe", "cpu %mv", "compile s", "RSS MiB", "pad"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in impls:
         table.add_row(_point_label(r, varying), _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
                       _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r.get("ttft_ratio_hf_eager"), 2),
                       _num(r.get("tpot_ratio_hf_eager"), 2), _num(r.get("tpot_ratio_hf_static"), 2),
                       _num(r["decode_gbs"]), _frac(r, "decode_frac_matvec"), _frac(r, "decode_frac_read"),
-                      _frac(r, "prefill_frac_matmul"),
+                      _frac(r, "prefill_frac_matmul"), _num(r.get("tpot_cpu_p50_ms")),
+                      _num(r.get("tpot_cpu_ratio_hf_eager"), 2), _frac(r, "decode_frac_matvec_cpu"),
                       _num(r.get("compile_seconds_total"), 3) if r["compiled"] else "-",
                       _num(r["peak_rss_mb"], 4), _num(r["padding_waste_prefill"], pct=True))
     console.print(table)
@@ -204,12 +234,14 @@ def render(console, rows: list[dict]) -> None:
     if baselines:
         hf = Table(title="HF Transformers generate (same weights, same process, interleaved; p50 ms)",
                    title_justify="left")
-        for column in ("point", "impl", "TTFT", "TPOT", "TPOT p99", "tok/s", "GB/s", "%matvec"):
+        for column in ("point", "impl", "TTFT", "TPOT", "TPOT p99", "tok/s", "GB/s", "%matvec", "cpu TPOT",
+                       "cpu %mv"):
             hf.add_column(column, justify="right", no_wrap=True)
         for r in baselines:
             hf.add_row(_point_label(r, varying), r["impl"], _num(r["ttft_p50_ms"]), _num(r["tpot_p50_ms"]),
                        _num(r["tpot_p99_ms"]), _num(r["output_tok_s"]), _num(r["decode_gbs"]),
-                       _frac(r, "decode_frac_matvec"))
+                       _frac(r, "decode_frac_matvec"), _num(r.get("tpot_cpu_p50_ms")),
+                       _frac(r, "decode_frac_matvec_cpu"))
         console.print(hf)
     suspect = [f"{_point_label(r, varying)} {r['impl']}: {r['ceiling_suspect_of']}" for r in rows
                if r.get("ceiling_suspect")]

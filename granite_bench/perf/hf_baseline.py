@@ -7,6 +7,7 @@ clock each time a token's logits arrive, so one generate call yields time to fir
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -32,9 +33,11 @@ class _TokenClock(LogitsProcessor):
     def __init__(self, sync):
         self.sync = sync
         self.stamps: list[int] = []
+        self.cpu_stamps: list[int] = []      # process CPU time at the same moments
 
     def __call__(self, input_ids, scores):
         self.stamps.append(now_ns(self.sync))
+        self.cpu_stamps.append(time.process_time_ns())
         return scores
 
 
@@ -49,6 +52,7 @@ def time_hf_generation(model: GraniteForCausalLM, prompts: list[list[int]], new_
     clock = _TokenClock(sync)
     extra = {"cache_implementation": cache} if cache else {}
     start = now_ns(sync)
+    start_cpu = time.process_time_ns()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad_token_id,
                          logits_processor=LogitsProcessorList([clock]), **extra)
@@ -58,4 +62,6 @@ def time_hf_generation(model: GraniteForCausalLM, prompts: list[list[int]], new_
         raise RuntimeError(f"HF generate produced {len(stamps)} logits for {new_tokens} tokens")
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     tokens = out[:, ids.shape[1]:].tolist()
-    return GenerationTiming(stamps[0] - start, steps, end - start, tokens)
+    cpu = clock.cpu_stamps
+    return GenerationTiming(stamps[0] - start, steps, end - start, tokens, cpu[0] - start_cpu,
+                            [b - a for a, b in zip(cpu, cpu[1:])])

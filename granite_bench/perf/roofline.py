@@ -4,8 +4,13 @@ Ceilings, each timed over at least `reps` calls and at least `min_seconds` after
 count of the points they serve; the median and the best call are kept, and fractions use the best (a busy machine
 only ever slows a call down, so the fastest call is the closest to what the machine can do):
 - plain read bandwidth: `sum` over a buffer far larger than the caches;
-- large matrix-vector bandwidth in the model's dtype: `linear(x[1, K], W[N, K])` over a weight far larger than the
-  caches, which is what a decode step mostly is;
+- large matrix-vector bandwidth in the model's dtype: the faster of `linear(x[1, K], W[N, K])` and `mv(W, x)` (the
+  kernels a decode step's projections use) over a weight far larger than the caches, which is what a decode step
+  mostly is. "Far larger" is measured, not assumed: both buffers are at least twice the last-level cache the OS
+  reports (some servers have hundreds of MiB of L3: a 256 MiB weight there is partly served from cache, which gives
+  a ceiling no decode over a model that does not fit the cache can reach). On CPU both buffers sit in memory
+  advised for transparent huge pages (runtime.huge_pages), as the implementation's weights do: streaming from 2 MiB
+  pages is faster than from 4 KiB ones, and a ceiling must be the best the machine does;
 - matmul FLOP/s in the model's dtype, the prefill ceiling: the faster of `a @ b` and `linear(a, b)` (the kernel the
   model's projections use), square.
 A fraction of a ceiling above 100% means the ceiling was measured too low (the machine was busier while it was
@@ -25,8 +30,13 @@ import torch
 
 from ..model.config import DTYPES
 from ..model.modeling_granite import head_dim_of, head_plan
+from ..runtime.huge_pages import huge_page_tensor
 
 MIB = 2**20
+CACHE_MULTIPLE = 2       # the read and matrix-vector buffers are at least this many times the last-level cache ...
+MAX_BUFFER_MIB = 2048    # ... but never more than this (memory), and ...
+DEFAULT_READ_MIB = 1024  # ... never less than these
+DEFAULT_MATVEC_MIB = 256
 MIN_SECONDS = 0.5        # per ceiling: keep calling until both `reps` calls and this much time have passed ...
 MAX_REPS = 200           # ... but never more calls than this
 
@@ -43,6 +53,10 @@ class Ceilings:
     matmul_gflops_best: float
     seconds: float               # time the measurement took
     threads: int = 0             # torch threads the ceilings were measured with
+    # the best call's rate in process CPU time: a call another process interrupts is not slower in CPU time, so on
+    # a host where processes take turns on the cores this is the ceiling for rates measured in CPU time
+    read_gbs_cpu_best: float = float("nan")
+    matvec_gbs_cpu_best: float = float("nan")
 
     def columns(self) -> dict:
         return {f"ceiling_{k}": v for k, v in asdict(self).items() if k not in ("device", "dtype")}
@@ -62,6 +76,19 @@ def _median_and_best(fn, reps: int, sync, min_seconds: float = 0.0,
         times.append((time.perf_counter_ns() - start) / 1e9)
     times.sort()
     return times[len(times) // 2], times[0]
+
+
+def best_cpu_seconds(fn, reps: int, sync) -> float:
+    """The fewest process CPU seconds of `reps` calls (after one warm-up call)."""
+    fn()
+    sync()
+    best = math.inf
+    for _ in range(max(1, reps)):
+        start = time.process_time_ns()
+        fn()
+        sync()
+        best = min(best, (time.process_time_ns() - start) / 1e9)
+    return best
 
 
 def fraction_of(rate: float, ceiling: float) -> float:
@@ -86,8 +113,32 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def last_level_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Size of the largest CPU cache the OS reports for cpu0 (its last level), in bytes; 0 where unknown."""
+    import glob
+    import os
+    largest = 0
+    for index in glob.glob(os.path.join(cache_dir, "index*")):
+        try:
+            with open(os.path.join(index, "size")) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            largest = max(largest, int(digits) * scale)
+    return largest
+
+
+def streaming_buffer_mib(floor_mib: int, cache_bytes: int) -> int:
+    """MiB of a buffer that streams from memory: CACHE_MULTIPLE x the last-level cache, at least `floor_mib`, at most
+    MAX_BUFFER_MIB (or `floor_mib` when that is larger)."""
+    return max(floor_mib, min(MAX_BUFFER_MIB, -(-CACHE_MULTIPLE * cache_bytes // MIB)))
+
+
 def measure_ceilings(dtype: str = "float32", device: str = "cpu", read_mib: int | None = None,
-                     matvec_mib: int = 256, matmul_n: int | None = None, reps: int = 5,
+                     matvec_mib: int | None = None, matmul_n: int | None = None, reps: int = 5,
                      min_seconds: float = MIN_SECONDS, threads: int | None = None) -> Ceilings:
     """The three ceilings with `threads` torch threads (default: as set now), each the median and best of at least
     `reps` calls and `min_seconds`."""
@@ -105,23 +156,32 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
         return _median_and_best(fn, reps, synced, min_seconds)
 
     cuda = str(device).startswith("cuda")
-    read_mib = read_mib or (4096 if cuda else 1024)
+    cache = 0 if cuda else last_level_cache_bytes()
+    read_mib = read_mib or (4096 if cuda else streaming_buffer_mib(DEFAULT_READ_MIB, cache))
+    matvec_mib = matvec_mib or streaming_buffer_mib(DEFAULT_MATVEC_MIB, cache)
     matmul_n = matmul_n or (8192 if cuda else 1024)
     torch_dtype = DTYPES[dtype]
     start = time.perf_counter()
     with torch.no_grad():
-        buffer = torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device)
+        buffer = (torch.ones(read_mib * MIB // 4, dtype=torch.float32, device=device) if cuda
+                  else huge_page_tensor((read_mib * MIB // 4,), torch.float32).fill_(1.0))
         t_med, t_best = timed(lambda: buffer.sum())
         read = (buffer.numel() * 4 / t_med / 1e9, buffer.numel() * 4 / t_best / 1e9)
+        read_cpu = math.nan if cuda else buffer.numel() * 4 / best_cpu_seconds(lambda: buffer.sum(), reps, synced) / 1e9
         del buffer
 
         k = 4096
         n = max(1, matvec_mib * MIB // (k * torch_dtype.itemsize))
-        weight = torch.randn(n, k, device=device).to(torch_dtype)
+        weight = (torch.empty(n, k, dtype=torch_dtype, device=device) if cuda
+                  else huge_page_tensor((n, k), torch_dtype)).uniform_(-1, 1)  # no fp32 copy of it
         x = torch.randn(1, k, device=device).to(torch_dtype)
-        t_med, t_best = timed(lambda: torch.nn.functional.linear(x, weight))
+        t_med, t_best = min(timed(lambda: torch.nn.functional.linear(x, weight)), timed(lambda: torch.mv(weight, x[0])),
+                            key=lambda median_best: median_best[1])  # the faster kernel by its best call
         nbytes = weight.numel() * weight.element_size()
         matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
+        matvec_cpu = math.nan if cuda else nbytes / min(
+            best_cpu_seconds(lambda: torch.nn.functional.linear(x, weight), reps, synced),
+            best_cpu_seconds(lambda: torch.mv(weight, x[0]), reps, synced)) / 1e9
         del weight, x
 
         a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
@@ -131,7 +191,7 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
         flops = 2 * matmul_n**3
         matmul = (flops / t_med / 1e9, flops / t_best / 1e9)
     return Ceilings(str(device), dtype, read[0], read[1], matvec[0], matvec[1], matmul[0], matmul[1],
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, read_gbs_cpu_best=read_cpu, matvec_gbs_cpu_best=matvec_cpu)
 
 
 # -- work per step ---------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ decode steps and one end-to-end latency.
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -99,16 +100,33 @@ class PointContext:
     peak_rss_bytes: int
     device_peak_bytes: int | None
     threads: dict
+    cpu: dict = field(default_factory=dict)    # perf.cpu.cpu_kind_columns(): which kind of CPU was measured
 
 
-def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceilings) -> dict:
+def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceilings,
+                       decode_gbs_cpu: float | None = None) -> dict:
     """Fractions of the best measured ceilings, and `ceiling_suspect` when one is above 100% (or has no ceiling):
-    kept as measured, flagged, never clipped."""
+    kept as measured, flagged, never clipped. `decode_gbs_cpu` (bytes per CPU-time second of a step) adds
+    decode_frac_matvec_cpu, of the matrix-vector ceiling's best call in CPU time (when that was measured)."""
     fractions = {"decode_frac_matvec": fraction_of(decode_gbs, ceilings.matvec_gbs_best),
                  "decode_frac_read": fraction_of(decode_gbs, ceilings.read_gbs_best),
                  "prefill_frac_matmul": fraction_of(prefill_gflops, ceilings.matmul_gflops_best)}
+    if decode_gbs_cpu is not None and math.isfinite(ceilings.matvec_gbs_cpu_best):
+        fractions["decode_frac_matvec_cpu"] = fraction_of(decode_gbs_cpu, ceilings.matvec_gbs_cpu_best)
     suspect = suspect_fractions(fractions)
     return {**fractions, "ceiling_suspect": bool(suspect), "ceiling_suspect_of": ",".join(suspect)}
+
+
+def cpu_time_columns(timings: list[GenerationTiming], step_bytes: float) -> dict:
+    """Median time to first token and per decode step in process CPU time, and the decode bandwidth per CPU-time
+    second; {} when the timings carry no CPU time. On a host where other processes take turns on the cores, wall
+    time counts their turns and CPU time does not: the two side by side show how much of a time was waiting."""
+    if any(t.ttft_cpu_ns is None or t.step_cpu_ns is None for t in timings):
+        return {}
+    ttft = summarize([t.ttft_cpu_ns for t in timings], NS_PER_MS)["p50"]
+    tpot = summarize([ns for t in timings for ns in t.step_cpu_ns], NS_PER_MS)["p50"]
+    return {"ttft_cpu_p50_ms": ttft, "tpot_cpu_p50_ms": tpot,
+            "decode_gbs_cpu": step_bytes / (tpot * 1e-3) / 1e9 if tpot > 0 else float("nan")}
 
 
 def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx: PointContext) -> list[dict]:
@@ -127,6 +145,7 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
         decode_gbs = step_bytes / (tpot["p50"] * 1e-3) / 1e9
         prefill_gflops = flops / (ttft["p50"] * 1e-3) / 1e9
         e2e_s = e2e["p50"] * 1e-3
+        cpu = cpu_time_columns(timings, step_bytes) if point.tp == 1 else {}   # TP ranks run in other processes
         rows[impl] = {
             **point.columns(), "impl": impl, "rounds": len(timings),
             **prefixed("ttft", ttft, "ms"), **prefixed("tpot", tpot, "ms"), **prefixed("e2e", e2e, "ms"),
@@ -134,13 +153,14 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             "total_tok_s": point.batch_size * (point.prompt_len + point.new_tokens) / e2e_s,
             "decode_tok_s": point.batch_size / (tpot["p50"] * 1e-3),
             "kv_len_mean": kv_mean, "decode_bytes_per_step": step_bytes, "decode_gbs": decode_gbs,
-            **roofline_fractions(decode_gbs, prefill_gflops, ctx.ceilings),
+            **cpu,
+            **roofline_fractions(decode_gbs, prefill_gflops, ctx.ceilings, cpu.get("decode_gbs_cpu")),
             "prefill_flops": flops, "prefill_gflops": prefill_gflops,
             **padding_waste(impl, point, kv_lens),
             **ctx.ceilings.columns(),
             "peak_rss_mb": ctx.peak_rss_bytes / 2**20,
             "device_peak_mb": ctx.device_peak_bytes / 2**20 if ctx.device_peak_bytes is not None else None,
-            **ctx.threads,
+            **ctx.threads, **ctx.cpu,
         }
         if impl != IMPL:
             from .hf_baseline import HF_ATTENTION, HF_IMPLEMENTATIONS
@@ -151,8 +171,9 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
         ours["compile_seconds_total"] = float(sum(ctx.compile_seconds.values()))
         ours["compile_seconds_json"] = json.dumps(ctx.compile_seconds, sort_keys=True)
         for base in (name for name in rows if name != IMPL):
-            for metric in ("ttft", "tpot", "e2e"):
-                ours[f"{metric}_ratio_{base}"] = ours[f"{metric}_p50_ms"] / rows[base][f"{metric}_p50_ms"]
+            for metric in ("ttft", "tpot", "e2e", "ttft_cpu", "tpot_cpu"):
+                if f"{metric}_p50_ms" in ours and f"{metric}_p50_ms" in rows[base]:
+                    ours[f"{metric}_ratio_{base}"] = ours[f"{metric}_p50_ms"] / rows[base][f"{metric}_p50_ms"]
     return list(rows.values())
 
 
@@ -205,6 +226,8 @@ class SweepSession:
         self.hf_model = None
         self._hf_key = None
         self.ceilings: dict[tuple[str, str], Ceilings] = {}
+        from .cpu import cpu_kind_columns
+        self.cpu = cpu_kind_columns()
 
     def runner_for(self, point: PerfPoint):
         if self._group != point.runner_group:
@@ -256,7 +279,8 @@ class SweepSession:
         ctx = PointContext(hf_config, generation_buckets, ceilings, itemsize, compile_times(runner, point),
                            peak_rss_bytes(pids), device_peak_bytes(point.device),
                            {**self.threads, "threads_per_rank": rank_threads(point, self.threads),
-                            "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()})
+                            "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()},
+                           self.cpu)
         return sample_rows(point, timed), summary_rows(point, timed, ctx)
 
     def close_runner(self) -> None:

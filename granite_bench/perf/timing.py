@@ -35,15 +35,26 @@ class GenerationTiming:
     step_ns: list[int]              # one entry per decode step (token generation + sampling)
     e2e_ns: int                     # prompt in -> last token out
     tokens: list[list[int]] = field(default_factory=list)
+    # the same intervals in CPU time of this process (all its threads): what other processes taking turns on the
+    # cores do not inflate (they still compete for memory bandwidth); None where not measured
+    ttft_cpu_ns: int | None = None
+    step_cpu_ns: list[int] | None = None
 
 
 def time_runner_generation(runner, prompts: list[list[int]], new_tokens: int, sync) -> GenerationTiming:
     """Greedy decode of exactly `new_tokens` (no stop tokens) through the one generation loop, every interval
     closed after synchronising the device. Perf builds its runners with output_logits off (last position only,
     as HF generate computes it)."""
-    result = greedy_generate(runner, prompts, new_tokens, clock=lambda: now_ns(sync))
+    cpu_stamps: list[int] = []
+
+    def clock() -> int:   # greedy_generate reads it at the start, at the first token and after every step
+        wall = now_ns(sync)
+        cpu_stamps.append(time.process_time_ns())
+        return wall
+    result = greedy_generate(runner, prompts, new_tokens, clock=clock)
     t = result.timings
-    return GenerationTiming(t["ttft_ns"], t["step_ns"], t["e2e_ns"], result.tokens)
+    return GenerationTiming(t["ttft_ns"], t["step_ns"], t["e2e_ns"], result.tokens,
+                            cpu_stamps[1] - cpu_stamps[0], [b - a for a, b in zip(cpu_stamps[1:], cpu_stamps[2:])])
 
 
 # -- threads ---------------------------------------------------------------------------------------------------

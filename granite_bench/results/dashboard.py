@@ -197,6 +197,106 @@ def bug_matrix_table(frame: pd.DataFrame) -> str:
             f'</p><table class="matrix" id="bug-matrix"><tr><th>bug</th>{head}</tr>{"".join(rows)}</table>')
 
 
+def _cell(value, digits: int = 3) -> str:
+    """A table cell's text: numbers to `digits` significant figures, missing values as '-', all HTML-escaped."""
+    value = _clean(value)
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+BISECT_STEP_COLUMNS = (("step", "step"), ("role", "role"), ("commit", "sha"), ("subject", "subject"),
+                       ("judgement", "judgement"), ("ratio", "ratio"), ("95% CI", None), ("evidence", "evidence"),
+                       ("s", "seconds"))
+
+
+def bisect_steps_panel(frame: pd.DataFrame) -> str:
+    """The latest `granite-bench bisect` run (table "bisect_steps") as HTML: its answer (first bad commit and
+    subject, whether it was confirmed against its parent, or the commits left open), then every probed commit
+    with its judgement and evidence; earlier bisect runs in one line each."""
+    if frame.empty or "step" not in frame.columns or "run_id" not in frame.columns:
+        return ('<p class="meta" id="bisect-none">no bisect runs in this store yet: granite-bench bisect --good REV '
+                '--bad REV --results-dir DIR stores its steps here</p>')
+    latest = _latest_run(frame).sort_values("step")
+    first = latest.iloc[0].to_dict()
+    answer_sha = str(first.get("first_bad_sha") or "")
+    if answer_sha:
+        subject = latest.loc[latest["sha"] == answer_sha, "subject"]
+        answer = (f'<b>{html.escape(answer_sha)}</b> is the first bad commit'
+                  f'{": " + html.escape(str(subject.iloc[0])) if len(subject) else ""}'
+                  f' · confirmed against its parent: {html.escape(str(first.get("answer_confirmed", "not run")))}')
+    else:
+        answer = (f'no single first bad commit (skipped commits left open): '
+                  f'{html.escape(str(first.get("candidates", "")))}')
+    head = "".join(f"<th>{name}</th>" for name, _ in BISECT_STEP_COLUMNS)
+    rows = []
+    for step in latest.to_dict("records"):
+        ci = (f"{_cell(step.get('ci_low'))} - {_cell(step.get('ci_high'))}"
+              if _clean(step.get("ci_low")) is not None else "-")
+        cells = [_cell(step.get("step")), _cell(step.get("role")), _cell(str(step.get("sha", ""))[:12]),
+                 _cell(step.get("subject")), _cell(step.get("judgement")), _cell(step.get("ratio")), ci,
+                 _cell(step.get("evidence")), _cell(step.get("seconds"), 2)]
+        judgement = {"bad": "fail", "good": "pass"}.get(str(step.get("judgement")), "none")
+        rows.append(f'<tr class="bisect-{html.escape(str(step.get("judgement")))}">'
+                    + "".join(f'<td class="{judgement}">{c}</td>' if name == "judgement" else f"<td>{c}</td>"
+                              for (name, _), c in zip(BISECT_STEP_COLUMNS, cells)) + "</tr>")
+    earlier = []
+    for run_id, part in frame[frame["run_id"] != first["run_id"]].groupby("run_id", sort=False):
+        one = part.iloc[0]
+        found = one.get("first_bad_sha") or "open: " + str(one.get("candidates", ""))
+        earlier.append(f'<li>{html.escape(str(run_id))} · {html.escape(str(one.get("mode", "")))} · '
+                       f'{html.escape(str(found))}</li>')
+    earlier_html = f'<p class="meta">earlier bisect runs:</p><ul>{"".join(sorted(earlier, reverse=True))}</ul>' \
+        if earlier else ""
+    return (f'<p class="meta">run {html.escape(str(first["run_id"]))} · mode {html.escape(str(first.get("mode", "")))}'
+            f' · good {html.escape(str(first.get("good_sha", ""))[:12])} .. bad '
+            f'{html.escape(str(first.get("bad_sha", ""))[:12])} · {_cell(first.get("commits_in_range"))} commits in '
+            f'range · {len(latest)} steps</p><p id="bisect-answer">{answer}</p>'
+            f'<table class="matrix" id="bisect-steps" data-rows="{len(latest)}"><tr>{head}</tr>{"".join(rows)}</table>'
+            f'{earlier_html}')
+
+
+SUSPECT_FRACTIONS = ROOFLINE_METRICS
+MAX_SUSPECT_ROWS = 30
+
+
+def ceiling_suspect_panel(frame: pd.DataFrame) -> str:
+    """Perf rows flagged `ceiling_suspect` (a roofline fraction above 100%, or of no measurable ceiling: the ceiling
+    was measured too low, so the fraction cannot be read), newest first, with the fractions named, the ceilings they
+    were taken against, the CPU kind and the host load; or a line saying none is flagged."""
+    if frame.empty or "ceiling_suspect" not in frame.columns:
+        return ('<p class="meta" id="suspect-none">no perf rows with roofline ceilings in this store yet: '
+                'granite-bench perf stores them</p>')
+    flagged = frame[frame["ceiling_suspect"].fillna(False).astype(bool)]
+    if flagged.empty:
+        return (f'<p class="meta" id="suspect-none">no perf row is flagged ceiling_suspect '
+                f'({len(frame)} rows checked): every roofline fraction is within its measured ceiling</p>')
+    flagged = flagged.sort_values(["utc_time", "run_id"], ascending=False)
+    shown = flagged.head(MAX_SUSPECT_ROWS)
+    head = "".join(f"<th>{name}</th>" for name in ("run", "commit", "point", "impl", "cpu", "suspect fractions",
+                                                   "ceilings (best): read · matvec GB/s · matmul GFLOP/s",
+                                                   "load (1 min)"))
+    rows = []
+    for row in shown.to_dict("records"):
+        names = [n for n in str(row.get("ceiling_suspect_of") or "").split(",") if n]
+        fractions = ", ".join(f"{n} {_clean(row.get(n)) * 100:.0f}%" if _clean(row.get(n)) is not None
+                              else f"{n} (no ceiling)" for n in names) or "-"
+        ceilings = " · ".join(_cell(row.get(f"ceiling_{c}_best", row.get(f"ceiling_{c}")))
+                              for c in ("read_gbs", "matvec_gbs", "matmul_gflops"))
+        load = "-".join(_cell(row.get(k), 2) for k in ("load_avg_1m_start", "load_avg_1m_end") if k in row)
+        cpu = row.get("cpu_kind") or row.get("machine") or row.get("machine_fingerprint")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            _cell(row.get("run_id")), _cell(str(row.get("git_sha", ""))[:10]), html.escape(point_label(row)),
+            _cell(row.get("impl")), _cell(cpu), html.escape(fractions), ceilings, load or "-")) + "</tr>")
+    more = f" (newest {len(shown)} shown)" if len(flagged) > len(shown) else ""
+    return (f'<p class="meta" id="suspect-count">{len(flagged)} of {len(frame)} perf rows flagged{more}: rerun those '
+            f'points on a quieter machine before reading their fractions</p>'
+            f'<table class="matrix" id="ceiling-suspects" data-rows="{len(shown)}"><tr>{head}</tr>{"".join(rows)}'
+            f'</table>')
+
+
 def latest_comparison(frame: pd.DataFrame) -> dict:
     if frame.empty:
         return {"rows": []}
@@ -231,6 +331,8 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
             "comparison": latest_comparison(_read(store, "comparisons")),
         }
         data["bug_matrix_html"] = bug_matrix_table(_read(store, "bug_matrix"))
+        data["bisect_html"] = bisect_steps_panel(_read(store, "bisect_steps"))
+        data["ceiling_suspect_html"] = ceiling_suspect_panel(perf)
     data["skipped"] = sorted(set(store.skip_log.values()))
     return data
 
@@ -262,6 +364,8 @@ def json_safe(obj):
 def render_page(data: dict) -> str:
     data = json_safe(data)
     bug_matrix = data.pop("bug_matrix_html", "")  # already HTML (escaped); not part of the script's data
+    bisect = data.pop("bisect_html", "")
+    ceiling_suspects = data.pop("ceiling_suspect_html", "")
     counts = expected_marks(data)
     trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
                          f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
@@ -278,6 +382,7 @@ def render_page(data: dict) -> str:
                            n_parity=counts["parity-matrix"], trend_divs=trend_divs, n_ratios=counts["perf-ratios"],
                            n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
                            n_comparison=counts["comparison"], bug_matrix=bug_matrix,
+                           bisect=bisect, ceiling_suspects=ceiling_suspects,
                            data=payload)
 
 

@@ -22,7 +22,8 @@ SCHEMA_VERSION: dict[str, int] = {
     "parity_positions": 1,
     "parity_summary": 1,
     "perf_samples": 1,
-    "perf_summary": 1,
+    "perf_summary": 2,   # 2: ceilings stream past the last-level cache from huge pages (decode_frac_* changed
+                         # meaning); CPU-time latencies and the CPU's kind added
     "eval_samples": 1,
     "eval_summary": 1,
     "comparisons": 1,
@@ -84,6 +85,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "ttft_*_ms": ("lower", SHOWN), "tpot_*_ms": ("lower", SHOWN), "e2e_*_ms": ("lower", SHOWN),
         "*_ratio_hf_*": ("lower", SHOWN), "output_tok_s": ("higher", SHOWN), "total_tok_s": ("higher", SHOWN),
         "decode_tok_s": ("higher", SHOWN), "decode_gbs": ("higher", SHOWN), "prefill_gflops": ("higher", SHOWN),
+        "decode_gbs_cpu": ("higher", SHOWN),
         "decode_frac_*": ("higher", SHOWN), "prefill_frac_*": ("higher", SHOWN),
         "padding_waste_*": ("lower", SHOWN), "peak_rss_mb": ("lower", SHOWN), "device_peak_mb": ("lower", SHOWN),
         "compile_seconds_total": ("lower", SHOWN),
@@ -94,6 +96,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "kv_len_mean": (None, SHOWN), "decode_bytes_per_step": (None, SHOWN), "prefill_flops": (None, SHOWN),
         "ceiling_*": (None, SHOWN), "torch_threads": (None, SHOWN), "torch_interop_threads": (None, SHOWN),
         "cores_available": (None, SHOWN), "threads_per_rank": (None, SHOWN), "load_avg_1m_*": (None, SHOWN),
+        "cpu_emulated": (None, SHOWN),   # with cpu_model, cpu_flags, cpu_capability, cpu_isa_limits, cpu_kind (text)
     },
     "perf_samples": {
         "latency_ns": ("lower", SHOWN), "layers": (None, SHOWN), "tp": (None, SHOWN), "compiled": (None, SHOWN),
@@ -272,7 +275,7 @@ def package_versions() -> str:
     return json.dumps(versions, sort_keys=True)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -297,16 +300,49 @@ def _memory_gib() -> int:
         return 0
 
 
-def machine_description() -> tuple[str, str]:
-    """(short fingerprint, human-readable description) of this machine."""
-    cpu = _cpu_model()
+# The CPU features a memory-bound decode's kernels depend on (x86 names as /proc/cpuinfo spells them): AVX2-only
+# machines have no AVX-512 and no bf16 dot-product units, so their fp32 and bf16 kernels differ from AVX-512 ones.
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+# Environment variables that make PyTorch's own kernels (ATen dispatch), oneDNN's and MKL's (fp32 BLAS) use a lower
+# instruction set than the CPU has: how an AVX2 machine is emulated on an AVX-512 one.
+ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of CPU_FLAGS_OF_INTEREST the CPU has (from /proc/cpuinfo's first `flags` line; [] where unreadable)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in present]
+    return []
+
+
+def isa_limits(environ=None) -> dict[str, str]:
+    """The ISA_LIMIT_VARIABLES set (non-empty) in the environment: {name: value}."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in ISA_LIMIT_VARIABLES if environ.get(name, "").strip()}
+
+
+def machine_description(environ=None) -> tuple[str, str]:
+    """(short fingerprint, human-readable description) of this machine. A run whose kernels are limited to a lower
+    instruction set (ISA_LIMIT_VARIABLES set: an emulated smaller CPU) is a different machine: its fingerprint and
+    description include the limits, so its results never mix with the unlimited machine's."""
+    cpu = cpu_model()
     cores = os.cpu_count() or 0
     memory = _memory_gib()
     arch = platform.machine()
     system = platform.system()
-    key = "|".join([cpu, str(cores), str(memory), arch, system])
+    limits = isa_limits(environ)
+    limit_text = " ".join(f"{name}={value}" for name, value in limits.items())
+    key = "|".join([cpu, str(cores), str(memory), arch, system] + ([limit_text] if limits else []))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
-    readable = f"{arch} {cpu} {cores} cores {memory} GiB {system}"
+    readable = f"{arch} {cpu} {cores} cores {memory} GiB {system}" + (f" [ISA limited: {limit_text}]" if limits else "")
     return fingerprint, readable
 
 

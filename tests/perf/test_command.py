@@ -134,3 +134,21 @@ def test_a_ceiling_measured_too_low_is_flagged_in_the_store_and_warned_in_the_ta
     assert set(summary["ceiling_suspect_of"]) == {"decode_frac_matvec"}
     assert "warning:" in text and "ceiling was measured too low" in text
     assert any(cell.strip().endswith("%!") for cell in text.split("│"))
+
+
+def test_rows_record_the_kind_of_cpu_and_the_table_names_it(tmp_path, tiny_model_dir):
+    import torch
+    rows, text = run(PerfArgs(small_spec(tiny_model_dir, buckets=[8], baselines=[]), results_dir=tmp_path))
+    summary = ResultStore(tmp_path).read("perf_summary")
+    assert set(summary["cpu_capability"]) == {torch.backends.cpu.get_cpu_capability()}
+    assert {"cpu_model", "cpu_flags", "cpu_isa_limits", "cpu_emulated", "cpu_kind"} <= set(summary.columns)
+    assert f"kernels {summary['cpu_kind'].iloc[0]}" in text
+
+
+def test_an_emulated_cpu_is_said_to_be_emulated_in_the_table():
+    from granite_bench.perf.command import cpu_kinds
+    row = {"cpu_model": "Xeon", "cpu_flags": "avx2 avx512f", "cpu_emulated": True,
+           "cpu_kind": "AVX2 (emulated on an AVX512 CPU: ATEN_CPU_CAPABILITY=avx2)"}
+    lines = cpu_kinds([row, dict(row), {"impl": "from an older run without the columns"}])
+    assert len(lines) == 1 and "kernels AVX2 (emulated" in lines[0] and "EMULATED" in lines[0]
+    assert "EMULATED" not in cpu_kinds([{**row, "cpu_emulated": False, "cpu_kind": "AVX512"}])[0]

@@ -46,7 +46,8 @@ def test_prefill_flops_count_projections_square_attention_and_last_logits():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ceilings_are_measured_as_positive_rates(dtype):
     c = measure_ceilings(dtype, read_mib=8, matvec_mib=4, matmul_n=64, reps=2, min_seconds=0.05)
-    for value in (c.read_gbs, c.read_gbs_best, c.matvec_gbs, c.matmul_gflops):
+    for value in (c.read_gbs, c.read_gbs_best, c.matvec_gbs, c.matmul_gflops, c.read_gbs_cpu_best,
+                  c.matvec_gbs_cpu_best):
         assert value > 0 and math.isfinite(value)
     assert set(c.columns()) >= {"ceiling_read_gbs", "ceiling_matvec_gbs", "ceiling_matmul_gflops"}
 
@@ -114,3 +115,33 @@ def test_suspect_fractions_are_those_above_one_or_without_a_ceiling():
                  "exactly": 1.0}
     assert roofline.suspect_fractions(fractions) == ["decode_frac_matvec", "prefill_frac_matmul"]
     assert math.isnan(roofline.fraction_of(5.0, 0.0))
+
+
+def test_the_last_level_cache_is_the_largest_cache_the_os_reports(tmp_path):
+    for index, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "491520K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert roofline.last_level_cache_bytes(str(tmp_path)) == 480 * 2**20
+    assert roofline.last_level_cache_bytes(str(tmp_path / "missing")) == 0
+
+
+def test_ceiling_buffers_stream_from_memory_past_a_large_cache_within_a_memory_cap():
+    mib = 2**20
+    assert roofline.streaming_buffer_mib(256, 32 * mib) == 256           # a usual L3: the floor is already 8x it
+    assert roofline.streaming_buffer_mib(256, 480 * mib) == 960          # a 480 MiB L3: twice it
+    assert roofline.streaming_buffer_mib(256, 4096 * mib) == roofline.MAX_BUFFER_MIB
+    assert roofline.streaming_buffer_mib(256, 0) == 256                  # unknown cache: the floor
+
+
+def test_the_cpu_time_ceiling_is_the_fewest_cpu_seconds_of_the_calls(monkeypatch):
+    """Scripted CPU clock: calls of 5, 3, 7 ns after an unseen warm-up: the best is 3 ns."""
+    durations = iter([5, 3, 7])
+    clock = {"now": 0, "warm": False}
+
+    def fake_call():
+        if clock["warm"]:
+            clock["now"] += next(durations)
+        clock["warm"] = True
+
+    monkeypatch.setattr(roofline.time, "process_time_ns", lambda: clock["now"])
+    assert roofline.best_cpu_seconds(fake_call, reps=3, sync=lambda: None) == 3e-9

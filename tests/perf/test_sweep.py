@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -130,3 +131,26 @@ def test_ceilings_are_measured_once_per_dtype_and_thread_count_of_the_points():
     session.ceilings_for(POINT)
     session.ceilings_for(POINT)
     assert asked == [(POINT.dtype, POINT.device, 2)]
+
+
+def test_cpu_time_medians_bandwidth_and_ratios_sit_beside_the_wall_time_ones(tiny_model_dir):
+    config = load_hf_config(tiny_model_dir)
+    ours_t = dataclasses.replace(fake_timing(4, 1.0), ttft_cpu_ns=2_000_000, step_cpu_ns=[500_000] * 3)
+    hf_t = dataclasses.replace(fake_timing(8, 4.0), ttft_cpu_ns=4_000_000, step_cpu_ns=[1_000_000] * 3)
+    ctx = dataclasses.replace(context(config), ceilings=dataclasses.replace(CEILINGS, matvec_gbs_cpu_best=12.0))
+    rows = {r["impl"]: r for r in summary_rows(POINT, {IMPL: [ours_t] * 3, "hf_eager": [hf_t] * 3}, ctx)}
+    ours = rows[IMPL]
+    assert ours["tpot_cpu_p50_ms"] == pytest.approx(0.5) and ours["ttft_cpu_p50_ms"] == pytest.approx(2.0)
+    assert ours["tpot_cpu_ratio_hf_eager"] == pytest.approx(0.5) and ours["ttft_cpu_ratio_hf_eager"] == 0.5
+    assert ours["decode_gbs_cpu"] == pytest.approx(2 * ours["decode_gbs"])   # half the time: twice the rate
+    assert ours["decode_frac_matvec_cpu"] == pytest.approx(ours["decode_gbs_cpu"] / 12.0)   # of the CPU-time ceiling
+    no_cpu_ceiling = summary_rows(POINT, {IMPL: [ours_t] * 3}, context(config))[0]
+    assert "decode_frac_matvec_cpu" not in no_cpu_ceiling and not no_cpu_ceiling["ceiling_suspect"]
+
+
+def test_timings_without_cpu_time_give_no_cpu_columns(tiny_model_dir):
+    config = load_hf_config(tiny_model_dir)
+    rows = summary_rows(POINT, {IMPL: [fake_timing(4, 1.0)] * 3, "hf_eager": [fake_timing(8, 4.0)] * 3},
+                        context(config))
+    assert not any("cpu_p50" in column or "_cpu_ratio" in column for row in rows for column in row)
+    assert "decode_frac_matvec_cpu" not in rows[0]

@@ -27,6 +27,7 @@ def test_timed_generation_decodes_what_the_runner_generates(runners):
         assert timing.tokens == expected
         assert len(timing.step_ns) == 5
         assert 0 < timing.ttft_ns < timing.e2e_ns
+        assert len(timing.step_cpu_ns) == 5 and timing.ttft_cpu_ns > 0 and all(ns >= 0 for ns in timing.step_cpu_ns)
 
 
 def test_hf_timing_stamps_every_token_and_decodes_hf_greedy(tiny_model_dir):
@@ -39,6 +40,7 @@ def test_hf_timing_stamps_every_token_and_decodes_hf_greedy(tiny_model_dir):
         assert timing.tokens == [expected]
         assert len(timing.step_ns) == 4 and all(ns > 0 for ns in timing.step_ns)
         assert timing.ttft_ns + sum(timing.step_ns) <= timing.e2e_ns
+        assert len(timing.step_cpu_ns) == 4 and timing.ttft_cpu_ns > 0 and all(ns >= 0 for ns in timing.step_cpu_ns)
 
 
 def test_hf_baseline_refuses_ragged_prompts(tiny_model_dir):

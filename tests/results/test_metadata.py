@@ -119,3 +119,19 @@ def test_results_package_does_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_cpu_flags_are_the_ones_that_decide_the_kernels_read_from_cpuinfo():
+    from granite_bench.results.metadata import cpu_flags
+    cpuinfo = "processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512bw avx512_bf16 amx_tile\nbogomips: 1\n"
+    assert cpu_flags(cpuinfo) == ["avx2", "avx512f", "avx512_bf16"]
+    assert cpu_flags("processor: 0\n") == []
+
+
+def test_an_isa_limited_run_is_a_different_machine_named_so():
+    from granite_bench.results.metadata import machine_description
+    native_fp, native_text = machine_description({})
+    limited_fp, limited_text = machine_description({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert limited_fp != native_fp
+    assert limited_text == native_text + " [ISA limited: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2]"
+    assert machine_description({"ATEN_CPU_CAPABILITY": ""}) == (native_fp, native_text)   # empty: not a limit
