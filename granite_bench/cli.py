@@ -444,8 +444,8 @@ def gate_power(
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
-    from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, power_table, read_campaigns,
-                                 run_calibration)
+    from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, power_table,
+                                 read_campaigns, run_calibration)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
     try:
         level_values = tuple(float(v) for v in levels.split(",") if v.strip())
@@ -460,6 +460,7 @@ def gate_power(
         if resamples < 1:
             raise CalibrationError("--resamples must be at least 1")
         if not summary_only:
+            check_settings(settings)
             check_timing_settings(CompareSettings(baseline="", **compare_options))
             preflight.results_dir(results_dir)
             run_calibration(settings, console)
