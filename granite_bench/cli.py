@@ -434,6 +434,8 @@ def gate_power(
     summary_only: bool = typer.Option(False, "--summary-only", help="Only summarise the stored comparisons of "
                                                                    "--gate (power table and A/A false alarms)."),
     resamples: int = typer.Option(2000, help="A/A comparisons resampled from the recorded null comparisons."),
+    save_summary: bool = typer.Option(True, "--save-summary/--no-save-summary", help="Store the A/A summary as a "
+                                                                                     "gate_power row."),
     trials: int = typer.Option(48, help="The gate's --trials (as for compare)."),
     reps: int = typer.Option(32, help="The gate's --reps."),
     floor: float = typer.Option(0.03, help="The gate's --floor."),
@@ -445,7 +447,7 @@ def gate_power(
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
     from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, power_table,
-                                 read_campaigns, run_calibration)
+                                 read_campaigns, run_calibration, store_aa_summary)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
     try:
         level_values = tuple(float(v) for v in levels.split(",") if v.strip())
@@ -467,6 +469,8 @@ def gate_power(
         frame = read_campaigns(results_dir, gate)
         table = power_table(frame)
         aa = aa_summary(frame, resamples) if (frame["kind"] == "null").any() else None
+        if aa is not None and save_summary:
+            store_aa_summary(results_dir, frame, aa)
     except (CalibrationError, CompareError, BadInput) as err:
         fail(err)
     except KeyboardInterrupt:

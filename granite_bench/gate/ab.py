@@ -127,15 +127,31 @@ def tree_env(tree: Path) -> dict:
     return env
 
 
+ADDR_NO_RANDOMIZE = 0x0040000   # personality(2) flag: what `setarch -R` sets
+
+
+def fixed_layout() -> None:
+    """In the child before exec: turn off address-space layout randomisation for the worker (Linux; elsewhere, or
+    where the container refuses it, nothing changes). With ASLR each worker process gets its own code and heap
+    addresses, and on the loaded 2-core host that alone moved one worker's CPU time per decode step by several
+    percent against another's, running the same tree (gate/calibrate.py's measurements); a fixed layout takes that
+    per-process offset out of the A/B difference."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).personality(ADDR_NO_RANDOMIZE)
+
+
 class ProbeWorker:
     """One ab_probe.py subprocess bound to a tree."""
 
-    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path):
+    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path, randomize_layout: bool = False):
         self.tree = tree
         self.log = open(log_dir / f"probe-{tree.path.name}-{os.getpid()}-{id(self)}.log", "w+")
         self.proc = subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "--tree", str(tree.path), *probe_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=str(tree.path), env=tree_env(tree.path))
+                                     cwd=str(tree.path), env=tree_env(tree.path),
+                                     preexec_fn=None if randomize_layout else fixed_layout)
 
     def receive(self) -> dict:
         for line in self.proc.stdout:

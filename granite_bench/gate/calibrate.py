@@ -29,6 +29,7 @@ from scipy import stats as scipy_stats
 DECODE_LEVELS = (0.0, 0.05, 0.10, 0.20, 0.30)
 PREFILL_LEVEL = 0.20           # the prefill-only tree: busy work of 20% of a prefill call, none in decode
 NULL, DECODE, PREFILL = "null", "decode", "prefill"
+AA = "aa_resampled"            # a summary row: the gate's A/A false alarms resampled from the null comparisons
 TABLE = "gate_power"
 COPIED = ("granite_bench", "suites")
 RUNNER_FILE = Path("granite_bench") / "runtime" / "runner.py"
@@ -152,13 +153,13 @@ def iterations_for(arm: Arm, costs: dict) -> tuple[int, int]:
 
 
 def schedule(counts: dict[Arm, int]) -> list[tuple[Arm, int]]:
-    """Round robin over the arms, (arm, index) pairs, until each has run its count: drift falls on all alike."""
+    """(arm, index) pairs spreading each arm evenly over the campaign (the arm least far through its count goes
+    next; ties in the given order), so load drifts fall on every arm alike and a cut-short campaign stays balanced."""
     plan, done = [], {arm: 0 for arm in counts}
-    while any(done[arm] < n for arm, n in counts.items()):
-        for arm, n in counts.items():
-            if done[arm] < n:
-                plan.append((arm, done[arm]))
-                done[arm] += 1
+    for _ in range(sum(counts.values())):
+        arm = min((a for a in counts if done[a] < counts[a]), key=lambda a: (done[a] + 0.5) / counts[a])
+        plan.append((arm, done[arm]))
+        done[arm] += 1
     return plan
 
 
@@ -176,6 +177,7 @@ def power_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     timing metric flagged), the rate with its Wilson interval, other metrics flagged, median gate minutes and the
     median measured ratio of the slowed metric."""
     rows = []
+    frame = frame[frame["kind"] != AA] if "kind" in frame.columns else frame
     for (gate, kind, level), group in frame.groupby(["gate", "kind", "level"], sort=True):
         n = len(group)
         hits = int(group["detected"].sum())
@@ -191,31 +193,27 @@ def power_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
 
 # -- A/A resampling -------------------------------------------------------------------------------------------------
 def recorded_rounds(trials_json: str) -> list[dict]:
-    """Rounds of a recorded comparison in run order: [{'first': {metric: v}, 'second': {metric: v}}, ...]."""
+    """Rounds of a recorded comparison in run order: [{'A': {metric: v}, 'B': {metric: v}, 'a_first': bool}, ...]
+    (round i holds the i-th trial of each side)."""
     data = json.loads(trials_json)
-    order, seen, values = data["order"], {"A": 0, "B": 0}, []
-    for side in order:
-        values.append({m: data[side][m][seen[side]] for m in data[side]})
-        seen[side] += 1
-    return [{"first": values[i], "second": values[i + 1]} for i in range(0, len(values) - 1, 2)]
+    order = data.get("order", [])
+    rounds = []
+    for i in range(len(order) // 2):
+        rounds.append({"A": {m: data["A"][m][i] for m in data["A"]}, "B": {m: data["B"][m][i] for m in data["B"]},
+                       "a_first": order[2 * i] == "A"})
+    return rounds
 
 
 def pseudo_comparison(rounds: list[dict], n_rounds: int, rng: np.random.Generator):
-    """An A/A comparison of n_rounds rounds drawn with replacement from one tree's recorded rounds, labelled as the
-    gate labels them (AB, BA, AB, ...): per metric (pseudo baseline values, pseudo candidate values), and order."""
+    """An A/A comparison of n_rounds rounds drawn with replacement from one unchanged comparison's recorded rounds.
+    Each trial keeps its side: the two worker processes' own difference (memory layout, which core) is part of the
+    noise a real comparison meets, and relabelling trials across processes would average it away. Returns per
+    metric (baseline values, candidate values) and the order the drawn trials had run in."""
     picks = rng.integers(0, len(rounds), size=n_rounds)
-    metrics = list(rounds[0]["first"])
-    base = {m: [] for m in metrics}
-    cand = {m: [] for m in metrics}
-    order = []
-    for r, i in enumerate(picks):
-        first, second = rounds[i]["first"], rounds[i]["second"]
-        a, b = (first, second) if r % 2 == 0 else (second, first)
-        order += ["A", "B"] if r % 2 == 0 else ["B", "A"]
-        for m in metrics:
-            base[m].append(a[m])
-            cand[m].append(b[m])
-    return {m: (base[m], cand[m]) for m in metrics}, order
+    metrics = list(rounds[0]["A"])
+    samples = {m: ([rounds[i]["A"][m] for i in picks], [rounds[i]["B"][m] for i in picks]) for m in metrics}
+    order = [side for i in picks for side in (("A", "B") if rounds[i]["a_first"] else ("B", "A"))]
+    return samples, order
 
 
 def aa_false_alarms(null_trials: list[str], decide, n_rounds: int, n_resamples: int = 2000,
@@ -404,3 +402,15 @@ def read_campaigns(results_dir: Path, gate: str | None = None) -> pd.DataFrame:
             raise CalibrationError(f"no calibration of gate {gate!r} in {results_dir}: pass one of "
                                    f"{', '.join(sorted(store.read(TABLE)['gate'].unique()))}")
     return frame.reset_index(drop=True)
+
+
+def store_aa_summary(results_dir: Path, frame: pd.DataFrame, summary: dict) -> None:
+    """The A/A summary as one gate_power row (kind aa_resampled), so the dashboard can show it."""
+    from ..results.metadata import collect_run_metadata, require_directions
+    from ..results.store import ResultStore
+    row = {"campaign": ",".join(sorted(frame["campaign"].unique())), "gate": summary["gate"], "arm": AA, "kind": AA,
+           "level": 0.0, "index": -1, "aa_false_alarms": summary["aa_false_alarms"],
+           "aa_resamples": summary["aa_resamples"], "aa_rate": summary["rate"], "aa_ci_low": summary["ci_low"],
+           "aa_ci_high": summary["ci_high"], "aa_sources": summary["sources"], "rounds": summary["rounds"]}
+    meta = collect_run_metadata(suite="gate-power", device="cpu", dtype="float32", config={"aa": summary}, seed=0)
+    ResultStore(results_dir).write_run(meta, {TABLE: require_directions(TABLE, [row])})
