@@ -21,7 +21,7 @@ import time
 import traceback
 
 PREFIX = "@@ab "
-PREFILL_REPEATS = 3
+PREFILL_REPEATS = 8                 # prefill calls per trial (a 32-token prefill is a few ms: one is noisy)
 
 
 def send(message: dict) -> None:
