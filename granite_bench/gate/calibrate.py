@@ -172,22 +172,41 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return float(ci.low), float(ci.high)
 
 
+def paired_ratio(trials_json: str, metric: str) -> float:
+    """exp(median log(B / A)) over a recorded comparison's rounds: its measured slowdown of `metric` (NaN when the
+    metric was not recorded)."""
+    data = json.loads(trials_json)
+    if metric not in data.get("A", {}):
+        return float("nan")
+    base, cand = np.asarray(data["A"][metric], float), np.asarray(data["B"][metric], float)
+    n = min(len(base), len(cand))
+    return float(np.exp(np.median(np.log(cand[:n] / base[:n])))) if n else float("nan")
+
+
+def finite_median(values) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.median(finite)) if finite else float("nan")
+
+
 def power_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per gate and arm: comparisons, detected (the arm's own metric flagged; at level 0 a false alarm is any
     timing metric flagged), the rate with its Wilson interval, other metrics flagged, median gate minutes and the
-    median measured ratio of the slowed metric."""
+    median measured paired ratio of the slowed metric, wall clock and CPU time."""
     rows = []
     frame = frame[frame["kind"] != AA] if "kind" in frame.columns else frame
     for (gate, kind, level), group in frame.groupby(["gate", "kind", "level"], sort=True):
         n = len(group)
         hits = int(group["detected"].sum())
         low, high = wilson_interval(hits, n, confidence)
-        ratio = group["prefill_ratio" if kind == PREFILL else "decode_ratio"]
+        slowed = "prefill" if kind == PREFILL else "decode_step"
+        wall = [paired_ratio(t, f"{slowed}_ms") for t in group["trials_json"]]
+        cpu = [paired_ratio(t, f"{slowed}_cpu_ms") for t in group["trials_json"]]
         rows.append({"gate": gate, "kind": kind, "level": float(level), "comparisons": n, "detected": hits,
                      "rate": hits / n, "ci_low": low, "ci_high": high,
                      "other_flagged": int(group["other_flagged"].sum()),
                      "median_gate_minutes": float(group["gate_seconds"].median() / 60),
-                     "median_ratio": float(ratio.median()), "median_load1": float(group["load1"].median())})
+                     "median_wall_ratio": finite_median(wall), "median_cpu_ratio": finite_median(cpu),
+                     "median_load1": float(group["load1"].median())})
     return pd.DataFrame(rows)
 
 
@@ -286,6 +305,8 @@ def comparison_row(arm: Arm, index: int, comparison, seconds: float, iterations:
             "index": index, "detected": detected, "other_flagged": bool(other),
             "flagged_metrics": ",".join(sorted(flagged)), "notes": " | ".join(comparison.notes),
             "decode_ratio": value("decode_step_ms", "ratio"), "prefill_ratio": value("prefill_ms", "ratio"),
+            "decode_cpu_ratio": value("decode_step_cpu_ms", "ratio"),
+            "prefill_cpu_ratio": value("prefill_cpu_ms", "ratio"),
             "decode_p_adjusted": value("decode_step_ms", "p_adjusted"),
             "prefill_p_adjusted": value("prefill_ms", "p_adjusted"),
             "gate_seconds": seconds, "rounds": timing.trials if timing is not None else 0,
@@ -332,7 +353,9 @@ def run_calibration(settings: CalibrationSettings, console=None) -> pd.DataFrame
         rows.append(row)
         if console is not None:
             console.print(f"{arm.name} #{index}: detected={row['detected']} decode x{row['decode_ratio']:.3f} "
-                          f"prefill x{row['prefill_ratio']:.3f} {seconds:.0f}s load {row['load1']:.2f} "
+                          f"(cpu x{row['decode_cpu_ratio']:.3f}) prefill x{row['prefill_ratio']:.3f} "
+                          f"(cpu x{row['prefill_cpu_ratio']:.3f}) rounds {row['rounds']} {seconds:.0f}s "
+                          f"load {row['load1']:.2f} "
                           f"{row['flagged_metrics']}")
     if settings.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)

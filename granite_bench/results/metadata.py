@@ -119,7 +119,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         # one row per calibration comparison: the real gate on a tree with a known synthetic slowdown
         "detected": ("higher", SHOWN), "other_flagged": ("lower", SHOWN), "level": (None, SHOWN),
         "index": (None, SHOWN), "decode_ratio": (None, SHOWN), "prefill_ratio": (None, SHOWN),
-        "decode_p_adjusted": (None, SHOWN), "prefill_p_adjusted": (None, SHOWN), "gate_seconds": ("lower", SHOWN),
+        "decode_cpu_ratio": (None, SHOWN), "prefill_cpu_ratio": (None, SHOWN), "decode_p_adjusted": (None, SHOWN),
+        "prefill_p_adjusted": (None, SHOWN), "gate_seconds": ("lower", SHOWN),
         "rounds": (None, SHOWN), "decode_iterations": (None, SHOWN), "prefill_iterations": (None, SHOWN),
         "load1": (None, SHOWN), "aa_false_alarms": ("lower", SHOWN), "aa_resamples": (None, SHOWN),
         "aa_rate": ("lower", SHOWN), "aa_ci_low": (None, SHOWN), "aa_ci_high": (None, SHOWN),

@@ -75,15 +75,21 @@ def test_power_table_counts_detections_per_level_and_false_alarms_at_zero():
     rows = []
     for i in range(4):
         rows.append({"gate": "g", "kind": NULL, "level": 0.0, "detected": i == 0, "other_flagged": False,
-                     "gate_seconds": 60.0, "decode_ratio": 1.0, "prefill_ratio": 1.0, "load1": 2.0})
+                     "gate_seconds": 60.0, "load1": 2.0, "trials_json": recorded(["A", "B"], [1.0], [1.0])})
     for i in range(5):
         rows.append({"gate": "g", "kind": DECODE, "level": 0.1, "detected": i < 4, "other_flagged": i == 0,
-                     "gate_seconds": 120.0 + i, "decode_ratio": 1.1, "prefill_ratio": 1.0, "load1": 3.0})
+                     "gate_seconds": 120.0 + i, "load1": 3.0,
+                     "trials_json": json.dumps({"order": ["A", "B", "B", "A"],
+                                                "A": {"decode_step_ms": [2.0, 2.0], "decode_step_cpu_ms": [1.0, 1.0]},
+                                                "B": {"decode_step_ms": [2.2, 2.4], "decode_step_cpu_ms": [1.1, 1.1]}})})
     table = calibrate.power_table(pd.DataFrame(rows)).set_index("kind")
     assert table.loc[NULL, "comparisons"] == 4 and table.loc[NULL, "detected"] == 1
     assert table.loc[NULL, "rate"] == 0.25
     assert table.loc[DECODE, "detected"] == 4 and table.loc[DECODE, "other_flagged"] == 1
     assert table.loc[DECODE, "median_gate_minutes"] == pytest.approx(122 / 60)
+    assert table.loc[DECODE, "median_cpu_ratio"] == pytest.approx(1.1)
+    assert table.loc[DECODE, "median_wall_ratio"] == pytest.approx(np.sqrt(1.1 * 1.2))
+    assert math.isnan(table.loc[NULL, "median_cpu_ratio"])   # not recorded for that metric
     low, high = calibrate.wilson_interval(4, 5)
     assert (table.loc[DECODE, "ci_low"], table.loc[DECODE, "ci_high"]) == (low, high)
 
