@@ -396,18 +396,22 @@ def compare(
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-        preflight.results_dir(results_dir if save else None)
     except BadInput as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError
-    from .gate.compare import CompareError, CompareSettings, render, run_compare
+    from .gate.compare import CompareError, CompareSettings, check_timing_settings, render, run_compare
     settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
                                reps=reps, floor=floor, alpha=alpha, design=design, clock=clock, looks=looks,
                                error_growth=error_growth, timing=timing,
                                deterministic=deterministic, rerun=rerun,
                                commands=list(det_command) if det_command else ["parity", "eval"],
                                timing_model=timing_model, timing_layers=timing_layers, threads=threads, store=save)
+    try:
+        check_timing_settings(settings)
+        preflight.results_dir(results_dir if save else None)
+    except (CompareError, BadInput) as err:
+        fail(err)
     try:
         with progress_bar() as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
