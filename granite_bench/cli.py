@@ -450,8 +450,8 @@ def gate_power(
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
-    from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, power_table,
-                                 read_campaigns, run_calibration, store_aa_summary)
+    from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, design_table,
+                                 power_table, read_campaigns, run_calibration, store_aa_summary)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
     try:
         level_values = tuple(float(v) for v in levels.split(",") if v.strip())
@@ -480,6 +480,10 @@ def gate_power(
     except KeyboardInterrupt:
         interrupted("gate-power", "the comparisons finished so far are stored")
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    designs = design_table(frame)
+    if len(designs):
+        console.print("the designs on the same recorded trials (first 12 rounds, floor 3%, alpha 0.01), detected/n:")
+        console.print(designs.to_string(index=False))
     if aa is not None:
         console.print(f"A/A resampled from {aa['sources']} null comparisons ({aa['rounds']} rounds each): "
                       f"{aa['aa_false_alarms']}/{aa['aa_resamples']} flagged = {aa['rate']:.4f} "

@@ -437,3 +437,39 @@ def store_aa_summary(results_dir: Path, frame: pd.DataFrame, summary: dict) -> N
            "aa_ci_high": summary["ci_high"], "aa_sources": summary["sources"], "rounds": summary["rounds"]}
     meta = collect_run_metadata(suite="gate-power", device="cpu", dtype="float32", config={"aa": summary}, seed=0)
     ResultStore(results_dir).write_run(meta, {TABLE: require_directions(TABLE, [row])})
+
+
+# -- which ingredient helps: the designs side by side on the same recorded trials -----------------------------------
+DESIGNS = {  # name: (paired?, clock)
+    "pooled-wall": (False, "wall"), "pooled-cpu": (False, "cpu"), "paired-wall": (True, "wall"),
+    "paired-cpu": (True, "cpu"),
+}
+
+
+def design_decision(trials_json: str, design: str, rounds: int, floor: float, alpha: float) -> bool | None:
+    """Whether `design` flags a recorded comparison judged on its first `rounds` rounds (one fixed look, Holm over
+    decode step and prefill); None when the comparison lacks those rounds or that clock."""
+    from ..results import stats
+    paired, clock = DESIGNS[design]
+    metrics = ("decode_step_ms", "prefill_ms") if clock == "wall" else ("decode_step_cpu_ms", "prefill_cpu_ms")
+    data = json.loads(trials_json)
+    if any(m not in data["A"] or len(data["A"][m]) < rounds for m in metrics):
+        return None
+    samples = {m: (data["A"][m][:rounds], data["B"][m][:rounds]) for m in metrics}
+    tests = (stats.judge_paired(samples, floor, alpha) if paired
+             else stats.gate_timings(samples, floor=floor, alpha=alpha))
+    return any(t.verdict == stats.REGRESSION for t in tests)
+
+
+def design_table(frame: pd.DataFrame, rounds: int = 12, floor: float = 0.03, alpha: float = 0.01) -> pd.DataFrame:
+    """Detection rate per arm of each design in DESIGNS on the same recorded trials (their first `rounds` rounds)."""
+    rows = []
+    frame = frame[frame["kind"] != AA]
+    for (kind, level), group in frame.groupby(["kind", "level"], sort=True):
+        row = {"kind": kind, "level": float(level)}
+        for design in DESIGNS:
+            found = [d for d in (design_decision(t, design, rounds, floor, alpha) for t in group["trials_json"])
+                     if d is not None]
+            row[design] = f"{sum(found)}/{len(found)}"
+        rows.append(row)
+    return pd.DataFrame(rows)

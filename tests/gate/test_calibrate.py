@@ -230,3 +230,20 @@ def test_gate_power_refuses_bad_counts_with_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     assert "--per-level" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_design_table_judges_every_design_on_the_same_recorded_rounds():
+    # CPU time 10% slower and steady; wall time buried in load noise that moves A and B together within a round
+    rng = np.random.default_rng(5)
+    load = np.exp(rng.normal(0, 0.5, 12))
+    data = {"order": ["A", "B", "B", "A"] * 6,
+            "A": {"decode_step_ms": (3 * load).tolist(), "prefill_ms": (6 * load).tolist(),
+                  "decode_step_cpu_ms": [1.0] * 12, "prefill_cpu_ms": [2.0] * 12},
+            "B": {"decode_step_ms": (3.3 * load * np.exp(rng.normal(0, 0.01, 12))).tolist(),
+                  "prefill_ms": (6 * load).tolist(), "decode_step_cpu_ms": [1.1] * 12, "prefill_cpu_ms": [2.0] * 12}}
+    frame = pd.DataFrame([{"kind": DECODE, "level": 0.1, "trials_json": json.dumps(data)}])
+    row = calibrate.design_table(frame, rounds=12).iloc[0]
+    assert row["paired-cpu"] == "1/1" and row["pooled-cpu"] == "1/1"
+    assert row["paired-wall"] == "1/1"      # pairing cancels the shared load swings ...
+    assert row["pooled-wall"] == "0/1"      # ... that drown the pooled comparison
+    assert calibrate.design_decision(json.dumps(data), "paired-cpu", rounds=13, floor=0.03, alpha=0.01) is None
