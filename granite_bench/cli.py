@@ -450,6 +450,8 @@ def gate_power(
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
+    import pandas as pd
+
     from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, design_table,
                                  power_table, read_campaigns, run_calibration, store_aa_summary)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
@@ -480,9 +482,12 @@ def gate_power(
     except KeyboardInterrupt:
         interrupted("gate-power", "the comparisons finished so far are stored")
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    designs = design_table(frame)
-    if len(designs):
-        console.print("the designs on the same recorded trials (first 12 rounds, floor 3%, alpha 0.01), detected/n:")
+    recorded = frame.loc[frame["kind"] != "aa_resampled", "rounds"] if "rounds" in frame.columns else []
+    rounds = int(min(12, min(recorded))) if len(recorded) else 0
+    designs = design_table(frame, rounds) if rounds >= 6 else pd.DataFrame()
+    if len(designs) and (designs.drop(columns=["kind", "level"]) != "0/0").any().any():
+        console.print(f"the designs on the same recorded trials (first {rounds} rounds, floor 3%, alpha 0.01), "
+                      f"detected/n:")
         console.print(designs.to_string(index=False))
     if aa is not None:
         console.print(f"A/A resampled from {aa['sources']} null comparisons ({aa['rounds']} rounds each): "
