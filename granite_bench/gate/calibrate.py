@@ -289,6 +289,14 @@ def trials_json(result) -> str:
     return json.dumps({"order": result.order, "A": a, "B": b})
 
 
+def gated_value(verdicts: dict, metric: str, attr: str) -> float:
+    """attr of the gated row of metric (its CPU-time row when gated, else the wall-clock one); NaN if neither."""
+    from ..results import stats
+    rows = [verdicts.get(f"{metric}_cpu_ms"), verdicts.get(f"{metric}_ms")]
+    gated = [r for r in rows if r is not None and r.verdict != stats.REPORTED] or [r for r in rows if r is not None]
+    return float(getattr(gated[0], attr)) if gated else float("nan")
+
+
 def comparison_row(arm: Arm, index: int, comparison, seconds: float, iterations: tuple[int, int],
                    settings: CalibrationSettings, campaign: str) -> dict:
     verdicts = {r.metric: r for r in comparison.rows if r.kind == "timing"}
@@ -307,8 +315,9 @@ def comparison_row(arm: Arm, index: int, comparison, seconds: float, iterations:
             "decode_ratio": value("decode_step_ms", "ratio"), "prefill_ratio": value("prefill_ms", "ratio"),
             "decode_cpu_ratio": value("decode_step_cpu_ms", "ratio"),
             "prefill_cpu_ratio": value("prefill_cpu_ms", "ratio"),
-            "decode_p_adjusted": value("decode_step_ms", "p_adjusted"),
-            "prefill_p_adjusted": value("prefill_ms", "p_adjusted"),
+            # of the gated clock's metric (CPU time unless the gate judges wall time)
+            "decode_p_adjusted": gated_value(verdicts, "decode_step", "p_adjusted"),
+            "prefill_p_adjusted": gated_value(verdicts, "prefill", "p_adjusted"),
             "gate_seconds": seconds, "rounds": timing.trials if timing is not None else 0,
             "decode_iterations": iterations[0], "prefill_iterations": iterations[1],
             "load1": os.getloadavg()[0], "trials_json": trials_json(timing) if timing is not None else "{}"}

@@ -247,3 +247,34 @@ def test_design_table_judges_every_design_on_the_same_recorded_rounds():
     assert row["paired-wall"] == "1/1"      # pairing cancels the shared load swings ...
     assert row["pooled-wall"] == "0/1"      # ... that drown the pooled comparison
     assert calibrate.design_decision(json.dumps(data), "paired-cpu", rounds=13, floor=0.03, alpha=0.01) is None
+
+
+def fake_comparison(flagged: set[str]):
+    from types import SimpleNamespace
+
+    from granite_bench.gate.verdict import Row
+    rows = []
+    for metric in ("decode_step_cpu_ms", "prefill_cpu_ms"):
+        rows.append(Row(kind="timing", table="ab", group="g", metric=metric, baseline=1.0, candidate=1.1,
+                        verdict=stats.REGRESSION if metric in flagged else stats.PASS, ratio=1.1, p_adjusted=0.001))
+    for metric in ("decode_step_ms", "prefill_ms"):
+        rows.append(Row(kind="timing", table="ab", group="g", metric=metric, baseline=1.0, candidate=1.2,
+                        verdict=stats.REPORTED, ratio=1.2, p_adjusted=0.5))
+    timings = ab.ABResult(trials=1, reps=4, order=["A", "B"],
+                          per_trial={"decode_step_cpu_ms": ([1.0], [1.1])})
+    return SimpleNamespace(rows=rows, notes=[], timings=timings)
+
+
+def test_a_comparison_counts_as_detected_only_when_the_slowed_metric_is_flagged():
+    settings = calibrate.CalibrationSettings(gate="g")
+    decode, prefill, null = Arm(DECODE, 0.1), Arm(PREFILL, 0.2), Arm(NULL, 0.0)
+    row = calibrate.comparison_row(decode, 0, fake_comparison({"decode_step_cpu_ms"}), 30.0, (10, 0), settings, "c")
+    assert row["detected"] and not row["other_flagged"]
+    assert row["decode_p_adjusted"] == 0.001 and row["decode_ratio"] == 1.2 and row["decode_cpu_ratio"] == 1.1
+    row = calibrate.comparison_row(decode, 1, fake_comparison({"prefill_cpu_ms"}), 30.0, (10, 0), settings, "c")
+    assert not row["detected"] and row["other_flagged"]
+    row = calibrate.comparison_row(prefill, 0, fake_comparison({"prefill_cpu_ms"}), 30.0, (0, 10), settings, "c")
+    assert row["detected"] and not row["other_flagged"]
+    row = calibrate.comparison_row(null, 0, fake_comparison({"prefill_cpu_ms"}), 30.0, (0, 0), settings, "c")
+    assert row["detected"]   # at level 0 any flag is a false alarm
+    assert json.loads(row["trials_json"])["A"]["decode_step_cpu_ms"] == [1.0]
