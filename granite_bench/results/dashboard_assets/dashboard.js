@@ -218,10 +218,10 @@
     var maxLevel = 0;
     power.gates.forEach(function (g) { g.points.forEach(function (p) { maxLevel = Math.max(maxLevel, p.level); }); });
     maxLevel = maxLevel > 0 ? maxLevel * 1.1 : 1;
-    var x = function (v) { return left + v / maxLevel * (width - left - right); };
+    var xAt = function (v) { return left + v / maxLevel * (width - left - right); };
     var y = function (v) { return top + (1 - v) * (height - top - bottom); };
     var svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, "class": "power" });
-    [0, 0.5, 0.9, 1].forEach(function (tick) {
+    [0, 0.5, 1].forEach(function (tick) {
       svg.appendChild(el("line", { x1: left, x2: width - right, y1: y(tick), y2: y(tick), "class": "grid" }));
       svg.appendChild(el("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end" }, fmt(tick)));
     });
@@ -230,6 +230,8 @@
     var drawn = 0;
     power.gates.forEach(function (g, i) {
       var colour = GATE_COLOURS[i % GATE_COLOURS.length];
+      var shift = (i - (power.gates.length - 1) / 2) * 5;   // side by side, so intervals at one level stay apart
+      var x = function (v) { return xAt(v) + shift; };
       var curve = g.points.filter(function (p) { return p.kind !== "prefill"; });
       curve.sort(function (a, b) { return a.level - b.level; });
       if (curve.length > 1) {
@@ -252,7 +254,7 @@
       var label = g.gate + (g.aa ? " · A/A " + g.aa.aa_false_alarms + "/" + g.aa.aa_resamples : "");
       svg.appendChild(el("text", { x: width - right + 8, y: top + 14 + 16 * i, fill: colour }, label));
     });
-    curveTicks(svg, maxLevel, x, height - bottom);
+    curveTicks(svg, maxLevel, xAt, height - bottom);
     container.appendChild(svg);
     container.setAttribute("data-drawn", String(drawn));
   }
