@@ -248,9 +248,8 @@ def run_interleaved(baseline: CodeTree, candidate: CodeTree, trials: int = 8, re
                     probe_args: list[str] | None = None, on_trial=None, stop=None) -> ABResult:
     """Time baseline (A) and candidate (B) interleaved, AB BA AB ..., and compare them; stop(per_trial, rounds),
     asked after every round with the baseline-vs-candidate values so far, may end the trials early."""
-    pair_stop = None
-    if stop is not None:
-        def pair_stop(timings, rounds):
-            return stop({m: (timings["A"].per_trial[m], timings["B"].per_trial[m]) for m in TIMED_METRICS}, rounds)
-    timings, order = time_trees({"A": baseline, "B": candidate}, trials, reps, probe_args, on_trial, pair_stop)
+    def pair_stop(timings, rounds):
+        return stop({m: (timings["A"].per_trial[m], timings["B"].per_trial[m]) for m in TIMED_METRICS}, rounds)
+    timings, order = time_trees({"A": baseline, "B": candidate}, trials, reps, probe_args, on_trial,
+                                pair_stop if stop is not None else None)
     return ab_result(timings, "A", "B", order, reps)
