@@ -3,13 +3,14 @@
 Each copy of the tree (granite_bench/ and suites/) gets busy work (a pure-Python loop) wrapped around
 GraniteRunner.token_generate and context_encode in its runtime/runner.py; the loop's iteration count is calibrated
 against the decode step (and prefill call) measured here, in CPU time, so that level 0.10 adds 10% of a step. The
-baseline is a copy with zero iterations, so every tree carries the same wrapper. Comparisons are scheduled round
-robin over the levels (null, 5%, 10%, ... , prefill-only, null, ...) so the machine's load drifts onto all of them
+baseline is a copy with zero iterations, so every tree carries the same wrapper. The comparisons of every level
+(null, 5%, 10%, ..., prefill-only) are spread evenly over the campaign so the machine's load drifts onto all of them
 alike; each one runs the gate exactly as `granite-bench compare` does (run_compare, timings only) and is stored as
 it finishes (table `gate_power`, with its per-trial timings for the A/A resampling).
 
 power_table summarises detection rates (false alarms at level 0) with Wilson intervals; aa_false_alarms replays the
-gate's decision on A/A comparisons resampled from the recorded trials of unchanged comparisons.
+gate's decision on A/A comparisons resampled from the recorded trials of unchanged comparisons; design_table judges
+the same recorded trials by each candidate design (pooled or paired, wall or CPU time) to show what each one buys.
 """
 
 from __future__ import annotations
