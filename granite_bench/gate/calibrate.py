@@ -225,29 +225,37 @@ def recorded_rounds(trials_json: str) -> list[dict]:
 
 
 def pseudo_comparison(rounds: list[dict], n_rounds: int, rng: np.random.Generator):
-    """An A/A comparison of n_rounds rounds drawn with replacement from one unchanged comparison's recorded rounds.
-    Each trial keeps its side: the two worker processes' own difference (memory layout, which core) is part of the
-    noise a real comparison meets, and relabelling trials across processes would average it away. Returns per
-    metric (baseline values, candidate values) and the order the drawn trials had run in."""
-    picks = rng.integers(0, len(rounds), size=n_rounds)
+    """An A/A comparison: n_rounds rounds drawn without replacement from recorded rounds of unchanged comparisons,
+    each round's two trials handed to pseudo-A and pseudo-B at random (the same code ran on both sides, so under the
+    null the labels are exchangeable) and labelled in the gate's AB, BA, ... order. It keeps the machine's
+    trial-to-trial noise; it cannot keep one worker process's persistent offset from another (swapping sides averages
+    it away), which only the real unchanged comparisons measure. Per metric (baseline values, candidate values), and
+    the order."""
+    if len(rounds) < n_rounds:
+        raise CalibrationError(f"{len(rounds)} recorded null rounds cannot fill an A/A comparison of {n_rounds}: "
+                               f"run more null comparisons")
+    picks = rng.choice(len(rounds), size=n_rounds, replace=False)
+    swaps = rng.random(n_rounds) < 0.5
     metrics = list(rounds[0]["A"])
-    samples = {m: ([rounds[i]["A"][m] for i in picks], [rounds[i]["B"][m] for i in picks]) for m in metrics}
-    order = [side for i in picks for side in (("A", "B") if rounds[i]["a_first"] else ("B", "A"))]
+    samples = {}
+    for m in metrics:
+        base = [rounds[i]["B" if swap else "A"][m] for i, swap in zip(picks, swaps)]
+        cand = [rounds[i]["A" if swap else "B"][m] for i, swap in zip(picks, swaps)]
+        samples[m] = (base, cand)
+    order = [side for r in range(n_rounds) for side in (("A", "B") if r % 2 == 0 else ("B", "A"))]
     return samples, order
 
 
 def aa_false_alarms(null_trials: list[str], decide, n_rounds: int, n_resamples: int = 2000,
                     seed: int = 0) -> tuple[int, int]:
     """(false alarms, resamples): `decide(samples, order) -> bool` (True: the gate flags) applied to A/A comparisons
-    resampled from recorded unchanged comparisons (each resample draws from one recorded comparison)."""
-    sources = [recorded_rounds(t) for t in null_trials]
-    sources = [s for s in sources if s]
-    if not sources:
+    resampled from the pooled rounds of recorded unchanged comparisons (pseudo_comparison)."""
+    rounds = [r for t in null_trials for r in recorded_rounds(t)]
+    if not rounds:
         raise CalibrationError("no recorded unchanged comparison to resample: run the null level first")
     rng = np.random.default_rng(seed)
     alarms = 0
     for _ in range(n_resamples):
-        rounds = sources[int(rng.integers(0, len(sources)))]
         samples, order = pseudo_comparison(rounds, n_rounds, rng)
         alarms += bool(decide(samples, order))
     return alarms, n_resamples
@@ -382,7 +390,7 @@ def gate_decider(compare):
     if compare.design == "pooled":
         def decide(samples, order):
             tests = stats.gate_timings({m: samples[m] for m in ("decode_step_ms", "prefill_ms")}, compare.floor,
-                                       compare.alpha)
+                                       compare.alpha, with_ci=False)
             return any(t.verdict == stats.REGRESSION for t in tests)
         return decide, compare.trials
     plan = sequential_plan(compare)
@@ -419,7 +427,8 @@ def aa_summary(frame: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> d
     alarms, n = aa_false_alarms(list(nulls["trials_json"]), decide, n_rounds, n_resamples, seed)
     low, high = wilson_interval(alarms, n)
     return {"gate": frame["gate"].iloc[0], "aa_false_alarms": alarms, "aa_resamples": n, "rate": alarms / n,
-            "ci_low": low, "ci_high": high, "sources": len(nulls), "rounds": n_rounds}
+            "ci_low": low, "ci_high": high, "sources": len(nulls), "rounds": n_rounds,
+            "pooled_rounds": int(sum(len(recorded_rounds(t)) for t in nulls["trials_json"]))}
 
 
 def read_campaigns(results_dir: Path, gate: str | None = None) -> pd.DataFrame:
@@ -467,7 +476,7 @@ def design_decision(trials_json: str, design: str, rounds: int, floor: float, al
         return None
     samples = {m: (data["A"][m][:rounds], data["B"][m][:rounds]) for m in metrics}
     tests = (stats.judge_paired(samples, floor, alpha) if paired
-             else stats.gate_timings(samples, floor=floor, alpha=alpha))
+             else stats.gate_timings(samples, floor=floor, alpha=alpha, with_ci=False))
     return any(t.verdict == stats.REGRESSION for t in tests)
 
 

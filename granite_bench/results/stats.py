@@ -86,11 +86,12 @@ def holm_adjust(pvalues) -> list[float]:
     return adjusted.tolist()
 
 
-def compare_timing(metric: str, baseline, candidate, seed: int = 0) -> TimingTest:
-    """Point estimates, CI and one-sided p-values of one metric (no verdict yet: see gate_timings)."""
+def compare_timing(metric: str, baseline, candidate, seed: int = 0, with_ci: bool = True) -> TimingTest:
+    """Point estimates, CI (unless with_ci is False: the verdict does not use it) and one-sided p-values of one
+    metric (no verdict yet: see gate_timings)."""
     base = np.asarray(baseline, dtype=float)
     cand = np.asarray(candidate, dtype=float)
-    low, high = bootstrap_ratio_ci(base, cand, seed=seed)
+    low, high = bootstrap_ratio_ci(base, cand, seed=seed) if with_ci else (float("nan"), float("nan"))
     return TimingTest(metric=metric, n_baseline=len(base), n_candidate=len(cand),
                       baseline_median=float(np.median(base)), candidate_median=float(np.median(cand)),
                       ratio=median_ratio(base, cand), ci_low=low, ci_high=high,
@@ -99,12 +100,13 @@ def compare_timing(metric: str, baseline, candidate, seed: int = 0) -> TimingTes
 
 
 def gate_timings(samples: dict[str, tuple[list[float], list[float]]], floor: float = DEFAULT_FLOOR,
-                 alpha: float = DEFAULT_ALPHA, seed: int = 0) -> list[TimingTest]:
+                 alpha: float = DEFAULT_ALPHA, seed: int = 0, with_ci: bool = True) -> list[TimingTest]:
     """Test every metric {name: (baseline per-trial values, candidate per-trial values)} and give verdicts.
 
     regression: Holm-adjusted one-sided p < alpha and ratio > 1 + floor. faster: the mirror image (shown only).
+    with_ci=False skips the bootstrap CI (replays of the verdict alone, thousands of times).
     """
-    tests = [compare_timing(name, base, cand, seed=seed) for name, (base, cand) in samples.items()]
+    tests = [compare_timing(name, base, cand, seed=seed, with_ci=with_ci) for name, (base, cand) in samples.items()]
     slower = holm_adjust([t.p_slower for t in tests])
     faster = holm_adjust([t.p_faster for t in tests])
     for test, p_slow, p_fast in zip(tests, slower, faster):
@@ -177,8 +179,12 @@ def paired_timing(metric: str, baseline, candidate, confidence: float = 0.90) ->
     logs = paired_log_ratios(baseline, candidate)
     low, high = median_ci(logs, confidence)
     if len(logs) and np.any(logs != 0):
-        p_slower = float(stats.wilcoxon(logs, alternative="greater").pvalue)
-        p_faster = float(stats.wilcoxon(logs, alternative="less").pvalue)
+        # exact null distribution for untied, non-zero ratios (timings always are); the normal approximation with
+        # tie correction otherwise (scipy's automatic choice would run a slow permutation test)
+        exact = len(logs) <= 50 and np.all(logs != 0) and len(np.unique(np.abs(logs))) == len(logs)
+        method = "exact" if exact else "asymptotic"
+        p_slower = float(stats.wilcoxon(logs, alternative="greater", method=method).pvalue)
+        p_faster = float(stats.wilcoxon(logs, alternative="less", method=method).pvalue)
     else:
         p_slower = p_faster = 1.0
     return TimingTest(metric=metric, n_baseline=len(logs), n_candidate=len(logs),

@@ -104,25 +104,41 @@ def test_recorded_rounds_pair_each_sides_ith_trial_and_note_which_ran_first():
                       {"A": {"m": 4.0}, "B": {"m": 3.0}, "a_first": False}]
 
 
-def test_pseudo_comparisons_draw_recorded_rounds_and_keep_each_trial_on_its_side():
-    # The B process of this unchanged comparison runs 10% slower than the A process (a per-process effect): the
-    # resampled A/A comparisons must keep that difference, not average it away by swapping sides.
-    rounds = calibrate.recorded_rounds(recorded(["A", "B", "B", "A"] * 5, [1.0, 1.01] * 5, [1.1, 1.11] * 5))
+def test_pseudo_comparisons_draw_distinct_recorded_rounds_and_swap_sides_at_random():
+    a_values = [1.0 + i / 100 for i in range(10)]
+    b_values = [2.0 + i / 100 for i in range(10)]
+    rounds = calibrate.recorded_rounds(recorded(["A", "B", "B", "A"] * 5, a_values, b_values))
     samples, order = calibrate.pseudo_comparison(rounds, 8, np.random.default_rng(0))
     base, cand = samples["m"]
-    assert len(base) == len(cand) == 8 and len(order) == 16
-    assert set(base) <= {1.0, 1.01} and set(cand) <= {1.1, 1.11}
-    assert all(b / a == pytest.approx(1.1, rel=0.01) for a, b in zip(base, cand))
+    assert order == ab.trial_order(8)
+    pairs = [tuple(sorted(p)) for p in zip(base, cand)]
+    assert len(set(pairs)) == 8                                        # without replacement
+    assert all(pair in set(zip(a_values, b_values)) for pair in pairs)  # each round's own two trials
+    assert 0 < sum(b > a for a, b in zip(base, cand)) < 8               # sides swapped at random
+    with pytest.raises(calibrate.CalibrationError, match="cannot fill"):
+        calibrate.pseudo_comparison(rounds, 11, np.random.default_rng(0))
 
 
 def test_aa_false_alarms_counts_what_the_decision_flags_over_the_resamples():
-    trials = [recorded(["A", "B", "B", "A"], [1.0, 1.1], [1.05, 1.0])]
+    trials = [recorded(["A", "B", "B", "A"] * 4, [1.0, 1.1, 1.2, 1.3] * 2, [1.05, 1.0, 1.25, 1.2] * 2)]
     assert calibrate.aa_false_alarms(trials, lambda s, o: True, n_rounds=6, n_resamples=50) == (50, 50)
     flagged, n = calibrate.aa_false_alarms(trials, lambda s, o: np.median(s["m"][1]) > np.median(s["m"][0]),
                                            n_rounds=6, n_resamples=400)
     assert n == 400 and 0 < flagged < 400
     with pytest.raises(calibrate.CalibrationError):
         calibrate.aa_false_alarms([], lambda s, o: True, n_rounds=6)
+
+
+def test_the_sequential_gate_replayed_on_pure_noise_rounds_flags_under_alpha():
+    rng = np.random.default_rng(7)
+    a, b = np.exp(rng.normal(0, 0.05, (2, 200)))
+    trials = [json.dumps({"order": ["A", "B"] * 200, "A": {"decode_step_cpu_ms": a.tolist()},
+                          "B": {"decode_step_cpu_ms": b.tolist()}})]
+
+    def decide(samples, order):
+        return stats.sequential_replay(samples, PLAN, floor=0.0)[0] == stats.REGRESSION
+    flagged, n = calibrate.aa_false_alarms(trials, decide, n_rounds=48, n_resamples=200)
+    assert flagged <= 8   # alpha 0.01 over 200: expected 2 at most; 8 is past the binomial 99.9% bound
 
 
 def test_alpha_spending_adds_up_to_alpha_and_grows_with_the_looks():
