@@ -490,7 +490,8 @@ def gate_power(
                       f"detected/n:")
         console.print(designs.to_string(index=False))
     if aa is not None:
-        console.print(f"A/A resampled from {aa['sources']} null comparisons ({aa['rounds']} rounds each): "
+        console.print(f"A/A resampled from the {aa['pooled_rounds']} rounds of {aa['sources']} null comparisons "
+                      f"({aa['rounds']} rounds each, sides swapped at random): "
                       f"{aa['aa_false_alarms']}/{aa['aa_resamples']} flagged = {aa['rate']:.4f} "
                       f"(95% CI {aa['ci_low']:.4f}-{aa['ci_high']:.4f})")
 
