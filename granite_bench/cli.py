@@ -371,10 +371,17 @@ def compare(
     candidate: str = typer.Option("worktree", help="Run id(s), a git ref (HEAD), or 'worktree' (files as they are)."),
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store (read, and written unless "
                                                             "--no-save; default: ./granite-bench-results)."),
-    trials: int = typer.Option(8, help="Interleaved timing trials per side (at least 6)."),
+    trials: int = typer.Option(48, help="Sequential design: paired rounds at the last look; pooled: trials per "
+                                        "side (at least 6)."),
     reps: int = typer.Option(32, help="Decode steps per trial; a trial's value is their median."),
-    floor: float = typer.Option(0.10, help="Practical floor: slowdowns below it never fail (0.10 = 10%)."),
-    alpha: float = typer.Option(0.05, help="Significance level after Holm correction across the gated metrics."),
+    floor: float = typer.Option(0.03, help="Practical floor: slowdowns below it never fail (0.03 = 3%)."),
+    alpha: float = typer.Option(0.01, help="False-alarm bound: spent over the looks (sequential), after Holm "
+                                           "correction across the gated metrics."),
+    design: str = typer.Option("sequential", help="Timing gate: 'sequential' (paired rounds, looks at trials/4, "
+                                                  "/2, /1, stops early when clear) or 'pooled' (the earlier gate)."),
+    clock: str = typer.Option("cpu", help="Gated clock: 'cpu' (worker thread CPU time; wall time is reported "
+                                          "beside it), 'wall', or 'both'."),
+    looks: int = typer.Option(3, help="Sequential design: number of looks (halving back from --trials)."),
     error_growth: float = typer.Option(2.0, help="An error metric fails when it grows past this factor."),
     timing: bool = typer.Option(True, "--timing/--no-timing", help="Interleaved A/B timing when both are code."),
     deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic", help="Gate parity/eval rows."),
@@ -395,17 +402,22 @@ def compare(
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-        preflight.results_dir(results_dir if save else None)
     except BadInput as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError
-    from .gate.compare import CompareError, CompareSettings, render, run_compare
+    from .gate.compare import CompareError, CompareSettings, check_timing_settings, render, run_compare
     settings = CompareSettings(baseline=baseline, candidate=candidate, results_dir=results_dir, trials=trials,
-                               reps=reps, floor=floor, alpha=alpha, error_growth=error_growth, timing=timing,
+                               reps=reps, floor=floor, alpha=alpha, design=design, clock=clock, looks=looks,
+                               error_growth=error_growth, timing=timing,
                                deterministic=deterministic, rerun=rerun,
                                commands=list(det_command) if det_command else ["parity", "eval"],
                                timing_model=timing_model, timing_layers=timing_layers, threads=threads, store=save)
+    try:
+        check_timing_settings(settings)
+        preflight.results_dir(results_dir if save else None)
+    except (CompareError, BadInput) as err:
+        fail(err)
     try:
         with progress_bar() as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
@@ -419,6 +431,75 @@ def compare(
         fail(err)
     render(console, comparison)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
+
+
+@app.command("gate-power")
+def gate_power(
+    null: int = typer.Option(30, "--null", help="Unchanged comparisons (level 0: every flag is a false alarm)."),
+    per_level: int = typer.Option(10, help="Comparisons per slowdown level above 0 and for the prefill-only tree."),
+    levels: str = typer.Option("0,0.05,0.1,0.2,0.3", help="Decode slowdowns, fractions of a decode step."),
+    prefill_level: float = typer.Option(0.2, help="Prefill-only slowdown (fraction of a prefill call); 0: none."),
+    gate: str = typer.Option("default", help="A label for the gate under test, stored with every row."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help="The parquet store (table gate_power)."),
+    summary_only: bool = typer.Option(False, "--summary-only", help="Only summarise the stored comparisons of "
+                                                                   "--gate (power table and A/A false alarms)."),
+    resamples: int = typer.Option(2000, help="A/A comparisons resampled from the recorded null comparisons."),
+    save_summary: bool = typer.Option(True, "--save-summary/--no-save-summary", help="Store the A/A summary as a "
+                                                                                     "gate_power row."),
+    trials: int = typer.Option(48, help="The gate's --trials (as for compare)."),
+    reps: int = typer.Option(32, help="The gate's --reps."),
+    floor: float = typer.Option(0.03, help="The gate's --floor."),
+    alpha: float = typer.Option(0.01, help="The gate's --alpha."),
+    design: str = typer.Option("sequential", help="The gate's --design: sequential or pooled."),
+    clock: str = typer.Option("cpu", help="The gate's --clock: cpu, wall or both."),
+    looks: int = typer.Option(3, help="The gate's --looks."),
+    timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
+):
+    """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
+    import pandas as pd
+
+    from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, design_table,
+                                 power_table, read_campaigns, run_calibration, store_aa_summary)
+    from .gate.compare import CompareError, CompareSettings, check_timing_settings
+    try:
+        level_values = tuple(float(v) for v in levels.split(",") if v.strip())
+    except ValueError:
+        fail(f"--levels takes comma-separated fractions such as 0,0.05,0.1, got {levels!r}")
+    compare_options = {"trials": trials, "reps": reps, "floor": floor, "alpha": alpha, "design": design,
+                       "clock": clock, "looks": looks, "timing_model": timing_model}
+    settings = CalibrationSettings(gate=gate, null_comparisons=null, per_level=per_level, levels=level_values,
+                                   prefill_level=prefill_level or None, results_dir=results_dir,
+                                   compare=compare_options)
+    try:
+        if resamples < 1:
+            raise CalibrationError("--resamples must be at least 1")
+        if not summary_only:
+            check_settings(settings)
+            check_timing_settings(CompareSettings(baseline="", **compare_options))
+            preflight.results_dir(results_dir)
+            run_calibration(settings, console)
+        frame = read_campaigns(results_dir, gate)
+        table = power_table(frame)
+        aa = aa_summary(frame, resamples) if (frame["kind"] == "null").any() else None
+        if aa is not None and save_summary:
+            store_aa_summary(results_dir, frame, aa)
+    except (CalibrationError, CompareError, BadInput) as err:
+        fail(err)
+    except KeyboardInterrupt:
+        interrupted("gate-power", "the comparisons finished so far are stored")
+    console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    recorded = frame.loc[frame["kind"] != "aa_resampled", "rounds"] if "rounds" in frame.columns else []
+    rounds = int(min(12, min(recorded))) if len(recorded) else 0
+    designs = design_table(frame, rounds) if rounds >= 6 else pd.DataFrame()
+    if len(designs) and (designs.drop(columns=["kind", "level"]) != "0/0").any().any():
+        console.print(f"the designs on the same recorded trials (first {rounds} rounds, floor 3%, alpha 0.01), "
+                      f"detected/n:")
+        console.print(designs.to_string(index=False))
+    if aa is not None:
+        console.print(f"A/A resampled from the {aa['pooled_rounds']} rounds of {aa['sources']} null comparisons "
+                      f"({aa['rounds']} rounds each, sides swapped at random): "
+                      f"{aa['aa_false_alarms']}/{aa['aa_resamples']} flagged = {aa['rate']:.4f} "
+                      f"(95% CI {aa['ci_low']:.4f}-{aa['ci_high']:.4f})")
 
 
 @app.command()

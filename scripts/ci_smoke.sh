@@ -85,7 +85,7 @@ fi
 if has compare && git rev-parse --verify --quiet HEAD~1 >/dev/null; then
   log "compare HEAD~1 -> this tree ($TRIALS interleaved trials per side)"
   granite-bench compare --baseline HEAD~1 --candidate worktree --results-dir "$STORE" \
-    --trials "$TRIALS" --reps "$REPS" --fail-on deterministic
+    --trials "$TRIALS" --looks 1 --reps "$REPS" --fail-on deterministic
 elif has compare; then
   log "compare skipped: no previous commit"
 fi

@@ -143,9 +143,17 @@ CASES = [
     ("dashboard --out unwritable", ["dashboard", "--out", "{locked}/dash"], 2, "is not writable"),
     ("compare --threads 0", ["compare", "--baseline", "HEAD~1", "--threads", "0"], 2, "--threads must be a positive"),
     ("compare --fail-on other", ["compare", "--baseline", "HEAD~1", "--fail-on", "some"], 2, "--fail-on takes"),
+    ("compare --design other", ["compare", "--baseline", "HEAD~1", "--design", "bayes"], 2,
+     "--design must be one of sequential, pooled"),
+    ("compare --clock other", ["compare", "--baseline", "HEAD~1", "--clock", "tsc"], 2, "--clock must be one of"),
+    ("compare first look too early", ["compare", "--baseline", "HEAD~1", "--trials", "12", "--looks", "3"], 2,
+     "puts the first look under 6 rounds"),
+    ("gate-power --per-level -1", ["gate-power", "--per-level", "-1"], 2, "--null and --per-level take counts"),
+    ("gate-power --levels text", ["gate-power", "--levels", "0,ten"], 2, "--levels takes comma-separated"),
+    ("gate-power --design other", ["gate-power", "--design", "bayes"], 2, "--design must be one of"),
 ]
 
-WRITES_RESULTS = {"parity", "perf", "eval", "compare"}
+WRITES_RESULTS = {"parity", "perf", "eval", "compare", "gate-power"}
 
 
 def fill(argv: list[str], files: dict, checkpoints: dict) -> list[str]:

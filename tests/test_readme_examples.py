@@ -69,6 +69,10 @@ def stubbed_runs(monkeypatch):
 
     monkeypatch.setattr(compare, "run_compare", lambda settings, *a: calls.append(settings) or Comparison())
     monkeypatch.setattr(compare, "render", lambda *a: None)
+    import pandas as pd
+    from granite_bench.gate import calibrate
+    monkeypatch.setattr(calibrate, "run_calibration", lambda settings, *a: calls.append(settings))
+    monkeypatch.setattr(calibrate, "read_campaigns", lambda *a: pd.DataFrame(columns=["gate", "kind", "level"]))
     return calls
 
 
@@ -76,7 +80,7 @@ def stubbed_runs(monkeypatch):
 def test_readme_command_passes_its_option_checks(command, stubbed_runs, tmp_path, monkeypatch):
     monkeypatch.chdir(README.parent)  # suite paths in the README are relative to the repository
     argv = shlex.split(command)[1:]
-    if argv and argv[0] in ("parity", "perf", "eval", "compare", "results", "dashboard"):
+    if argv and argv[0] in ("parity", "perf", "eval", "compare", "results", "dashboard", "gate-power"):
         argv += ["--results-dir", str(tmp_path / "store")]
     if argv and argv[0] in ("results", "dashboard"):  # read the committed baselines (written before commit markers)
         shutil.copytree(README.parent / "results", tmp_path / "store")
@@ -84,7 +88,7 @@ def test_readme_command_passes_its_option_checks(command, stubbed_runs, tmp_path
         argv[argv.index("--out") + 1] = str(tmp_path / "dashboard")
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, f"{command}\n{result.output}"
-    if argv[0] in ("parity", "perf", "eval", "compare"):
+    if argv[0] in ("parity", "perf", "eval", "compare", "gate-power"):
         assert len(stubbed_runs) == 1  # it got past the checks to the run itself
 
 

@@ -5,7 +5,8 @@ granite_bench package: the repository itself for `worktree`, else a detached `gi
 folder, removed afterwards. The trees are timed in worker subprocesses (ab_probe.py, one per tree) that stay alive
 for the whole comparison and run one at a time; trials alternate between them with the order rotated every round
 (AB, BA, AB, ... for two trees), so slow drifts of the machine's load fall on every side alike. Per trial each metric
-is the median of its repetitions.
+is the median of its repetitions, on two clocks: wall time and the worker thread's CPU time. A caller may stop the
+trials early, after any complete round (the sequential gate's looks).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from .ab_probe import PREFIX
 PROBE_SCRIPT = Path(__file__).resolve().with_name("ab_probe.py")
 WORKTREE = "worktree"      # the repository's files as they are, uncommitted changes included
 
-# Gated metrics: per-trial medians. Tail metrics: percentiles over every repetition, reported only.
-GATED_METRICS = ("decode_step_ms", "prefill_ms")
+# Timed metrics, per-trial medians: wall clock and the worker thread's CPU time (time.thread_time). Which of them the
+# gate judges is the gate's choice (stats.GateSettings.clock). Tail metrics: percentiles over every repetition, reported.
+WALL_METRICS = ("decode_step_ms", "prefill_ms")
+CPU_METRICS = ("decode_step_cpu_ms", "prefill_cpu_ms")
+TIMED_METRICS = WALL_METRICS + CPU_METRICS
+GATED_METRICS = WALL_METRICS      # what a pooled (pre-paired) comparison of wall time judges; bisect's metrics
+PROBE_KEYS = {"decode_step_ms": "decode_s", "prefill_ms": "prefill_s", "decode_step_cpu_ms": "decode_cpu_s",
+              "prefill_cpu_ms": "prefill_cpu_s"}
 
 
 class TreeError(RuntimeError):
@@ -120,15 +127,31 @@ def tree_env(tree: Path) -> dict:
     return env
 
 
+ADDR_NO_RANDOMIZE = 0x0040000   # personality(2) flag: what `setarch -R` sets
+
+
+def fixed_layout() -> None:
+    """In the child before exec: turn off address-space layout randomisation for the worker (Linux; elsewhere, or
+    where the container refuses it, nothing changes). With ASLR each worker process gets its own code and heap
+    addresses, and on the loaded 2-core host that alone moved one worker's CPU time per decode step by several
+    percent against another's, running the same tree (gate/calibrate.py's measurements); a fixed layout takes that
+    per-process offset out of the A/B difference."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).personality(ADDR_NO_RANDOMIZE)
+
+
 class ProbeWorker:
     """One ab_probe.py subprocess bound to a tree."""
 
-    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path):
+    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path, randomize_layout: bool = False):
         self.tree = tree
         self.log = open(log_dir / f"probe-{tree.path.name}-{os.getpid()}-{id(self)}.log", "w+")
         self.proc = subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "--tree", str(tree.path), *probe_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=str(tree.path), env=tree_env(tree.path))
+                                     cwd=str(tree.path), env=tree_env(tree.path),
+                                     preexec_fn=None if randomize_layout else fixed_layout)
 
     def receive(self) -> dict:
         for line in self.proc.stdout:
@@ -172,13 +195,15 @@ def trial_order(trials: int, sides: tuple[str, ...] = ("A", "B")) -> list[str]:
 @dataclass
 class SideTimings:
     ready: dict                                       # the worker's ready line (which granite_bench, threads)
-    per_trial: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in GATED_METRICS})
+    per_trial: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in TIMED_METRICS})
     every_step_ms: list[float] = field(default_factory=list)
 
 
 def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, probe_args: list[str] | None = None,
-               on_trial=None) -> tuple[dict[str, SideTimings], list[str]]:
-    """Time several trees in rotation, `trials` trials each; per trial the median of its repetitions."""
+               on_trial=None, stop=None) -> tuple[dict[str, SideTimings], list[str]]:
+    """Time several trees in rotation, up to `trials` trials each; per trial the median of its repetitions.
+
+    stop(timings, rounds) -> bool, when given, is asked after every complete round; True ends the trials there."""
     probe_args = list(probe_args or [])
     log_dir = Path(tempfile.mkdtemp(prefix="granite-bench-ab-"))
     workers: dict[str, ProbeWorker] = {}
@@ -191,11 +216,14 @@ def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, prob
         order = trial_order(trials, tuple(trees))
         for i, side in enumerate(order):
             out = workers[side].trial(reps)
-            timings[side].per_trial["decode_step_ms"].append(1e3 * float(np.median(out["decode_s"])))
-            timings[side].per_trial["prefill_ms"].append(1e3 * float(np.median(out["prefill_s"])))
+            for metric, key in PROBE_KEYS.items():
+                timings[side].per_trial[metric].append(1e3 * float(np.median(out[key])))
             timings[side].every_step_ms += [1e3 * s for s in out["decode_s"]]
             if on_trial is not None:
                 on_trial(i + 1, len(order))
+            if stop is not None and (i + 1) % len(trees) == 0 and stop(timings, (i + 1) // len(trees)):
+                order = order[:i + 1]
+                break
     finally:
         for worker in workers.values():
             worker.close()
@@ -208,7 +236,7 @@ def ab_result(timings: dict[str, SideTimings], baseline: str, candidate: str, or
     base, cand = timings[baseline], timings[candidate]
     result = ABResult(trials=len(base.per_trial["decode_step_ms"]), reps=reps, order=order,
                       workers={"A": base.ready, "B": cand.ready})
-    for metric in GATED_METRICS:
+    for metric in TIMED_METRICS:
         result.per_trial[metric] = (base.per_trial[metric], cand.per_trial[metric])
     for q in (90, 99):
         result.tails[f"decode_step_ms_p{q}"] = (float(np.percentile(base.every_step_ms, q)),
@@ -217,7 +245,11 @@ def ab_result(timings: dict[str, SideTimings], baseline: str, candidate: str, or
 
 
 def run_interleaved(baseline: CodeTree, candidate: CodeTree, trials: int = 8, reps: int = 32,
-                    probe_args: list[str] | None = None, on_trial=None) -> ABResult:
-    """Time baseline (A) and candidate (B) interleaved, AB BA AB ..., and compare them."""
-    timings, order = time_trees({"A": baseline, "B": candidate}, trials, reps, probe_args, on_trial)
+                    probe_args: list[str] | None = None, on_trial=None, stop=None) -> ABResult:
+    """Time baseline (A) and candidate (B) interleaved, AB BA AB ..., and compare them; stop(per_trial, rounds),
+    asked after every round with the baseline-vs-candidate values so far, may end the trials early."""
+    def pair_stop(timings, rounds):
+        return stop({m: (timings["A"].per_trial[m], timings["B"].per_trial[m]) for m in TIMED_METRICS}, rounds)
+    timings, order = time_trees({"A": baseline, "B": candidate}, trials, reps, probe_args, on_trial,
+                                pair_stop if stop is not None else None)
     return ab_result(timings, "A", "B", order, reps)

@@ -7,7 +7,7 @@ the installed one:
 
 It builds that tree's runner once, warms it up, prints one ready line, then serves trials: for each line
 `{"reps": R}` on stdin it times `context_encode` of one prompt and R `token_generate` steps, and prints the
-per-call seconds. Protocol lines on stdout start with PREFIX; anything else a library prints is ignored by the
+per-call seconds (wall clock and the thread's CPU time). Protocol lines on stdout start with PREFIX; anything else a library prints is ignored by the
 parent. Both trees' workers stay alive during the comparison and only one of them runs at a time.
 """
 
@@ -21,7 +21,7 @@ import time
 import traceback
 
 PREFIX = "@@ab "
-PREFILL_REPEATS = 3
+PREFILL_REPEATS = 8                 # prefill calls per trial (a 32-token prefill is a few ms: one is noisy)
 
 
 def send(message: dict) -> None:
@@ -55,23 +55,27 @@ def build_runner(args):
 
 
 def run_trial(runner, prompt, reps: int) -> dict:
-    """Seconds per context_encode call and per token_generate step; the cache is reset before each prefill."""
+    """Seconds per context_encode call and per token_generate step, wall clock and this thread's CPU time
+    (time.thread_time: with one torch thread every op runs on it, and time spent waiting for a core while other
+    processes run is not counted); the cache is reset before each prefill."""
     import torch
-    prefill = []
+    prefill, prefill_cpu = [], []
     for _ in range(PREFILL_REPEATS):
         runner.reset()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         logits = runner.context_encode(prompt)
+        prefill_cpu.append(time.thread_time() - start_cpu)
         prefill.append(time.perf_counter() - start)
     next_id = logits[:, -1].argmax(-1)
     length = len(prompt[0])
-    decode = []
+    decode, decode_cpu = [], []
     for step in range(reps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         logits = runner.token_generate(next_id, torch.tensor([length + step]))
+        decode_cpu.append(time.thread_time() - start_cpu)
         decode.append(time.perf_counter() - start)
         next_id = logits.argmax(-1)
-    return {"prefill_s": prefill, "decode_s": decode}
+    return {"prefill_s": prefill, "decode_s": decode, "prefill_cpu_s": prefill_cpu, "decode_cpu_s": decode_cpu}
 
 
 def main(argv=None) -> int:

@@ -89,8 +89,13 @@ def render(console, comparison) -> None:
     for note in comparison.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     s = comparison.settings
-    console.print(f"timing gate: regression = one-sided Mann-Whitney p < {s['alpha']:g} after Holm over the gated "
-                  f"metrics AND median ratio > {1 + s['floor']:.2f}; tails are reported only")
+    if s.get("design", "pooled") == "pooled":
+        console.print(f"timing gate: regression = one-sided Mann-Whitney p < {s['alpha']:g} after Holm over the "
+                      f"gated metrics AND median ratio > {1 + s['floor']:.2f}; tails are reported only")
+    else:
+        console.print(f"timing gate ({s.get('clock', 'cpu')} clock): regression = one-sided Wilcoxon signed-rank p of "
+                      f"the paired round ratios under this look's share of alpha {s['alpha']:g} after Holm AND "
+                      f"ratio > {1 + s['floor']:.2f}; other clocks and tails are reported only")
     if comparison.regressed:
         bad = [f"{r.metric} ({r.group})" for r in comparison.rows if r.verdict == REGRESSION]
         console.print(f"[bold red]REGRESSION[/] {len(bad)}: {'; '.join(bad[:8])}")

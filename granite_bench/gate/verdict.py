@@ -197,13 +197,14 @@ def compare_deterministic(base: dict[str, pd.DataFrame], cand: dict[str, pd.Data
     return rows
 
 
-def timing_rows(result, floor: float, alpha: float, setup: str) -> list[Row]:
-    tests = stats.gate_timings(result.per_trial, floor=floor, alpha=alpha)
-    rows = [Row(kind="timing", table="ab", group=setup, metric=t.metric, baseline=t.baseline_median,
-                candidate=t.candidate_median, verdict=t.verdict, ratio=t.ratio, ci_low=t.ci_low, ci_high=t.ci_high,
-                p_value=t.p_slower, p_adjusted=t.p_adjusted,
-                detail=f"{t.n_baseline}+{t.n_candidate} trials, median of {result.reps} reps each")
-            for t in tests]
+def timing_rows(result, tests: list, setup: str, detail: str, reported: list | None = None) -> list[Row]:
+    """Rows of the timing tests (gated), of other clocks' tests (reported beside them) and of the tail percentiles."""
+    def row(t, verdict):
+        return Row(kind="timing", table="ab", group=setup, metric=t.metric,
+                   baseline=t.baseline_median, candidate=t.candidate_median, verdict=verdict, ratio=t.ratio,
+                   ci_low=t.ci_low, ci_high=t.ci_high, p_value=t.p_slower, p_adjusted=t.p_adjusted, detail=detail)
+    rows = [row(t, t.verdict) for t in tests]
+    rows += [row(t, stats.REPORTED) for t in reported or []]
     for metric, (base, cand) in result.tails.items():
         rows.append(Row(kind="tail", table="ab", group=setup, metric=metric, baseline=base, candidate=cand,
                         verdict=stats.REPORTED, ratio=cand / base if base else float("nan"),

@@ -311,6 +311,27 @@ def latest_comparison(frame: pd.DataFrame) -> dict:
             "regressed": bool(first.get("regressed", False)), "rows": rows}
 
 
+def gate_power_section(frame: pd.DataFrame) -> dict:
+    """The timing gate's measured power per gate label (table gate_power): detection rate per slowdown level with
+    Wilson intervals (level 0: false alarms), the prefill-only arm, and the latest A/A resampled false-alarm rate."""
+    if frame.empty or "kind" not in frame.columns:
+        return {"gates": []}
+    from ..gate.calibrate import AA, power_table
+    comparisons = frame[frame["kind"] != AA]
+    table = power_table(comparisons) if len(comparisons) else pd.DataFrame()
+    gates = []
+    for gate in sorted(frame["gate"].unique()):
+        rows = table[table["gate"] == gate] if len(table) else table
+        points = [{c: _clean(r[c]) for c in ("kind", "level", "comparisons", "detected", "rate", "ci_low",
+                                            "ci_high", "median_gate_minutes")} for r in rows.to_dict("records")]
+        aa = frame[(frame["gate"] == gate) & (frame["kind"] == AA)]
+        aa_row = _latest_run(aa).iloc[0].to_dict() if len(aa) else {}
+        gates.append({"gate": gate, "points": points,
+                      "aa": {k: _clean(aa_row.get(k)) for k in ("aa_false_alarms", "aa_resamples", "aa_rate",
+                                                                "aa_ci_high")} if aa_row else None})
+    return {"gates": gates}
+
+
 # ----- the page --------------------------------------------------------------------------------------------------
 
 def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
@@ -329,6 +350,7 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
             "perf_grid": perf_grid(perf),
             "accuracy": accuracy_section(_read(store, "eval_summary")),
             "comparison": latest_comparison(_read(store, "comparisons")),
+            "gate_power": gate_power_section(_read(store, "gate_power")),
         }
         data["bug_matrix_html"] = bug_matrix_table(_read(store, "bug_matrix"))
         data["bisect_html"] = bisect_steps_panel(_read(store, "bisect_steps"))
@@ -346,6 +368,7 @@ def expected_marks(data: dict) -> dict[str, int]:
         "perf-roofline": sum(v is not None for b in grid["roofline"] for v in b["values"].values()),
         "accuracy": sum(v is not None for t in data["accuracy"]["tasks"] for v in t["values"].values()),
         "comparison": len(data["comparison"]["rows"]),
+        "gate-power": sum(len(g["points"]) for g in data["gate_power"]["gates"]),
     }
     for i, chart in enumerate(data["perf_trends"]):
         counts[f"trend-{i}"] = len(chart["points"])
@@ -381,8 +404,8 @@ def render_page(data: dict) -> str:
     return page.substitute(summary=summary, cp_alpha=CHANGE_POINT_ALPHA, skipped=skipped,
                            n_parity=counts["parity-matrix"], trend_divs=trend_divs, n_ratios=counts["perf-ratios"],
                            n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
-                           n_comparison=counts["comparison"], bug_matrix=bug_matrix,
-                           bisect=bisect, ceiling_suspects=ceiling_suspects,
+                           n_comparison=counts["comparison"], n_gate_power=counts["gate-power"],
+                           bug_matrix=bug_matrix, bisect=bisect, ceiling_suspects=ceiling_suspects,
                            data=payload)
 
 

@@ -29,6 +29,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "comparisons": 1,
     "bug_matrix": 1,
     "bisect_steps": 1,
+    "gate_power": 1,
 }
 
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
@@ -119,6 +120,17 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "baseline_median": ("lower", SHOWN), "candidate_median": ("lower", SHOWN), "seconds": ("lower", SHOWN),
         "p_adjusted": (None, SHOWN), "step": (None, SHOWN), "exit_code": (None, SHOWN),
         "commits_in_range": (None, SHOWN),
+    },
+    "gate_power": {
+        # one row per calibration comparison: the real gate on a tree with a known synthetic slowdown
+        "detected": ("higher", SHOWN), "other_flagged": ("lower", SHOWN), "level": (None, SHOWN),
+        "index": (None, SHOWN), "decode_ratio": (None, SHOWN), "prefill_ratio": (None, SHOWN),
+        "decode_cpu_ratio": (None, SHOWN), "prefill_cpu_ratio": (None, SHOWN), "decode_p_adjusted": (None, SHOWN),
+        "prefill_p_adjusted": (None, SHOWN), "gate_seconds": ("lower", SHOWN),
+        "rounds": (None, SHOWN), "decode_iterations": (None, SHOWN), "prefill_iterations": (None, SHOWN),
+        "load1": (None, SHOWN), "aa_false_alarms": ("lower", SHOWN), "aa_resamples": (None, SHOWN),
+        "aa_rate": ("lower", SHOWN), "aa_ci_low": (None, SHOWN), "aa_ci_high": (None, SHOWN),
+        "aa_sources": (None, SHOWN),
     },
     "runs": {},
 }

@@ -59,7 +59,24 @@ def fill_store(root: Path) -> ResultStore:
                 meta(n, "eval/canary")); n += 1
     run_compare(CompareSettings(baseline=meta(n - 4, "").run_id, candidate=meta(n - 3, "").run_id,
                                 results_dir=root))
+    n = fill_gate_power(store, n)
     return store
+
+
+def fill_gate_power(store: ResultStore, n: int) -> int:
+    """A small gate calibration: 4 null comparisons (one false alarm), 3 at 10%, 2 prefill-only, an A/A row."""
+    trials = '{"order": ["A", "B"], "A": {"decode_step_cpu_ms": [1.0]}, "B": {"decode_step_cpu_ms": [1.1]}}'
+    arms = [("null", 0.0, [True, False, False, False]), ("decode", 0.1, [True, True, False]),
+            ("prefill", 0.2, [True, True])]
+    for kind, level, detected in arms:
+        for i, hit in enumerate(detected):
+            store.write("gate_power", [{"gate": "default", "kind": kind, "level": level, "index": i, "detected": hit,
+                                        "other_flagged": False, "gate_seconds": 60.0, "load1": 2.0,
+                                        "trials_json": trials}], meta(n, "gate-power")); n += 1
+    store.write("gate_power", [{"gate": "default", "kind": "aa_resampled", "level": 0.0, "index": -1,
+                                "aa_false_alarms": 3, "aa_resamples": 2000, "aa_rate": 0.0015, "aa_ci_high": 0.004}],
+                meta(n, "gate-power")); n += 1
+    return n
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +93,7 @@ def test_every_section_gets_data_from_a_full_store(full_store):
     assert counts["accuracy"] == 2 * 3  # two scored tasks x (impl, ref, agreement); perplexity is not a fraction
     assert counts["perf-ratios"] == 2 * 2 and counts["perf-roofline"] == 2 * 3
     assert counts["comparison"] == len(data["comparison"]["rows"]) > 0
+    assert counts["gate-power"] == 3  # null, 10% and prefill-only points of the one calibrated gate
     # fp32 and bf16 results are different configurations: reported on one side only, never a regression
     assert data["comparison"]["regressed"] is False
     assert {r["verdict"] for r in data["comparison"]["rows"]} <= {"missing", "new"}
@@ -90,6 +108,15 @@ def test_verdict_matrix_keeps_each_models_latest_verdict_and_worst_error(full_st
     assert cells[("tiny-gqa", "float32 · tp1 · cpu")]["passed"] is True
     assert cells[("tiny-gqa", "bfloat16 · tp1 · cpu")]["passed"] is False
     assert cells[("tiny-gqa", "float32 · tp1 · cpu")]["errors"]["worst_max_abs_err"] == pytest.approx(3e-5)
+
+
+def test_gate_power_points_carry_detection_rates_with_wilson_intervals_and_the_aa_rate(full_store):
+    (gate,) = dashboard_data(full_store)["gate_power"]["gates"]
+    points = {p["kind"]: p for p in gate["points"]}
+    assert (points["null"]["detected"], points["null"]["comparisons"]) == (1, 4)
+    assert points["decode"]["rate"] == pytest.approx(2 / 3)
+    assert points["decode"]["ci_low"] < 2 / 3 < points["decode"]["ci_high"]
+    assert gate["aa"]["aa_false_alarms"] == 3 and gate["aa"]["aa_resamples"] == 2000
 
 
 def test_corrupt_file_is_named_on_the_page_and_the_rest_still_drawn(tmp_path):
@@ -162,7 +189,7 @@ def test_dashboard_draws_every_chart_in_headless_chromium_without_console_errors
     dom, console = load_in_chromium(page, tmp_path / "profile")
     assert console == []
     assert dom.body.get("data-status") == "ok", dom.body
-    assert len(dom.charts) == 5 + 4  # matrix, ratios, roofline, accuracy, comparison + 4 trend charts
+    assert len(dom.charts) == 6 + 4  # matrix, ratios, roofline, accuracy, comparison, gate power + 4 trend charts
     for chart_id, attrs in dom.charts.items():
         assert int(attrs["data-expected"]) > 0, chart_id
         assert attrs.get("data-drawn") == attrs["data-expected"], (chart_id, attrs)

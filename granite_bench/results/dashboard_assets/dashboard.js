@@ -209,6 +209,63 @@
     container.setAttribute("data-drawn", String(drawn));
   }
 
+  /* ---- timing gate power curve ----------------------------------------------------------------------------- */
+  var GATE_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+
+  function drawPower(container, power) {
+    if (!power.gates.length) return noData(container, "no gate calibration yet: run granite-bench gate-power");
+    var width = 640, height = 280, left = 48, right = 150, top = 12, bottom = 36;
+    var maxLevel = 0;
+    power.gates.forEach(function (g) { g.points.forEach(function (p) { maxLevel = Math.max(maxLevel, p.level); }); });
+    maxLevel = maxLevel > 0 ? maxLevel * 1.1 : 1;
+    var xAt = function (v) { return left + v / maxLevel * (width - left - right); };
+    var y = function (v) { return top + (1 - v) * (height - top - bottom); };
+    var svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, "class": "power" });
+    [0, 0.5, 1].forEach(function (tick) {
+      svg.appendChild(el("line", { x1: left, x2: width - right, y1: y(tick), y2: y(tick), "class": "grid" }));
+      svg.appendChild(el("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end" }, fmt(tick)));
+    });
+    svg.appendChild(el("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" },
+                       "injected slowdown (fraction of a step)"));
+    var drawn = 0;
+    power.gates.forEach(function (g, i) {
+      var colour = GATE_COLOURS[i % GATE_COLOURS.length];
+      var shift = (i - (power.gates.length - 1) / 2) * 5;   // side by side, so intervals at one level stay apart
+      var x = function (v) { return xAt(v) + shift; };
+      var curve = g.points.filter(function (p) { return p.kind !== "prefill"; });
+      curve.sort(function (a, b) { return a.level - b.level; });
+      if (curve.length > 1) {
+        svg.appendChild(el("path", { d: curve.map(function (p, j) {
+          return (j ? "L" : "M") + x(p.level).toFixed(1) + "," + y(p.rate).toFixed(1); }).join(" "),
+          stroke: colour, fill: "none" }));
+      }
+      g.points.forEach(function (p) {
+        var title = g.gate + " " + p.kind + " " + fmt(p.level) + ": " + p.detected + "/" + p.comparisons +
+          " [" + fmt(p.ci_low) + ", " + fmt(p.ci_high) + "], median " + fmt(p.median_gate_minutes) + " min";
+        svg.appendChild(el("line", { x1: x(p.level), x2: x(p.level), y1: y(p.ci_low), y2: y(p.ci_high),
+                                     stroke: colour }));
+        var mark = p.kind === "prefill"
+          ? el("rect", { x: x(p.level) - 4, y: y(p.rate) - 4, width: 8, height: 8, fill: colour, "data-mark": "1" })
+          : el("circle", { cx: x(p.level), cy: y(p.rate), r: 4, fill: colour, "data-mark": "1" });
+        mark.appendChild(el("title", {}, title));
+        svg.appendChild(mark);
+        drawn += 1;
+      });
+      var label = g.gate + (g.aa ? " · A/A " + g.aa.aa_false_alarms + "/" + g.aa.aa_resamples : "");
+      svg.appendChild(el("text", { x: width - right + 8, y: top + 14 + 16 * i, fill: colour }, label));
+    });
+    curveTicks(svg, maxLevel, xAt, height - bottom);
+    container.appendChild(svg);
+    container.setAttribute("data-drawn", String(drawn));
+  }
+
+  function curveTicks(svg, maxLevel, x, base) {
+    [0, 0.05, 0.1, 0.2, 0.3].forEach(function (tick) {
+      if (tick <= maxLevel) svg.appendChild(el("text", { x: x(tick), y: base + 14, "text-anchor": "middle" },
+                                               fmt(tick)));
+    });
+  }
+
   function draw() {
     var data = JSON.parse(document.getElementById("dashboard-data").textContent);
     drawMatrix(document.getElementById("parity-matrix"), data.parity);
@@ -223,6 +280,7 @@
     drawBars(document.getElementById("accuracy"), data.accuracy.tasks, data.accuracy.metrics, 0,
              "no accuracy results yet: run granite-bench eval");
     drawComparison(document.getElementById("comparison"), data.comparison);
+    drawPower(document.getElementById("gate-power"), data.gate_power);
     var short = [];
     document.querySelectorAll("[data-chart]").forEach(function (c) {
       if (c.getAttribute("data-drawn") !== c.getAttribute("data-expected")) short.push(c.id);
