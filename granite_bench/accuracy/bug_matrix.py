@@ -25,7 +25,8 @@ from .tasks import DEFAULT_TASKS, load_tasks, task_manager
 
 TABLE = "bug_matrix"
 # task -> (lm-eval metric key, higher is better)
-TASK_METRICS = {"canary_recall": ("acc,none", True), "canary_copy": ("exact_match,strip", True),
+TASK_METRICS = {"canary_recall": ("acc,none", True), "canary_lists": ("acc,none", True),
+                "canary_copy": ("exact_match,strip", True),
                 "canary_text": ("word_perplexity,none", False)}
 FAR_BELOW = 0.3             # an accuracy at least this much (absolute) under the clean canary's
 PERPLEXITY_FACTOR = 2.0     # a perplexity at least this many times the clean canary's

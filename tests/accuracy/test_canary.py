@@ -126,3 +126,27 @@ def test_a_notes_second_half_repeats_the_first_halfs_lines_in_another_order():
         lines = first.removeprefix("notes: ").rstrip(".").split("; ")
         again = second.removeprefix(canary_data.RECAP_MARK + " ").rstrip(".").split("; ")
         assert sorted(lines) == sorted(again) and len(set(" ".join(lines).split())) == 4 * len(lines)
+
+
+def lists_parts(doc: dict) -> tuple[list[str], list[str], str]:
+    """(names, lists, asked name) of a lists prompt "lists: cara pink lamp; dan cup | dan"."""
+    listing, asked = doc["prompt"].removeprefix("lists: ").split(" | ")
+    entries = [entry.split(" ", 1) for entry in listing.split("; ")]
+    return [name for name, _ in entries], [items for _, items in entries], asked
+
+
+def test_lists_choices_differ_in_length_and_the_answers_length_tells_nothing():
+    docs = canary_data.eval_documents()["canary_lists"]
+    gold_lengths = []
+    for doc in docs:
+        names, lists, asked = lists_parts(doc)
+        assert sorted(len(c.split()) for c in doc["choices"]) == list(canary_data.LIST_LENGTHS)
+        assert sorted(doc["choices"]) == sorted(lists) and names.count(asked) == 1
+        assert doc["choices"][doc["gold"]] == lists[names.index(asked)]
+        words = " ".join(lists).split()
+        assert len(set(words)) == len(words)                      # a word names one list only
+        gold_lengths.append(len(doc["choices"][doc["gold"]].split()))
+    # every length is the answer about as often (200 documents: 50 each expected)
+    assert {n: gold_lengths.count(n) for n in canary_data.LIST_LENGTHS} == pytest.approx(
+        {n: len(docs) / 4 for n in canary_data.LIST_LENGTHS}, abs=18)
+    assert len({names.index(asked) for names, _, asked in map(lists_parts, docs)}) == 4  # no fixed slot
