@@ -47,7 +47,7 @@ class TrainSettings:
     attention_multiplier: float = 1.0 / 32  # 1/head_dim (Granite style), not 1/sqrt(head_dim)
     residual_multiplier: float = 0.22
     logits_scaling: float = 4.0
-    steps: int = 5000
+    steps: int = 4000
     batch_size: int = 24
     seq_len: int = 128
     lr: float = 2e-3
@@ -56,11 +56,11 @@ class TrainSettings:
     answer_weight: float = 5.0      # loss weight of answer tokens relative to the rest
     prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
     note_first_weight: float = 0.2  # loss weight of a note's first half (random words; teaches the format)
-    curriculum: float = 0.15        # fraction of steps (from each phase's start) over which examples grow
+    curriculum: float = 0.075       # fraction of steps (from each phase's start) over which examples grow
     # Training phases: (fraction of the steps, how often a row is recall, copy, notes, lists). Copying comes first:
     # it grows the induction heads (attend to the token after an earlier occurrence of this one) that recall by
     # content and the notes' second half then reuse.
-    phases: tuple = ((0.2, (0, 1, 0, 0)), (0.8, (2, 1, 4, 2)))
+    phases: tuple = ((0.125, (0, 1, 0, 0)), (0.875, (2, 1, 4, 2)))
     threads: int = 1
     log_every: int = 250
 
