@@ -43,10 +43,17 @@ class TrainSettings:
     rope_theta: float = 10000.0
     # The canary's Granite multipliers. Training runs with the plain ones (1, 1/sqrt(head_dim), 1, 1), which a
     # tiny model learns far faster from, and `fold_multipliers` then rewrites the weights exactly into these.
-    embedding_multiplier: float = 12.0
+    # Chosen so that dropping each one shows in accuracy: an embedding multiplier of 12 (Granite 3.x's) is so
+    # small a part of this canary's residual stream that dropping it changed no answer; with 32 copying fails.
+    # logits_scaling 8 (Granite 3.1 2B's): applying it twice is a temperature of 8, which canary_lists sees.
+    embedding_multiplier: float = 32.0
     attention_multiplier: float = 1.0 / 32  # 1/head_dim (Granite style), not 1/sqrt(head_dim)
     residual_multiplier: float = 0.22
-    logits_scaling: float = 4.0
+    logits_scaling: float = 8.0
+    # The whole residual stream (embeddings and every branch) scaled by this after training, the final norm
+    # compensating: RMSNorm is scale-free but for its eps, so this is exact up to rms_norm_eps (1e-5), and it brings
+    # the first layer's input to an RMS of ~0.05, where an eps of 1e-2 added outside the sqrt (a seeded bug) matters.
+    residual_scale: float = 0.5
     steps: int = 4000
     batch_size: int = 24
     seq_len: int = 128
@@ -133,26 +140,28 @@ def canary_config(settings: TrainSettings, tokenizer, multipliers: dict):
 
 
 @torch.no_grad()
-def fold_multipliers(model, target: dict):
+def fold_multipliers(model, target: dict, residual_scale: float = 1.0):
     """A new model with Granite multipliers `target` computing the same function as `model` (exact up to
-    rounding); `model` is left as it was:
+    rounding, and up to rms_norm_eps when residual_scale is not 1); `model` is left as it was:
 
     embedding  e·E            : E   *= e_old / e_new
     final norm g·E^T / l      : g   *= (e_new / e_old) * (l_new / l_old)     (E is tied to the LM head)
     q·k scale  a·q·k          : W_q *= a_old / a_new
     residual   h + r·branch   : W_o, W_down *= r_old / r_new
+    residual stream × c       : E, W_o, W_down *= c; g /= c (every norm but eps is scale-free)
     """
     from transformers import GraniteForCausalLM
 
     c = model.config
     e, a, r, l = (c.embedding_multiplier, c.attention_multiplier, c.residual_multiplier, c.logits_scaling)
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    state["model.embed_tokens.weight"] *= e / target["embedding_multiplier"]
-    state["model.norm.weight"] *= target["embedding_multiplier"] / e * target["logits_scaling"] / l
+    scale = residual_scale
+    state["model.embed_tokens.weight"] *= e / target["embedding_multiplier"] * scale
+    state["model.norm.weight"] *= target["embedding_multiplier"] / e * target["logits_scaling"] / l / scale
     for i in range(c.num_hidden_layers):
         state[f"model.layers.{i}.self_attn.q_proj.weight"] *= a / target["attention_multiplier"]
-        state[f"model.layers.{i}.self_attn.o_proj.weight"] *= r / target["residual_multiplier"]
-        state[f"model.layers.{i}.mlp.down_proj.weight"] *= r / target["residual_multiplier"]
+        state[f"model.layers.{i}.self_attn.o_proj.weight"] *= r / target["residual_multiplier"] * scale
+        state[f"model.layers.{i}.mlp.down_proj.weight"] *= r / target["residual_multiplier"] * scale
     state.pop("lm_head.weight", None)  # tied to the embedding
     folded = GraniteForCausalLM(type(c)(**{**c.to_dict(), **target}))  # modules read multipliers at init
     folded.load_state_dict(state, strict=False)
@@ -399,7 +408,8 @@ def write_training_note(out: Path, settings: TrainSettings, history: list[dict],
         "- trained with plain multipliers (embedding 1, attention 1/sqrt(head_dim), residual 1, logits 1), then",
         f"  folded exactly into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
         f"attention_multiplier {settings.attention_multiplier}, residual_multiplier {settings.residual_multiplier}, "
-        f"logits_scaling {settings.logits_scaling} (max |Δ logit| after folding: {fold_error:.2e})",
+        f"logits_scaling {settings.logits_scaling}, residual stream x{settings.residual_scale} "
+        f"(max |Δ logit| after folding: {fold_error:.2e})",
         f"- wall time {wall_s:.0f} s with {settings.threads} threads on {platform.machine()} "
         f"({platform.processor() or 'cpu'}), torch {torch.__version__}",
         f"- training loss: first logged {history[0]['loss']:.4f}, final {history[-1]['loss']:.4f}",
@@ -479,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     history = train(model, tokenizer, settings, probe=probe)
     wall_s = time.perf_counter() - start
 
-    trained, model = model, fold_multipliers(model, canary_multipliers(settings))
+    trained, model = model, fold_multipliers(model, canary_multipliers(settings), settings.residual_scale)
     fold_error = max_fold_error(trained, model, tokenizer, settings.eval_seed)
     checks = held_out_checks(model, tokenizer, settings.eval_seed)
     print(f"held-out: {checks}; fold error {fold_error:.2e}; {wall_s:.0f} s")
