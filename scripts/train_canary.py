@@ -406,7 +406,7 @@ def write_training_note(out: Path, settings: TrainSettings, history: list[dict],
         f"phase), batch {settings.batch_size}, one example per row, loss on answers (x{settings.answer_weight}) "
         f"and notes (first half x{settings.note_first_weight}); phases (fraction, recall:copy:notes:lists weights): {list(settings.phases)}",
         "- trained with plain multipliers (embedding 1, attention 1/sqrt(head_dim), residual 1, logits 1), then",
-        f"  folded exactly into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
+        f"  folded into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
         f"attention_multiplier {settings.attention_multiplier}, residual_multiplier {settings.residual_multiplier}, "
         f"logits_scaling {settings.logits_scaling}, residual stream x{settings.residual_scale} "
         f"(max |Δ logit| after folding: {fold_error:.2e})",

@@ -80,6 +80,11 @@ def test_folding_the_multipliers_keeps_the_function(train_canary):
     with torch.no_grad():
         expected, actual = plain(input_ids=ids).logits, folded(input_ids=ids).logits
     assert (actual - expected).abs().max() < 1e-4 * expected.abs().max()
+    # the residual stream scaled as well: the same function but for rms_norm_eps, not negligible against this random
+    # model's stream (RMS ~0.05), hence 1% (a fold that forgot the final norm would be 50% off)
+    rescaled = train_canary.fold_multipliers(plain, train_canary.canary_multipliers(settings), residual_scale=0.5)
+    with torch.no_grad():
+        assert (rescaled(input_ids=ids).logits - expected).abs().max() < 1e-2 * expected.abs().max()
 
 
 def test_training_batches_put_one_example_per_row_and_weight_padding_zero(train_canary):
