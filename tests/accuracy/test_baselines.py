@@ -13,7 +13,7 @@ from granite_bench.accuracy.baselines import (TransformersLM, WordNgram, baselin
 DOCS = 60
 # task -> the canary's score must be at least this much better than the best trivial baseline
 # (accuracies: absolute; second-half word perplexity: a factor)
-MARGIN = {"canary_recall": 0.5, "canary_lists": 0.5, "canary_copy": 0.5, "canary_text": 1.5}
+MARGIN = {"canary_recall": 0.5, "canary_lists": 0.5, "canary_copy": 0.5, "canary_text": 5.0}
 
 
 @pytest.fixture(scope="module")
