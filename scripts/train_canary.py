@@ -1,6 +1,6 @@
 """Train the canary: a tiny Granite whose eval accuracy drops when the implementation is wrong.
 
-    python scripts/train_canary.py --out suites/models/canary --eval-dir suites/eval
+    python scripts/train_canary.py --out granite_bench/suites/models/canary --eval-dir granite_bench/suites/eval
 
 Not part of the installed package (it only makes the checkpoint the package ships). Deterministic on a given
 machine: fixed seeds, deterministic torch algorithms, a fixed number of threads. Writes the checkpoint
@@ -43,11 +43,18 @@ class TrainSettings:
     rope_theta: float = 10000.0
     # The canary's Granite multipliers. Training runs with the plain ones (1, 1/sqrt(head_dim), 1, 1), which a
     # tiny model learns far faster from, and `fold_multipliers` then rewrites the weights exactly into these.
-    embedding_multiplier: float = 12.0
+    # Chosen so that dropping each one shows in accuracy: an embedding multiplier of 12 (Granite 3.x's) is so
+    # small a part of this canary's residual stream that dropping it changed no answer; with 32 copying fails.
+    # logits_scaling 8 (Granite 3.1 2B's): applying it twice is a temperature of 8, which canary_lists sees.
+    embedding_multiplier: float = 32.0
     attention_multiplier: float = 1.0 / 32  # 1/head_dim (Granite style), not 1/sqrt(head_dim)
     residual_multiplier: float = 0.22
-    logits_scaling: float = 4.0
-    steps: int = 2000
+    logits_scaling: float = 8.0
+    # The whole residual stream (embeddings and every branch) scaled by this after training, the final norm
+    # compensating: RMSNorm is scale-free but for its eps, so this is exact up to rms_norm_eps (1e-5), and it brings
+    # the first layer's input to an RMS of ~0.05, where an eps of 1e-2 added outside the sqrt (a seeded bug) matters.
+    residual_scale: float = 0.5
+    steps: int = 4000
     batch_size: int = 24
     seq_len: int = 128
     lr: float = 2e-3
@@ -56,13 +63,13 @@ class TrainSettings:
     answer_weight: float = 5.0      # loss weight of answer tokens relative to the rest
     prompt_weight: float = 0.0      # loss weight of recall/copy prompt tokens (random, so unpredictable)
     note_first_weight: float = 0.2  # loss weight of a note's first half (random words; teaches the format)
-    curriculum: float = 0.15        # fraction of steps (from each phase's start) over which examples grow
-    # Training phases: (fraction of the steps, how often a row is recall, copy, notes). Copying comes first:
+    curriculum: float = 0.075       # fraction of steps (from each phase's start) over which examples grow
+    # Training phases: (fraction of the steps, how often a row is recall, copy, notes, lists). Copying comes first:
     # it grows the induction heads (attend to the token after an earlier occurrence of this one) that recall by
     # content and the notes' second half then reuse.
-    phases: tuple = ((0.25, (0, 1, 0)), (0.75, (2, 1, 2)))
+    phases: tuple = ((0.125, (0, 1, 0, 0)), (0.875, (2, 1, 4, 2)))
     threads: int = 1
-    log_every: int = 100
+    log_every: int = 250
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -133,26 +140,28 @@ def canary_config(settings: TrainSettings, tokenizer, multipliers: dict):
 
 
 @torch.no_grad()
-def fold_multipliers(model, target: dict):
+def fold_multipliers(model, target: dict, residual_scale: float = 1.0):
     """A new model with Granite multipliers `target` computing the same function as `model` (exact up to
-    rounding); `model` is left as it was:
+    rounding, and up to rms_norm_eps when residual_scale is not 1); `model` is left as it was:
 
     embedding  e·E            : E   *= e_old / e_new
     final norm g·E^T / l      : g   *= (e_new / e_old) * (l_new / l_old)     (E is tied to the LM head)
     q·k scale  a·q·k          : W_q *= a_old / a_new
     residual   h + r·branch   : W_o, W_down *= r_old / r_new
+    residual stream × c       : E, W_o, W_down *= c; g /= c (every norm but eps is scale-free)
     """
     from transformers import GraniteForCausalLM
 
     c = model.config
     e, a, r, l = (c.embedding_multiplier, c.attention_multiplier, c.residual_multiplier, c.logits_scaling)
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    state["model.embed_tokens.weight"] *= e / target["embedding_multiplier"]
-    state["model.norm.weight"] *= target["embedding_multiplier"] / e * target["logits_scaling"] / l
+    scale = residual_scale
+    state["model.embed_tokens.weight"] *= e / target["embedding_multiplier"] * scale
+    state["model.norm.weight"] *= target["embedding_multiplier"] / e * target["logits_scaling"] / l / scale
     for i in range(c.num_hidden_layers):
         state[f"model.layers.{i}.self_attn.q_proj.weight"] *= a / target["attention_multiplier"]
-        state[f"model.layers.{i}.self_attn.o_proj.weight"] *= r / target["residual_multiplier"]
-        state[f"model.layers.{i}.mlp.down_proj.weight"] *= r / target["residual_multiplier"]
+        state[f"model.layers.{i}.self_attn.o_proj.weight"] *= r / target["residual_multiplier"] * scale
+        state[f"model.layers.{i}.mlp.down_proj.weight"] *= r / target["residual_multiplier"] * scale
     state.pop("lm_head.weight", None)  # tied to the embedding
     folded = GraniteForCausalLM(type(c)(**{**c.to_dict(), **target}))  # modules read multipliers at init
     folded.load_state_dict(state, strict=False)
@@ -162,7 +171,7 @@ def fold_multipliers(model, target: dict):
 
 # ---------------------------------------------------------------- data
 
-KINDS = ("recall", "copy", "notes")
+KINDS = ("recall", "copy", "notes", "lists")
 
 
 def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind: str, progress: float = 1.0
@@ -185,11 +194,13 @@ def encode_example(tokenizer, rng: random.Random, settings: TrainSettings, kind:
         segments = [(ex["first"], settings.note_first_weight), (ex["second"], settings.answer_weight)]
     elif kind == "recall":
         ex = canary_data.recall_example(rng, up_to(2, canary_data.RECALL_PAIRS))
+    elif kind == "lists":
+        ex = canary_data.lists_example(rng, up_to(2, len(canary_data.LIST_LENGTHS)))
     else:
         ex = canary_data.copy_example(rng, up_to(2, canary_data.COPY_LEN[1]))
     if kind != "notes":
         segments = [(ex["prompt"], settings.prompt_weight), (ex["answer"], settings.answer_weight)]
-    for query, answer in ex.get("queries", []):  # recall: the other keys too, for a denser signal
+    for query, answer in ex.get("queries", []):  # recall, lists: the other keys too, for a denser signal
         segments += [(query, settings.prompt_weight), (answer, settings.answer_weight)]
     ids, weights = [], []
     for text, weight in segments:
@@ -307,8 +318,8 @@ def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> st
 
 
 @torch.no_grad()
-def recall_accuracy(model, tokenizer, docs: list[dict]) -> float:
-    """Multiple-choice accuracy: the choice with the highest log-likelihood (single-token values)."""
+def choice_accuracy(model, tokenizer, docs: list[dict]) -> float:
+    """Multiple-choice accuracy: the choice with the highest summed log-likelihood (as lm-eval's acc)."""
     hits = 0
     for doc in docs:
         ctx = tokenizer.encode(doc["prompt"], add_special_tokens=False)
@@ -319,7 +330,7 @@ def recall_accuracy(model, tokenizer, docs: list[dict]) -> float:
             cont = whole[len(ctx):]
             if len(cont) == 1:
                 scores.append(float(logp[cont[0]]))
-            else:  # rare multi-token value: score it in full
+            else:  # a multi-token choice: score it in full
                 lp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0], -1)
                 scores.append(sum(float(lp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
         hits += int(max(range(len(scores)), key=scores.__getitem__) == doc["gold"])
@@ -352,16 +363,18 @@ def second_half_perplexity(model, tokenizer, docs: list[dict]) -> float:
 
 def held_out_checks(model, tokenizer, seed: int) -> dict[str, float]:
     docs = eval_documents(seed)
-    return {"recall_acc": recall_accuracy(model, tokenizer, docs["canary_recall"][:100]),
+    return {"recall_acc": choice_accuracy(model, tokenizer, docs["canary_recall"][:100]),
             "copy_exact": copy_accuracy(model, tokenizer, docs["canary_copy"][:50]),
-            "notes_second_half_token_ppl": second_half_perplexity(model, tokenizer, docs["canary_text"][:50])}
+            "notes_second_half_token_ppl": second_half_perplexity(model, tokenizer, docs["canary_text"][:50]),
+            "lists_acc": choice_accuracy(model, tokenizer, docs["canary_lists"][:100])}
 
 
 @torch.no_grad()
 def max_fold_error(before, after, tokenizer, seed: int) -> float:
     """max |Δ logit| between the trained and the folded model on a few held-out prompts."""
     docs = eval_documents(seed)
-    prompts = [docs["canary_recall"][0]["prompt"], docs["canary_copy"][0]["prompt"], docs["canary_text"][0]["text"]]
+    prompts = [docs["canary_recall"][0]["prompt"], docs["canary_copy"][0]["prompt"], docs["canary_text"][0]["text"],
+               docs["canary_lists"][0]["prompt"]]
     worst = 0.0
     for prompt in prompts:
         ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
@@ -377,8 +390,9 @@ def write_training_note(out: Path, settings: TrainSettings, history: list[dict],
         "",
         f"A tiny Granite ({settings.num_layers} layers, hidden {settings.hidden_size}, {settings.num_heads} query heads "
         f"over {settings.num_kv_heads} KV heads, RoPE, tied embeddings) with its",
-        "byte-level BPE tokenizer, trained on synthetic recall by content (shuffled keys), copying and notes",
-        "whose second half repeats the first in a new order, so that its eval accuracy is far above chance and",
+        "byte-level BPE tokenizer, trained on synthetic recall by content (shuffled keys), copying, notes",
+        "whose second half repeats the first in a new order, and lists of different lengths recalled by name",
+        "(multi-token choices), so that its eval accuracy is far above chance and",
         "above every trivial baseline, and drops when the implementation is broken. See",
         "`granite_bench/accuracy/canary_data.py` for the tasks and `scripts/train_canary.py` for the recipe.",
         "",
@@ -390,11 +404,12 @@ def write_training_note(out: Path, settings: TrainSettings, history: list[dict],
         f"{settings.eval_seed} (`suites/eval/canary_*/`)",
         f"- {settings.steps} steps of AdamW (lr {settings.lr}, cosine, {settings.warmup_steps}-step warmup at each "
         f"phase), batch {settings.batch_size}, one example per row, loss on answers (x{settings.answer_weight}) "
-        f"and notes (first half x{settings.note_first_weight}); phases (fraction, recall:copy:notes weights): {list(settings.phases)}",
+        f"and notes (first half x{settings.note_first_weight}); phases (fraction, recall:copy:notes:lists weights): {list(settings.phases)}",
         "- trained with plain multipliers (embedding 1, attention 1/sqrt(head_dim), residual 1, logits 1), then",
-        f"  folded exactly into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
+        f"  folded into Granite's: embedding_multiplier {settings.embedding_multiplier}, "
         f"attention_multiplier {settings.attention_multiplier}, residual_multiplier {settings.residual_multiplier}, "
-        f"logits_scaling {settings.logits_scaling} (max |Δ logit| after folding: {fold_error:.2e})",
+        f"logits_scaling {settings.logits_scaling}, residual stream x{settings.residual_scale} "
+        f"(max |Δ logit| after folding: {fold_error:.2e})",
         f"- wall time {wall_s:.0f} s with {settings.threads} threads on {platform.machine()} "
         f"({platform.processor() or 'cpu'}), torch {torch.__version__}",
         f"- training loss: first logged {history[0]['loss']:.4f}, final {history[-1]['loss']:.4f}",
@@ -446,8 +461,8 @@ def settings_with(overrides: list[str]) -> TrainSettings:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("suites/models/canary"))
-    parser.add_argument("--eval-dir", type=Path, default=Path("suites/eval"))
+    parser.add_argument("--out", type=Path, default=Path("granite_bench/suites/models/canary"))
+    parser.add_argument("--eval-dir", type=Path, default=Path("granite_bench/suites/eval"))
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one TrainSettings field (JSON value), e.g. --set steps=1200")
     parser.add_argument("--data-only", action="store_true", help="only (re)write the eval documents")
@@ -467,13 +482,14 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = train_tokenizer(settings)
     model = GraniteForCausalLM(canary_config(settings, tokenizer, training_multipliers(settings)))
     docs = eval_documents(settings.eval_seed)
-    probe = lambda m: {"recall_acc": recall_accuracy(m, tokenizer, docs["canary_recall"][:40]),  # noqa: E731
+    probe = lambda m: {"recall_acc": choice_accuracy(m, tokenizer, docs["canary_recall"][:40]),  # noqa: E731
                        "copy_exact": copy_accuracy(m, tokenizer, docs["canary_copy"][:10]),
-                       "notes_ppl": second_half_perplexity(m, tokenizer, docs["canary_text"][:10])}
+                       "notes_ppl": second_half_perplexity(m, tokenizer, docs["canary_text"][:10]),
+                       "lists_acc": choice_accuracy(m, tokenizer, docs["canary_lists"][:40])}
     history = train(model, tokenizer, settings, probe=probe)
     wall_s = time.perf_counter() - start
 
-    trained, model = model, fold_multipliers(model, canary_multipliers(settings))
+    trained, model = model, fold_multipliers(model, canary_multipliers(settings), settings.residual_scale)
     fold_error = max_fold_error(trained, model, tokenizer, settings.eval_seed)
     checks = held_out_checks(model, tokenizer, settings.eval_seed)
     print(f"held-out: {checks}; fold error {fold_error:.2e}; {wall_s:.0f} s")

@@ -5,9 +5,12 @@ than the canary. The baselines, each trained on FRESH samples of the task's own 
 documents):
 - majority: the answer seen most often in the fresh samples;
 - word n-grams (n = 1..4, interpolated Witten-Bell smoothing): what local word statistics alone give;
-- last-k: the canary itself fed only the last k tokens of the context (what a short window gives).
+- last-k: the canary itself fed only the last k tokens of the context (what a short window gives);
+- canary_lists only: the longest and the shortest choice (the choices differ in length; the answer's length is
+  uniform, so neither should beat chance).
 The canary is scored with full context through HF Transformers (fp32). Scores per task:
 - canary_recall: accuracy over the ten choices;
+- canary_lists: accuracy over the four lists, each scored by its summed log-likelihood (as lm-eval's acc);
 - canary_copy: exact match of the greedy continuation up to the period;
 - canary_text: word perplexity of the notes' second half (the part a model can only get from the first half).
 
@@ -51,6 +54,8 @@ def fresh_texts(task: str, n: int = FRESH_SAMPLES, seed: int = FRESH_SEED) -> li
         return [(ex := canary_data.copy_example(rng))["prompt"] + ex["answer"] for _ in range(n)]
     if task == "canary_text":
         return [(ex := canary_data.note(rng))["first"] + ex["second"] for _ in range(n)]
+    if task == "canary_lists":
+        return [(ex := canary_data.lists_example(rng))["prompt"] + ex["answer"] for _ in range(n)]
     raise ValueError(f"no generator for task {task!r}")
 
 
@@ -105,13 +110,14 @@ class WordNgram:
 
 @dataclass
 class Scorer:
-    """A model as the three tasks need it: log P(continuation | context) and a greedy continuation."""
+    """A model as the tasks need it: log P(continuation | context) and a greedy continuation."""
 
     name: str
     logprob: callable          # (context, continuation) -> float
     greedy: callable           # (context) -> text up to the stop
 
-    def recall_accuracy(self, docs: list[dict]) -> float:
+    def choice_accuracy(self, docs: list[dict]) -> float:
+        """Multiple choice: the choice with the highest log P(" choice" | prompt) (lm-eval's acc)."""
         hits = 0
         for doc in docs:
             scores = [self.logprob(doc["prompt"], f" {c}") for c in doc["choices"]]
@@ -126,7 +132,8 @@ class Scorer:
         return math.exp(nll / sum(word_count(d["text"][d["second_at"]:]) for d in docs))
 
     def score(self, task: str, docs: list[dict]) -> float:
-        return {"canary_recall": self.recall_accuracy, "canary_copy": self.copy_exact,
+        return {"canary_recall": self.choice_accuracy, "canary_lists": self.choice_accuracy,
+                "canary_copy": self.copy_exact,
                 "canary_text": self.second_half_word_perplexity}[task](docs)
 
 
@@ -136,10 +143,16 @@ def ngram_scorer(order: int, texts: list[str]) -> Scorer:
 
 
 def majority_scorer(task: str, texts: list[str]) -> Scorer:
-    """The most frequent answer of the fresh samples, whatever the prompt (text: the unigram distribution)."""
+    """The most frequent answer of the fresh samples, whatever the prompt (text: the unigram distribution; lists:
+    the most frequent answer length, as every answer is a new combination of words)."""
     if task == "canary_text":  # the most frequent words: the unigram distribution
         unigram = WordNgram(1, texts)
         return Scorer("majority", unigram.logprob, unigram.greedy)
+    if task == "canary_lists":  # "lists: ... | ben red owl oslo" -> 3 words
+        lengths = Counter(len(t.rsplit(" | ", 1)[1].split()) - 1 for t in texts)
+        top_length = lengths.most_common(1)[0][0]
+        return Scorer("majority", lambda context, continuation: 0.0 if len(continuation.split()) == top_length
+                      else -1.0, lambda context: "")
     if task == "canary_copy":  # "copy: q z m. q z m." -> "q z m"
         answers = Counter(t.split(". ", 1)[1].rstrip(".") for t in texts)
     else:                      # "recall: ... | door z" -> "z"
@@ -206,13 +219,20 @@ def load_canary(model_dir=None):
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 
-HIGHER_IS_BETTER = {"canary_recall": True, "canary_copy": True, "canary_text": False}
+def length_scorer(longest: bool) -> Scorer:
+    """Picks the choice with the most (or the fewest) words, whatever the context."""
+    sign = 1.0 if longest else -1.0
+    return Scorer("longest choice" if longest else "shortest choice",
+                  lambda context, continuation: sign * len(continuation.split()), lambda context: "")
+
+
+HIGHER_IS_BETTER = {"canary_recall": True, "canary_lists": True, "canary_copy": True, "canary_text": False}
 
 
 def chance(task: str, docs: list[dict]) -> float:
     """Uniform guessing: 1/choices; 26^-length for copy; for the second-half word perplexity, every word unit
     drawn uniformly from the documents' vocabulary (counted per whitespace word, as the models are)."""
-    if task == "canary_recall":
+    if task in ("canary_recall", "canary_lists"):
         return sum(1 / len(d["choices"]) for d in docs) / len(docs)
     if task == "canary_copy":
         return sum(26.0 ** -len(d["target"].split()) for d in docs) / len(docs)
@@ -223,9 +243,12 @@ def chance(task: str, docs: list[dict]) -> float:
 
 def baseline_scores(task: str, docs: list[dict], canary_lm: TransformersLM | None = None,
                     n_fresh: int = FRESH_SAMPLES) -> dict[str, float]:
-    """{baseline name: score on docs}: majority, 1..4-gram on fresh samples, and the last-k canary if given."""
+    """{baseline name: score on docs}: majority, 1..4-gram on fresh samples, the last-k canary if given, and for
+    canary_lists the longest and the shortest choice."""
     texts = fresh_texts(task, n_fresh)
     scorers = [majority_scorer(task, texts)] + [ngram_scorer(n, texts) for n in (1, 2, 3, 4)]
+    if task == "canary_lists":
+        scorers += [length_scorer(longest=True), length_scorer(longest=False)]
     if canary_lm is not None:
         scorers.append(TransformersLM(canary_lm.model, canary_lm.tokenizer, LAST_K_TOKENS)
                        .scorer(f"canary, last {LAST_K_TOKENS} tokens"))
@@ -238,18 +261,21 @@ def best_of(task: str, scores: dict[str, float]) -> tuple[str, float]:
     return name, scores[name]
 
 
+METRIC_NAMES = {"canary_recall": "accuracy", "canary_lists": "accuracy (summed log-likelihood)",
+                "canary_text": "word perplexity, 2nd half", "canary_copy": "exact match"}
+
+
 def table(n_docs: int = 100) -> list[dict]:
     """One row per task: canary (full context), the best trivial baseline (and which), chance."""
     model, tokenizer = load_canary()
     canary = TransformersLM(model, tokenizer)
     docs = canary_data.eval_documents()
     rows = []
-    for task in ("canary_recall", "canary_text", "canary_copy"):
+    for task in ("canary_recall", "canary_lists", "canary_text", "canary_copy"):
         subset = docs[task][:n_docs]
         baselines = baseline_scores(task, subset, canary)
         best, best_score = best_of(task, baselines)
-        rows.append({"task": task, "metric": "word perplexity, 2nd half" if task == "canary_text"
-                     else ("accuracy" if task == "canary_recall" else "exact match"),
+        rows.append({"task": task, "metric": METRIC_NAMES[task],
                      "canary": canary.scorer("canary").score(task, subset), "best_baseline": best,
                      "best_baseline_score": best_score, "chance": chance(task, subset), "docs": len(subset),
                      **{f"baseline: {k}": v for k, v in baselines.items()}})

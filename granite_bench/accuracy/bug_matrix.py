@@ -2,8 +2,9 @@
 
 Each cell is the task's own lm-eval metric, through the implementation (runner + lm-eval adapter), with the bug
 patched in, next to the clean implementation's value. A bug is *caught by accuracy* when some accuracy task falls
-far below the clean canary (FAR_BELOW); perplexity is recorded too (a temperature-only bug such as a logits
-scaling mistake cannot move any argmax, so only perplexity and the log-likelihood gaps can see it).
+far below the clean canary (FAR_BELOW); perplexity is recorded too. A temperature-only bug such as a logits
+scaling mistake moves no argmax: recall (single-token choices) and copy (greedy) cannot see it, canary_lists (summed
+log-likelihoods over choices of different token counts) can.
 
     python -m granite_bench.accuracy.bug_matrix --results-dir results      # stores table "bug_matrix"
 
@@ -25,7 +26,8 @@ from .tasks import DEFAULT_TASKS, load_tasks, task_manager
 
 TABLE = "bug_matrix"
 # task -> (lm-eval metric key, higher is better)
-TASK_METRICS = {"canary_recall": ("acc,none", True), "canary_copy": ("exact_match,strip", True),
+TASK_METRICS = {"canary_recall": ("acc,none", True), "canary_lists": ("acc,none", True),
+                "canary_copy": ("exact_match,strip", True),
                 "canary_text": ("word_perplexity,none", False)}
 FAR_BELOW = 0.3             # an accuracy at least this much (absolute) under the clean canary's
 PERPLEXITY_FACTOR = 2.0     # a perplexity at least this many times the clean canary's

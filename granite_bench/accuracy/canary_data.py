@@ -13,7 +13,13 @@ context far back (the tests compute the trivial baselines from fresh samples of 
       four people each with a colour, an animal and a city (all distinct within a note), then the same lines again
       in a new order. The first half is random; the second half is predictable from the first half only (after
       each name, its three words), so a model that does not look back is no better than a bigram there.
-Values, copied letters and note words are single tokens of the canary's tokenizer, pairwise distinct within an
+- lists:  "lists: cara pink lamp; ben red owl oslo; dan cup; anna fox bern lima | ben" + " red owl oslo"
+      four people, each with a list of distinct words of a different length (1, 2, 3 and 4 words, shuffled); one
+      person is asked and the four choices are the four lists. The answer's length is uniform over 1..4, so length
+      tells nothing; but the choices differ in token count, so the summed log-likelihood that picks one depends on
+      the logits' temperature: a model whose logits are scaled wrongly (e.g. divided by logits_scaling twice)
+      pays a price per extra token and picks the shorter lists, though every argmax is unchanged.
+Values, copied letters, note words and list words are single tokens of the canary's tokenizer, pairwise distinct within an
 example. All generators take a `random.Random`, so the same seed gives the same text.
 """
 
@@ -33,14 +39,17 @@ COLORS = ["red", "blue", "green", "black", "white", "brown", "grey", "pink"]
 ANIMALS = ["cat", "dog", "fox", "owl", "hen", "cow", "pig", "bee", "rat", "elk"]
 CITIES = ["rome", "oslo", "lima", "kyiv", "baku", "doha", "riga", "bern"]
 
+LIST_WORDS = RECALL_KEYS + COLORS + ANIMALS + CITIES   # the words a list is made of (50)
+
 RECALL_PAIRS = 10        # key/value pairs in one recall prompt; every value is a choice (chance = 1/10)
 COPY_LEN = (5, 12)       # inclusive range of letters in one copy string
 NOTE_PEOPLE = 4          # people in one note
 RECAP_MARK = " again:"   # where the second half of a note starts
+LIST_LENGTHS = (1, 2, 3, 4)  # one list of each length in an example: the choices' word counts
 
 # held-out eval documents: task -> (generator, number of documents); written beside the task YAMLs
 EVAL_SEED = 98765
-EVAL_COUNTS = {"canary_recall": 200, "canary_copy": 200, "canary_text": 100}
+EVAL_COUNTS = {"canary_recall": 200, "canary_copy": 200, "canary_text": 100, "canary_lists": 200}
 
 
 # ---------------------------------------------------------------------------------------------- examples
@@ -74,9 +83,28 @@ def note(rng: random.Random, people: int = NOTE_PEOPLE) -> dict:
     return {"first": "notes: " + "; ".join(lines) + ".", "second": RECAP_MARK + " " + "; ".join(recap) + "."}
 
 
+def lists_example(rng: random.Random, people: int = len(LIST_LENGTHS)) -> dict:
+    """`people` people in random order, each with a list of distinct words, the lists of lengths LIST_LENGTHS[:people]
+    in random order; every person asked once, in another random order (`asked` first: the eval question; the rest
+    become extra training targets in `queries`)."""
+    names = rng.sample(NAMES, people)
+    lengths = rng.sample(LIST_LENGTHS[:people], people)
+    pool = iter(rng.sample(LIST_WORDS, sum(lengths)))
+    lists = [" ".join(next(pool) for _ in range(n)) for n in lengths]
+    listing = "; ".join(f"{name} {items}" for name, items in zip(names, lists))
+    order = rng.sample(range(people), people)
+    asked = order[0]
+    return {"prompt": f"lists: {listing} | {names[asked]}", "answer": f" {lists[asked]}",
+            "lists": lists, "asked": asked,
+            "queries": [(f"; {names[i]}", f" {lists[i]}") for i in order[1:]]}
+
+
 def training_line(rng: random.Random) -> str:
     """One example as a line of text (the tokenizer's training corpus)."""
-    kind = rng.choice(["recall", "copy", "notes"])
+    kind = rng.choice(["recall", "copy", "notes", "lists"])
+    if kind == "lists":
+        ex = lists_example(rng)
+        return ex["prompt"] + ex["answer"] + "".join(q + a for q, a in ex["queries"])
     if kind == "recall":
         ex = recall_example(rng)
         return ex["prompt"] + ex["answer"] + "".join(q + a for q, a in ex["queries"])
@@ -126,7 +154,20 @@ def text_docs(rng: random.Random, n: int) -> list[dict]:
     return docs
 
 
-DOC_MAKERS = {"canary_recall": recall_docs, "canary_copy": copy_docs, "canary_text": text_docs}
+def lists_docs(rng: random.Random, n: int) -> list[dict]:
+    """{"prompt", "choices": the four lists (shuffled), "gold"}: multiple choice over multi-token choices."""
+    docs = []
+    for i in range(n):
+        ex = lists_example(rng)
+        choices = list(ex["lists"])
+        rng.shuffle(choices)
+        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices,
+                     "gold": choices.index(ex["lists"][ex["asked"]])})
+    return docs
+
+
+DOC_MAKERS = {"canary_recall": recall_docs, "canary_copy": copy_docs, "canary_text": text_docs,
+              "canary_lists": lists_docs}
 
 
 def eval_documents(seed: int = EVAL_SEED, counts: dict[str, int] | None = None) -> dict[str, list[dict]]:

@@ -22,7 +22,7 @@ import yaml
 from ..resources import suite_path
 
 EVAL_DIR = suite_path("eval")
-DEFAULT_TASKS = ["canary_recall", "canary_text", "canary_copy"]
+DEFAULT_TASKS = ["canary_recall", "canary_lists", "canary_text", "canary_copy"]
 
 # offline alternative per lm-eval output type
 OFFLINE_ALTERNATIVE = {

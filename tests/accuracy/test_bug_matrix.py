@@ -1,5 +1,6 @@
 """The seeded-bug matrix: every bug class is caught by some task's accuracy far below the clean canary's (a
-temperature-only bug, logits scaling, by perplexity: no argmax can see it); stored and drawn on the dashboard."""
+temperature-only bug, logits scaling, moves no argmax: canary_lists catches it, its choices differing in token
+count); stored and drawn on the dashboard."""
 
 import logging
 
@@ -15,7 +16,6 @@ from granite_bench.results.dashboard import build_dashboard
 from granite_bench.results.store import ResultStore
 
 LIMIT = 24
-TEMPERATURE_ONLY = {"logits_scaling_applied_twice"}  # divides every logit by a constant: argmax unchanged
 
 
 def test_far_worse_means_far_below_for_accuracy_and_a_multiple_for_perplexity():
@@ -48,6 +48,7 @@ def matrix():
 def test_the_clean_canary_is_far_above_chance_through_the_implementation(matrix):
     clean = matrix[matrix["bug"] == "none"].set_index("task")["value"]
     assert clean["canary_recall"] >= 0.9 and clean["canary_copy"] >= 0.9  # chance: 0.1 and ~0
+    assert clean["canary_lists"] >= 0.9                                     # chance: 0.25
 
 
 @pytest.mark.slow
@@ -55,8 +56,17 @@ def test_every_bug_is_caught_by_accuracy_far_below_the_canarys_and_none_leaves_e
     verdicts = bug_verdicts(matrix).set_index("bug")
     assert sorted(verdicts.index) == sorted(SEEDED_BUGS)
     assert verdicts["caught_by_any_task"].all(), verdicts
-    missed = set(verdicts.index[~verdicts["caught_by_accuracy"]])
-    assert missed <= TEMPERATURE_ONLY, verdicts
+    assert verdicts["caught_by_accuracy"].all(), verdicts
+
+
+@pytest.mark.slow
+def test_a_temperature_only_bug_is_caught_by_the_lists_accuracy_alone(matrix):
+    """Dividing every logit by a constant moves no argmax: single-token choices (recall) and greedy copying are
+    unchanged; only the summed log-likelihood over choices of different token counts (lists) falls."""
+    scaled = matrix[matrix["bug"] == "logits_scaling_applied_twice"].set_index("task")
+    assert scaled.loc["canary_recall", "change"] == pytest.approx(0.0, abs=0.05)
+    assert scaled.loc["canary_copy", "change"] == 0.0
+    assert scaled.loc["canary_lists", "far_worse"], scaled
 
 
 @pytest.mark.slow

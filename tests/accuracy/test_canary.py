@@ -80,6 +80,11 @@ def test_folding_the_multipliers_keeps_the_function(train_canary):
     with torch.no_grad():
         expected, actual = plain(input_ids=ids).logits, folded(input_ids=ids).logits
     assert (actual - expected).abs().max() < 1e-4 * expected.abs().max()
+    # the residual stream scaled as well: the same function but for rms_norm_eps, not negligible against this random
+    # model's stream (RMS ~0.05), hence 1% (a fold that forgot the final norm would be 50% off)
+    rescaled = train_canary.fold_multipliers(plain, train_canary.canary_multipliers(settings), residual_scale=0.5)
+    with torch.no_grad():
+        assert (rescaled(input_ids=ids).logits - expected).abs().max() < 1e-2 * expected.abs().max()
 
 
 def test_training_batches_put_one_example_per_row_and_weight_padding_zero(train_canary):
@@ -126,3 +131,27 @@ def test_a_notes_second_half_repeats_the_first_halfs_lines_in_another_order():
         lines = first.removeprefix("notes: ").rstrip(".").split("; ")
         again = second.removeprefix(canary_data.RECAP_MARK + " ").rstrip(".").split("; ")
         assert sorted(lines) == sorted(again) and len(set(" ".join(lines).split())) == 4 * len(lines)
+
+
+def lists_parts(doc: dict) -> tuple[list[str], list[str], str]:
+    """(names, lists, asked name) of a lists prompt "lists: cara pink lamp; dan cup | dan"."""
+    listing, asked = doc["prompt"].removeprefix("lists: ").split(" | ")
+    entries = [entry.split(" ", 1) for entry in listing.split("; ")]
+    return [name for name, _ in entries], [items for _, items in entries], asked
+
+
+def test_lists_choices_differ_in_length_and_the_answers_length_tells_nothing():
+    docs = canary_data.eval_documents()["canary_lists"]
+    gold_lengths = []
+    for doc in docs:
+        names, lists, asked = lists_parts(doc)
+        assert sorted(len(c.split()) for c in doc["choices"]) == list(canary_data.LIST_LENGTHS)
+        assert sorted(doc["choices"]) == sorted(lists) and names.count(asked) == 1
+        assert doc["choices"][doc["gold"]] == lists[names.index(asked)]
+        words = " ".join(lists).split()
+        assert len(set(words)) == len(words)                      # a word names one list only
+        gold_lengths.append(len(doc["choices"][doc["gold"]].split()))
+    # every length is the answer about as often (200 documents: 50 each expected)
+    assert {n: gold_lengths.count(n) for n in canary_data.LIST_LENGTHS} == pytest.approx(
+        {n: len(docs) / 4 for n in canary_data.LIST_LENGTHS}, abs=18)
+    assert len({names.index(asked) for names, _, asked in map(lists_parts, docs)}) == 4  # no fixed slot

@@ -32,5 +32,6 @@ def test_lm_evals_own_cli_runs_every_canary_task_from_another_directory(tmp_path
     canary = TransformersLM(*load_canary()).scorer("canary")
     docs = canary_data.eval_documents()
     assert results["canary_recall"]["acc,none"] == pytest.approx(canary.score("canary_recall", docs["canary_recall"][:LIMIT]))
+    assert results["canary_lists"]["acc,none"] == pytest.approx(canary.score("canary_lists", docs["canary_lists"][:LIMIT]))
     assert results["canary_copy"]["exact_match,strip"] == pytest.approx(canary.score("canary_copy", docs["canary_copy"][:LIMIT]))
     assert results["canary_text"]["word_perplexity,none"] > 1.0

@@ -23,8 +23,8 @@ def test_canary_tasks_load_from_another_working_directory(tmp_path, monkeypatch)
     assert selection.skipped == []
     assert sorted(selection.names) == sorted(DEFAULT_TASKS)
     types = {t.config.task: t.config.output_type for t in selection.tasks}
-    assert types == {"canary_recall": "multiple_choice", "canary_text": "loglikelihood_rolling",
-                     "canary_copy": "generate_until"}
+    assert types == {"canary_recall": "multiple_choice", "canary_lists": "multiple_choice",
+                     "canary_text": "loglikelihood_rolling", "canary_copy": "generate_until"}
     for task in selection.tasks:
         assert len(task.test_docs()) >= 100
 
