@@ -17,7 +17,6 @@ from ..model.state_dict import convert_hf_state_dict, load_hf_state_dict
 from .errors import InputError
 from .generation import GenerationResult, greedy_generate
 from .graphs import GraphSet
-from .huge_pages import move_to_huge_pages
 
 PAD_TOKEN = 0
 
@@ -52,8 +51,6 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
     model.kv_cache.reset()
     if device == "cpu" and neuron_config.dtype == torch.float32:
         model.lm_head.use_input_major_layout()
-    if device == "cpu":
-        move_to_huge_pages(model)  # a memory-bound decode streams weights from 2 MiB pages fastest
     return model.eval()
 
 

@@ -2,6 +2,8 @@
 
 import os
 
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -57,12 +59,18 @@ def test_an_advised_tensor_is_backed_by_huge_pages_once_written():
     assert tensor.sum().item() == tensor.numel()
 
 
-def test_the_runner_moves_its_model_weights(tiny_model_dir, monkeypatch):
-    from granite_bench.runtime import runner as runner_module
+def test_perf_runners_move_their_weights_and_other_runners_keep_the_loaded_memory(tiny_model_dir, monkeypatch):
+    from granite_bench.perf.grid import PerfPoint
+    from granite_bench.perf.sweep import default_build_runner
+    from granite_bench.runtime import huge_pages as huge_pages_module
     from granite_bench.runtime.select import build_runner
     calls = []
-    monkeypatch.setattr(runner_module, "move_to_huge_pages", lambda model: calls.append(model) or 0)
-    runner = build_runner(str(tiny_model_dir), batch_size=1, seq_len=32, buckets=[8])
+    monkeypatch.setattr(huge_pages_module, "move_to_huge_pages", lambda model: calls.append(model) or 0)
+    build_runner(str(tiny_model_dir), batch_size=1, seq_len=32, buckets=[8])  # parity, eval: no extra copy
+    assert calls == []
+    point = PerfPoint(model=str(tiny_model_dir), layers=None, dtype="float32", device="cpu", tp=1, compile=False,
+                      batch_size=1, bucket=8, prompt_len=4, new_tokens=2, seq_len=32)
+    runner = default_build_runner(point, types.SimpleNamespace(buckets=[8]))
     assert calls == [runner.model]
 
 
