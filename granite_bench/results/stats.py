@@ -107,6 +107,12 @@ def gate_timings(samples: dict[str, tuple[list[float], list[float]]], floor: flo
     with_ci=False skips the bootstrap CI (replays of the verdict alone, thousands of times).
     """
     tests = [compare_timing(name, base, cand, seed=seed, with_ci=with_ci) for name, (base, cand) in samples.items()]
+    return holm_verdicts(tests, floor, alpha)
+
+
+def holm_verdicts(tests: list[TimingTest], floor: float, alpha: float) -> list[TimingTest]:
+    """Verdicts of tests across metrics, Holm-adjusted: regression when the adjusted one-sided p < alpha and the
+    ratio > 1 + floor; faster the mirror image (shown only); else pass."""
     slower = holm_adjust([t.p_slower for t in tests])
     faster = holm_adjust([t.p_faster for t in tests])
     for test, p_slow, p_fast in zip(tests, slower, faster):
@@ -198,17 +204,7 @@ def judge_paired(samples: dict[str, tuple[list[float], list[float]]], floor: flo
     """Paired tests of every metric with verdicts at level alpha (Holm across the metrics):
     regression when the adjusted p < alpha and the ratio > 1 + floor; faster the mirror image."""
     tests = [paired_timing(name, base, cand, confidence) for name, (base, cand) in samples.items()]
-    slower = holm_adjust([t.p_slower for t in tests])
-    faster = holm_adjust([t.p_faster for t in tests])
-    for test, p_slow, p_fast in zip(tests, slower, faster):
-        test.p_adjusted = p_slow
-        if p_slow < alpha and test.ratio > 1 + floor:
-            test.verdict = REGRESSION
-        elif p_fast < alpha and test.ratio < 1 / (1 + floor):
-            test.verdict = FASTER
-        else:
-            test.verdict = PASS
-    return tests
+    return holm_verdicts(tests, floor, alpha)
 
 
 CONTINUE = "continue"
