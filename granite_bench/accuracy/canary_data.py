@@ -126,14 +126,18 @@ def single_token_words() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- eval documents
 
+def choice_doc(rng: random.Random, i: int, prompt: str, options: list, answer) -> dict:
+    """A multiple-choice document: the options in a shuffled order and the index of the answer among them."""
+    choices = list(options)
+    rng.shuffle(choices)
+    return {"id": i, "prompt": prompt, "choices": choices, "gold": choices.index(answer)}
+
+
 def recall_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
         ex = recall_example(rng)
-        choices = list(ex["values"])
-        rng.shuffle(choices)
-        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices,
-                     "gold": choices.index(ex["values"][ex["asked"]])})
+        docs.append(choice_doc(rng, i, ex["prompt"], ex["values"], ex["values"][ex["asked"]]))
     return docs
 
 
@@ -159,10 +163,7 @@ def lists_docs(rng: random.Random, n: int) -> list[dict]:
     docs = []
     for i in range(n):
         ex = lists_example(rng)
-        choices = list(ex["lists"])
-        rng.shuffle(choices)
-        docs.append({"id": i, "prompt": ex["prompt"], "choices": choices,
-                     "gold": choices.index(ex["lists"][ex["asked"]])})
+        docs.append(choice_doc(rng, i, ex["prompt"], ex["lists"], ex["lists"][ex["asked"]]))
     return docs
 
 
