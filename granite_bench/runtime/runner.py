@@ -38,13 +38,12 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
     with torch.device("meta"):
         model = NeuronGraniteForCausalLM(hf_config, neuron_config)
     if shard is not None:
-        state, shard = shard, None
+        state = shard
     else:
         state = convert_hf_state_dict(hf_state if hf_state is not None else load_hf_state_dict(model_dir),
                                       hf_config, plan, rank, tp, neuron_config.dtype, neuron_config.fused_qkv)
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True, assign=True)
-    del state  # the model holds the weights now: moving them below frees each old copy as it goes
     # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the KV cache.
     model.rotary_emb = RotaryEmbedding(plan.head_dim, neuron_config.sequence_length, rope_parameters(hf_config),
                                        hf_config.max_position_embeddings).to(device)

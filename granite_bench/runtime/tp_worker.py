@@ -64,9 +64,8 @@ def build_rank_runner(spec: RankSpec, local_rank: int | None = None):
         torch.cuda.set_device(device)
     config = SimpleNamespace(**spec.config)
     neuron_config = NeuronConfig.from_dict(spec.neuron_config)
-    # the shard is not kept here: load_rank_model frees each loaded tensor once the model holds its own copy
-    model = load_rank_model(Path(spec.model_dir), config, neuron_config, device,
-                            shard=load_rank_shard(Path(spec.shard_dir), spec.rank))
+    shard = load_rank_shard(Path(spec.shard_dir), spec.rank)
+    model = load_rank_model(Path(spec.model_dir), config, neuron_config, device, shard=shard)
     runner = GraniteRunner(model, Path(spec.model_dir), config, neuron_config, device, spec.compile, init=spec.init)
     runner.load_seconds = time.perf_counter() - start
     return runner
