@@ -42,7 +42,8 @@ class TrainSettings:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     # The canary's Granite multipliers. Training runs with the plain ones (1, 1/sqrt(head_dim), 1, 1), which a
-    # tiny model learns far faster from, and `fold_multipliers` then rewrites the weights exactly into these.
+    # tiny model learns far faster from, and `fold_multipliers` then rewrites the weights into these (exactly; the
+    # residual_scale below is exact only up to rms_norm_eps).
     # Chosen so that dropping each one shows in accuracy: an embedding multiplier of 12 (Granite 3.x's) is so
     # small a part of this canary's residual stream that dropping it changed no answer; with 32 copying fails.
     # logits_scaling 8 (Granite 3.1 2B's): applying it twice is a temperature of 8, which canary_lists sees.
