@@ -379,7 +379,7 @@ def compare(
                                            "correction across the gated metrics."),
     design: str = typer.Option("sequential", help="Timing gate: 'sequential' (paired rounds, looks at trials/4, "
                                                   "/2, /1, stops early when clear) or 'pooled' (the earlier gate)."),
-    clock: str = typer.Option("cpu", help="Gated clock: 'cpu' (worker thread CPU time; wall time is reported "
+    clock: str = typer.Option("cpu", help="Gated clock: 'cpu' (trial thread CPU time; wall time is reported "
                                           "beside it), 'wall', or 'both'."),
     looks: int = typer.Option(3, help="Sequential design: number of looks (halving back from --trials)."),
     error_growth: float = typer.Option(2.0, help="An error metric fails when it grows past this factor."),
@@ -391,7 +391,7 @@ def compare(
                                                     "code tree (repeatable; default: parity, eval)."),
     timing_model: str = typer.Option("tiny-gqa", help="Preset whose decode step is timed."),
     timing_layers: Optional[int] = typer.Option(None, help="Only the first N layers of the timing preset."),
-    threads: int = typer.Option(1, help="torch threads in each timing worker."),
+    threads: int = typer.Option(1, help="torch threads in each timing trial."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the comparison (table 'comparisons')."),
     fail_on: str = typer.Option("all", help="Exit 1 on any regression ('all') or only on parity/eval ones "
                                             "('deterministic'; timings still measured and shown)."),
@@ -509,20 +509,22 @@ def bisect(
     metric: Optional[str] = typer.Option(None, help="Timing metric to bisect: decode_step_ms (default) or "
                                                     "prefill_ms."),
     parity: bool = typer.Option(False, "--parity", help="Bisect where `granite-bench parity` started to fail."),
-    trials: int = typer.Option(8, help="Interleaved timing trials per side and step (at least 6)."),
+    trials: int = typer.Option(48, help="Paired A/B rounds per step at the last look (as compare's --trials)."),
     reps: int = typer.Option(32, help="Decode steps per trial."),
-    floor: float = typer.Option(0.10, help="Slowdowns below this fraction count as good."),
-    alpha: float = typer.Option(0.05, help="Significance level of a step's timing test."),
+    floor: float = typer.Option(0.03, help="Slowdowns below this fraction count as good."),
+    alpha: float = typer.Option(0.01, help="False-alarm bound of a step's timing test, spent over its looks."),
+    looks: int = typer.Option(3, help="Sequential looks per step (as compare's --looks)."),
+    clock: str = typer.Option("cpu", help="Timed clock: 'cpu' (trial thread CPU time) or 'wall'."),
     model: str = typer.Option("tiny-gqa", help="Preset timed (or checked for parity) at each commit."),
     layers: Optional[int] = typer.Option(None, help="Only the first N layers of the preset."),
-    threads: int = typer.Option(1, help="torch threads in each timing worker."),
+    threads: int = typer.Option(1, help="torch threads in each timing trial."),
     parity_args: str = typer.Option("--num-tokens 8", help="Extra options of each commit's parity run."),
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the steps (table 'bisect_steps')."),
 ):
     """First commit between --good and --bad where a timing regressed or parity failed (like git bisect run)."""
     from .gate.bisect import (PARITY, TIMING_METRICS, BisectError, BisectSettings, check_range, final_lines,
-                              run_bisect, step_line)  # light: standard library only
+                              run_bisect, step_line, timing_gate)  # light: standard library only
     from .gate.ab import repo_root
     repo = repo_root(Path.cwd())
     try:
@@ -533,17 +535,19 @@ def bisect(
             raise BadInput(f"--metric must be one of {', '.join(TIMING_METRICS)}, got {metric!r}")
         for value, option in ((reps, "--reps"), (threads, "--threads"), (layers, "--layers")):
             preflight.positive(value, option)
-        if trials < 6:
-            raise BadInput(f"--trials must be at least 6 (interleaved trials per side), got {trials}")
-        if not 0 < alpha < 1 or floor < 0:
-            raise BadInput("--alpha must be in (0, 1) and --floor 0 or more")
+        if clock not in ("cpu", "wall"):
+            raise BadInput(f"--clock must be cpu or wall, got {clock!r}")
+        if floor < 0:
+            raise BadInput("--floor must be 0 or more")
         preflight.results_dir(results_dir if save else None)
         check_range(repo, good, bad)
+        settings = BisectSettings(good=good, bad=bad, repo=repo, mode=mode, trials=trials, reps=reps, floor=floor,
+                                  alpha=alpha, looks=looks, clock=clock, model=model, layers=layers, threads=threads,
+                                  parity_args=parity_args.split(), results_dir=results_dir if save else None)
+        if mode != PARITY:
+            timing_gate(settings)    # the trials, looks and alpha make a sequential test
     except (BadInput, BisectError) as err:
         fail(err)
-    settings = BisectSettings(good=good, bad=bad, repo=repo, mode=mode, trials=trials, reps=reps, floor=floor,
-                              alpha=alpha, model=model, layers=layers, threads=threads,
-                              parity_args=parity_args.split(), results_dir=results_dir if save else None)
     console.print(f"bisecting {mode} from {good} (good) to {bad} (bad) in {repo}")
     try:
         result = run_bisect(settings, on_step=lambda step: console.print(Text(step_line(step))))

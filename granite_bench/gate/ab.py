@@ -2,11 +2,12 @@
 
 A side of a comparison that is code (a git ref, HEAD, or the work tree as it is) becomes a folder holding a
 granite_bench package: the repository itself for `worktree`, else a detached `git worktree` of the ref in a temp
-folder, removed afterwards. The trees are timed in worker subprocesses (ab_probe.py, one per tree) that stay alive
-for the whole comparison and run one at a time; trials alternate between them with the order rotated every round
-(AB, BA, AB, ... for two trees), so slow drifts of the machine's load fall on every side alike. Per trial each metric
-is the median of its repetitions, on two clocks: wall time and the worker thread's CPU time. A caller may stop the
-trials early, after any complete round (the sequential gate's looks).
+folder, removed afterwards. The trees are timed by one server subprocess (ab_probe.py) that forks a fresh process
+for every trial, of whichever tree the trial names, one at a time; trials alternate between the trees with the order
+rotated every round (AB, BA, AB, ... for two trees), so slow drifts of the machine's load fall on every side alike,
+and no process's memory layout stays with one side (ab_probe.py says why). Per trial each metric is the median of
+its repetitions, on two clocks: wall time and the trial process's CPU time. A caller may stop the trials early, after
+any complete round (the sequential gate's looks).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .ab_probe import PREFIX
 PROBE_SCRIPT = Path(__file__).resolve().with_name("ab_probe.py")
 WORKTREE = "worktree"      # the repository's files as they are, uncommitted changes included
 
-# Timed metrics, per-trial medians: wall clock and the worker thread's CPU time (time.thread_time). Which of them the
+# Timed metrics, per-trial medians: wall clock and the trial thread's CPU time (time.thread_time). Which of them the
 # gate judges is the gate's choice (stats.GateSettings.clock). Tail metrics: percentiles over every repetition, reported.
 WALL_METRICS = ("decode_step_ms", "prefill_ms")
 CPU_METRICS = ("decode_step_cpu_ms", "prefill_cpu_ms")
@@ -61,7 +62,7 @@ class ABResult:
     order: list[str]                                   # 'A'/'B' in the order the trials ran
     per_trial: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # gated metrics
     tails: dict[str, tuple[float, float]] = field(default_factory=dict)                  # reported only
-    workers: dict[str, dict] = field(default_factory=dict)                              # ready lines
+    workers: dict[str, dict] = field(default_factory=dict)          # per side: its granite_bench, torch, threads
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -127,49 +128,34 @@ def tree_env(tree: Path) -> dict:
     return env
 
 
-ADDR_NO_RANDOMIZE = 0x0040000   # personality(2) flag: what `setarch -R` sets
+class ProbeServer:
+    """The ab_probe.py server: forks one fresh process per trial, for whichever tree the trial names."""
 
-
-def fixed_layout() -> None:
-    """In the child before exec: turn off address-space layout randomisation for the worker (Linux; elsewhere, or
-    where the container refuses it, nothing changes). With ASLR each worker process gets its own code and heap
-    addresses, and on the loaded 2-core host that alone moved one worker's CPU time per decode step by several
-    percent against another's, running the same tree (gate/calibrate.py's measurements); a fixed layout takes that
-    per-process offset out of the A/B difference."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).personality(ADDR_NO_RANDOMIZE)
-
-
-class ProbeWorker:
-    """One ab_probe.py subprocess bound to a tree."""
-
-    def __init__(self, tree: CodeTree, probe_args: list[str], log_dir: Path, randomize_layout: bool = False):
-        self.tree = tree
-        self.log = open(log_dir / f"probe-{tree.path.name}-{os.getpid()}-{id(self)}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, str(PROBE_SCRIPT), "--tree", str(tree.path), *probe_args],
+    def __init__(self, probe_args: list[str], log_dir: Path):
+        self.log = open(log_dir / f"probe-{os.getpid()}-{id(self)}.log", "w+")
+        env = dict(os.environ)
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.proc = subprocess.Popen([sys.executable, str(PROBE_SCRIPT), *probe_args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     cwd=str(tree.path), env=tree_env(tree.path),
-                                     preexec_fn=None if randomize_layout else fixed_layout)
+                                     env=env)
 
-    def receive(self) -> dict:
+    def receive(self, tree: CodeTree | None = None) -> dict:
         for line in self.proc.stdout:
             if line.startswith(PREFIX):
                 message = json.loads(line[len(PREFIX):])
                 if "error" in message:
-                    raise TreeError(f"timing probe failed in {self.tree.label} ({self.tree.path}): "
-                                    f"{message['error']}\n{message.get('traceback', '')}", self.tree)
+                    where = f"{tree.label} ({tree.path})" if tree is not None else "the timing server"
+                    raise TreeError(f"timing probe failed in {where}: {message['error']}\n"
+                                    f"{message.get('traceback', '')}", tree)
                 return message
         self.log.seek(0)
         tail = self.log.read()[-2000:]
-        raise TreeError(f"timing probe of {self.tree.label} exited ({self.proc.wait()}) without answering:\n{tail}",
-                        self.tree)
+        raise TreeError(f"the timing server exited ({self.proc.wait()}) without answering:\n{tail}", tree)
 
-    def trial(self, reps: int) -> dict:
-        self.proc.stdin.write(json.dumps({"reps": reps}) + "\n")
+    def trial(self, tree: CodeTree, reps: int, seed: int) -> dict:
+        self.proc.stdin.write(json.dumps({"tree": str(tree.path), "reps": reps, "seed": seed}) + "\n")
         self.proc.stdin.flush()
-        return self.receive()
+        return self.receive(tree)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -194,28 +180,30 @@ def trial_order(trials: int, sides: tuple[str, ...] = ("A", "B")) -> list[str]:
 
 @dataclass
 class SideTimings:
-    ready: dict                                       # the worker's ready line (which granite_bench, threads)
+    ready: dict                                       # which granite_bench its trials imported, torch, threads
     per_trial: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in TIMED_METRICS})
     every_step_ms: list[float] = field(default_factory=list)
 
 
 def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, probe_args: list[str] | None = None,
                on_trial=None, stop=None) -> tuple[dict[str, SideTimings], list[str]]:
-    """Time several trees in rotation, up to `trials` trials each; per trial the median of its repetitions.
+    """Time several trees in rotation, up to `trials` trials each, every trial in a fresh process forked by one
+    server (ab_probe.py); per trial the median of its repetitions.
 
     stop(timings, rounds) -> bool, when given, is asked after every complete round; True ends the trials there."""
     probe_args = list(probe_args or [])
     log_dir = Path(tempfile.mkdtemp(prefix="granite-bench-ab-"))
-    workers: dict[str, ProbeWorker] = {}
+    server = ProbeServer(probe_args, log_dir)
     timings: dict[str, SideTimings] = {}
     try:
-        # Started one after the other: the first may create the preset's cached weights the others read.
-        for side, tree in trees.items():
-            workers[side] = ProbeWorker(tree, probe_args, log_dir)
-            timings[side] = SideTimings(ready=workers[side].receive())
+        ready = server.receive()
+        for side, tree in trees.items():  # one warm-up trial each (it may create the preset's cached weights)
+            out = server.trial(tree, 1, seed=-1)
+            timings[side] = SideTimings(ready={"granite_bench": out["granite_bench"], "torch": ready["torch"],
+                                               "threads": ready["threads"]})
         order = trial_order(trials, tuple(trees))
         for i, side in enumerate(order):
-            out = workers[side].trial(reps)
+            out = server.trial(trees[side], reps, seed=i)
             for metric, key in PROBE_KEYS.items():
                 timings[side].per_trial[metric].append(1e3 * float(np.median(out[key])))
             timings[side].every_step_ms += [1e3 * s for s in out["decode_s"]]
@@ -225,8 +213,7 @@ def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, prob
                 order = order[:i + 1]
                 break
     finally:
-        for worker in workers.values():
-            worker.close()
+        server.close()
         shutil.rmtree(log_dir, ignore_errors=True)
     return timings, order
 

@@ -2,8 +2,10 @@
 
 A binary search over the first-parent commits from --good (exclusive) to --bad (inclusive), `git rev-list
 --first-parent --ancestry-path good..bad`, like `git bisect run` with the gate as the test:
-- a timing metric (decode_step_ms, prefill_ms): each probed commit is timed against the good commit with the gate's
-  interleaved A/B comparison (ab.run_interleaved) and judged by stats.gate_timings; a regression marks it bad;
+- a timing metric (decode_step_ms, prefill_ms): each probed commit is timed against the good commit by the compare
+  gate's own default test (paired rounds of interleaved A/B trials, ab.run_interleaved; the metric's trial-thread CPU
+  time unless --clock wall; a one-sided signed-rank test at sequential looks, stats.sequential_look, stopping early
+  when the answer is clear); a regression marks it bad;
 - --parity: each probed commit runs its own `granite-bench parity` (exit 0 good, 1 bad).
 Both ends are checked first: the bad commit must be bad (against the good one, or failing parity), the good commit
 must pass parity. A timing answer is then confirmed against its own parent (a noisy miss of one probe sends a
@@ -39,10 +41,12 @@ class BisectSettings:
     bad: str
     repo: Path
     mode: str = "decode_step_ms"          # a TIMING_METRICS name, or PARITY
-    trials: int = 8
+    trials: int = 48                      # paired rounds at the last look (the compare gate's defaults)
     reps: int = 32
-    floor: float = 0.10
-    alpha: float = 0.05
+    floor: float = 0.03
+    alpha: float = 0.01
+    looks: int = 3
+    clock: str = "cpu"                    # cpu: the trial thread's CPU time of the metric | wall
     model: str = "tiny-gqa"
     layers: int | None = None
     threads: int = 1
@@ -202,27 +206,49 @@ def parity_step(tree, settings: BisectSettings, role: str, subject: str) -> Step
                 exit_code=done.returncode)
 
 
+def gated_metric(settings: BisectSettings) -> str:
+    """The timed column a step judges: decode_step_ms -> decode_step_cpu_ms on the CPU clock."""
+    return settings.mode.replace("_ms", "_cpu_ms") if settings.clock == "cpu" else settings.mode
+
+
+def timing_gate(settings: BisectSettings):
+    """The compare gate's settings and sequential plan for these trials, looks, floor and alpha (BisectError when
+    they make none)."""
+    from .compare import CompareError, CompareSettings, check_timing_settings, sequential_plan
+    compare = CompareSettings(baseline="", trials=settings.trials, reps=settings.reps, floor=settings.floor,
+                              alpha=settings.alpha, looks=settings.looks, clock=settings.clock)
+    try:
+        check_timing_settings(compare)
+    except CompareError as err:
+        raise BisectError(str(err)) from None
+    return compare, sequential_plan(compare)
+
+
 def timing_step(good_tree, tree, settings: BisectSettings, role: str, subject: str) -> Step:
-    """Time the tree against the good tree (interleaved A/B) and gate the chosen metric; skip if it cannot run."""
+    """Time the tree against the good tree (paired A/B rounds, sequential looks) and gate the chosen metric; skip
+    if it cannot run."""
     from ..results import stats
     from . import ab
+    from .compare import sequential_stop
     start = time.perf_counter()
     probe = ["--model", settings.model, "--threads", str(settings.threads),
              *(["--layers", str(settings.layers)] if settings.layers else [])]
+    (compare, plan), metric = timing_gate(settings), gated_metric(settings)
     try:
-        result = ab.run_interleaved(good_tree, tree, trials=settings.trials, reps=settings.reps, probe_args=probe)
+        result = ab.run_interleaved(good_tree, tree, trials=plan.max_rounds, reps=settings.reps, probe_args=probe,
+                                    stop=sequential_stop(compare, plan, (metric,)))
     except ab.TreeError as err:
         if err.tree is good_tree:
             raise BisectError(f"the baseline commit {good_tree.sha[:12]} cannot be timed: "
                               f"{str(err).splitlines()[0]}") from None
         return Step(role, tree.sha, subject, SKIP, f"cannot be timed: {str(err).splitlines()[0][:200]}",
                     time.perf_counter() - start)
-    metric = settings.mode
-    (test,) = stats.gate_timings({metric: result.per_trial[metric]}, floor=settings.floor, alpha=settings.alpha)
+    look = plan.look_index(result.trials)
+    _, (test,) = stats.sequential_look({metric: result.per_trial[metric]}, plan, look, settings.floor)
     judgement = BAD if test.verdict == stats.REGRESSION else GOOD
     evidence = (f"{metric} {test.baseline_median:.3g} -> {test.candidate_median:.3g} ms, x{test.ratio:.3f} "
-                f"(95% CI {test.ci_low:.3f}-{test.ci_high:.3f}), p={test.p_adjusted:.2g}, "
-                f"{test.n_baseline}+{test.n_candidate} trials: {test.verdict}")
+                f"(90% CI {test.ci_low:.3f}-{test.ci_high:.3f}), p={test.p_adjusted:.2g} "
+                f"(alpha {plan.alpha_at(look):.2g} at this look), {result.trials} paired rounds: {test.verdict}")
     return Step(role, tree.sha, subject, judgement, evidence, time.perf_counter() - start, ratio=test.ratio,
                 ci_low=test.ci_low, ci_high=test.ci_high, p_adjusted=test.p_adjusted,
                 baseline_median=test.baseline_median, candidate_median=test.candidate_median)
@@ -236,6 +262,8 @@ def run_bisect(settings: BisectSettings, on_step=None) -> BisectResult:
     from . import ab
     if settings.mode != PARITY and settings.mode not in TIMING_METRICS:
         raise BisectError(f"--metric must be one of {', '.join(TIMING_METRICS)}, got {settings.mode!r}")
+    if settings.mode != PARITY:
+        timing_gate(settings)
     repo = settings.repo
     good_sha, bad_sha, commits = check_range(repo, settings.good, settings.bad)
     steps: list[Step] = []

@@ -228,9 +228,9 @@ def pseudo_comparison(rounds: list[dict], n_rounds: int, rng: np.random.Generato
     """An A/A comparison: n_rounds rounds drawn without replacement from recorded rounds of unchanged comparisons,
     each round's two trials handed to pseudo-A and pseudo-B at random (the same code ran on both sides, so under the
     null the labels are exchangeable) and labelled in the gate's AB, BA, ... order. It keeps the machine's
-    trial-to-trial noise; it cannot keep one worker process's persistent offset from another (swapping sides averages
-    it away), which only the real unchanged comparisons measure. Per metric (baseline values, candidate values), and
-    the order."""
+    trial-to-trial noise; it cannot keep an offset that stays with one side for a whole comparison (swapping sides
+    averages it away: long-lived worker processes had one, ab_probe.py), which only the real unchanged comparisons
+    measure. Per metric (baseline values, candidate values), and the order."""
     if len(rounds) < n_rounds:
         raise CalibrationError(f"{len(rounds)} recorded null rounds cannot fill an A/A comparison of {n_rounds}: "
                                f"run more null comparisons")

@@ -9,7 +9,7 @@ as they are) or a folder holding granite_bench/.
   `error_growth` times the baseline fails.
 - Timings: only when both sides are code, measured side by side (ab.py). The default gate (design 'sequential') is
   paired and sequential: each round is one A and one B trial next to each other, the test is a one-sided Wilcoxon
-  signed-rank test of the per-round log ratios of the worker thread's CPU time (clock 'cpu'; wall time is reported
+  signed-rank test of the per-round log ratios of the trial thread's CPU time (clock 'cpu'; wall time is reported
   beside it), decided at a few looks (12, 24, 48 rounds) with alpha spent over them (stats.SequentialPlan), stopping
   early when the answer is clear. Design 'pooled' is the earlier gate (Mann-Whitney on the pooled per-trial medians
   of wall time, stats.gate_timings). gate/calibrate.py measures what each detects (`granite-bench gate-power`).
@@ -126,9 +126,10 @@ def check_timing_settings(settings: CompareSettings) -> None:
                                f"{stats.MIN_TRIALS} rounds: raise --trials or lower --looks")
 
 
-def sequential_stop(settings: CompareSettings, plan: stats.SequentialPlan):
-    """The live gate's stopping rule: at each look, stop when the look decides."""
-    metrics = gated_metrics(settings.clock)
+def sequential_stop(settings: CompareSettings, plan: stats.SequentialPlan, metrics: tuple[str, ...] | None = None):
+    """The live gate's stopping rule: at each look, stop when the look decides (on `metrics`, default: the gated
+    clock's decode step and prefill)."""
+    metrics = metrics or gated_metrics(settings.clock)
 
     def stop(per_trial, rounds: int) -> bool:
         look = plan.look_index(rounds)

@@ -16,7 +16,7 @@ from granite_bench.gate.bisect import BAD, GOOD, SKIP, BisectError, BisectSettin
 from granite_bench.results.store import ResultStore
 
 PACKAGE = Path(granite_bench.__file__).resolve().parent
-SLEEP_S = 0.02            # per decode step; tiny-gqa's own step is ~1 ms on one thread
+SPIN_S = 0.02             # CPU seconds of busy work per decode step; tiny-gqa's own step is ~2 ms on one thread
 
 
 # ----- the search itself (no git, no model) ---------------------------------------------------------------------
@@ -106,8 +106,9 @@ def history(tmp_path_factory, tiny_model_dir):
                                              "import\n", ""))
     shas["harmless-3"] = commit(repo, "harmless-3: imports again")
     edit(repo, "runtime/runner.py", "        rows = len(next_ids)\n",
-         f"        __import__('time').sleep({SLEEP_S})  # planted slowdown\n        rows = len(next_ids)\n")
-    shas["slowdown"] = commit(repo, "planted: a sleep in the decode step")
+         f"        spin = __import__('time').thread_time() + {SPIN_S}  # planted slowdown\n"
+         f"        while __import__('time').thread_time() < spin:\n            pass\n        rows = len(next_ids)\n")
+    shas["slowdown"] = commit(repo, "planted: busy work in the decode step")
     edit(repo, "model/modeling_granite.py", "hidden = hidden + mlp_out * self.residual_multiplier",
          "hidden = hidden + mlp_out * (1.5 * self.residual_multiplier)")
     shas["parity-break"] = commit(repo, "planted: the MLP branch scaled wrong")
@@ -119,7 +120,8 @@ def history(tmp_path_factory, tiny_model_dir):
 
 
 def settings_for(repo: Path, shas: dict, mode: str, prompts: Path, results_dir=None, **changes) -> BisectSettings:
-    return BisectSettings(good=shas["good"], bad=shas["harmless-4"], repo=repo, mode=mode, trials=6, reps=8,
+    return BisectSettings(good=shas["good"], bad=shas["harmless-4"], repo=repo, mode=mode, trials=8, looks=1,
+                          reps=8,
                           parity_args=["--num-tokens", "4", "--batch-size", "1", "--prompts", str(prompts)],
                           results_dir=results_dir, **changes)
 
@@ -132,13 +134,13 @@ def test_bisect_by_decode_time_finds_the_planted_slowdown_and_skips_the_commit_t
                         on_step=lambda step: lines.append(bisect.step_line(step)))
     assert result.first_bad == shas["slowdown"], "\n".join(lines)
     assert bisect.final_lines(result) == [f"{shas['slowdown']} is the first bad commit",
-                                          "planted: a sleep in the decode step"]
+                                          "planted: busy work in the decode step"]
     judged = {s.sha: s.judgement for s in result.steps}
     assert judged[shas["no-import"]] == SKIP and judged[shas["slowdown"]] == BAD
     assert judged[shas["harmless-4"]] == BAD                   # the bad end is checked first
     assert result.confirmed is True and result.steps[-1].role == "confirm"   # against its own parent too
     slow = next(s for s in result.steps if s.sha == shas["slowdown"])
-    assert slow.ratio > 1.5 and slow.candidate_median > slow.baseline_median + 1e3 * SLEEP_S / 2
+    assert slow.ratio > 1.5 and slow.candidate_median > slow.baseline_median + 1e3 * SPIN_S / 2
     stored = ResultStore(tmp_path).read("bisect_steps")
     assert list(stored["sha"]) == [s.sha for s in result.steps]
     assert set(stored["first_bad_sha"]) == {shas["slowdown"]} and set(stored["schema_version"]) == {1}
@@ -170,6 +172,8 @@ def test_a_good_commit_that_already_fails_parity_is_refused(history):
     (["--good", "HEAD", "--bad", "HEAD"], "same commit"),
     (["--good", "HEAD~1", "--bad", "HEAD", "--metric", "tpot"], "--metric must be one of"),
     (["--good", "HEAD~1", "--bad", "HEAD", "--metric", "prefill_ms", "--parity"], "not both"),
+    (["--good", "HEAD~1", "--bad", "HEAD", "--trials", "12", "--looks", "3"], "raise --trials or lower --looks"),
+    (["--good", "HEAD~1", "--bad", "HEAD", "--clock", "process"], "--clock must be cpu or wall"),
 ])
 def test_bad_ranges_and_options_are_one_line_exit_2(history, monkeypatch, tmp_path, args, message):
     repo, _, _ = history

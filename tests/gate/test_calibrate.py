@@ -189,29 +189,28 @@ def test_sequential_gate_needs_the_ratio_past_the_floor_even_when_significant():
     assert decision == stats.PASS and tests[0].p_adjusted < PLAN.alpha_at(0)
 
 
-class ScriptedWorker:
-    """Stands in for ab.ProbeWorker: answers trials with scripted per-step seconds, counting them."""
-    started = []
+class ScriptedServer:
+    """Stands in for ab.ProbeServer: answers trials with scripted per-step seconds (the tree labelled 'slow' 30%
+    slower), counting them."""
 
-    def __init__(self, tree, probe_args, log_dir):
-        self.tree, self.trials = tree, 0
-        ScriptedWorker.started.append(self)
+    def __init__(self, probe_args, log_dir):
+        self.trials = 0
 
-    def receive(self):
-        return {"ready": True}
+    def receive(self, tree=None):
+        return {"ready": True, "torch": "scripted", "threads": 1}
 
-    def trial(self, reps):
+    def trial(self, tree, reps, seed):
         self.trials += 1
-        step = 1e-3 * (1.3 if self.tree.label == "slow" else 1.0)
+        step = 1e-3 * (1.3 if tree.label == "slow" else 1.0)
         return {"decode_s": [step] * reps, "prefill_s": [2 * step] * 3, "decode_cpu_s": [step] * reps,
-                "prefill_cpu_s": [2 * step] * 3}
+                "prefill_cpu_s": [2 * step] * 3, "granite_bench": str(tree.path)}
 
     def close(self):
         pass
 
 
 def test_interleaved_trials_end_at_the_round_where_the_stop_rule_says_so(monkeypatch):
-    monkeypatch.setattr(ab, "ProbeWorker", ScriptedWorker)
+    monkeypatch.setattr(ab, "ProbeServer", ScriptedServer)
     base = ab.CodeTree("base", Path("."), "unknown", False)
     slow = ab.CodeTree("slow", Path("."), "unknown", False)
     seen = []
@@ -227,7 +226,7 @@ def test_interleaved_trials_end_at_the_round_where_the_stop_rule_says_so(monkeyp
 
 def test_the_default_compare_gate_is_the_sequential_cpu_time_one(monkeypatch, tmp_path):
     from granite_bench.gate.compare import CompareSettings, judge_timings, sequential_plan, sequential_stop
-    monkeypatch.setattr(ab, "ProbeWorker", ScriptedWorker)
+    monkeypatch.setattr(ab, "ProbeServer", ScriptedServer)
     settings = CompareSettings(baseline="")
     assert (settings.design, settings.clock, sequential_plan(settings).looks) == ("sequential", "cpu", (12, 24, 48))
     base = ab.CodeTree("base", Path("."), "unknown", False)

@@ -386,3 +386,23 @@ def test_interleaved_timing_catches_a_slowed_decode_step_and_passes_an_unchanged
     # false-alarm check the gate promises.
     assert all(len(t.per_trial["decode_step_ms"]) == 6 for t in timings.values())
     assert not any(t.verdict == stats.REGRESSION for t in unchanged)
+
+
+@pytest.mark.slow
+def test_every_trial_runs_in_a_fresh_process_of_its_own_tree_and_a_broken_tree_is_named(trees, tmp_path):
+    server = ab.ProbeServer(PROBE, tmp_path)
+    try:
+        assert server.receive()["ready"]
+        answers = [server.trial(trees[name], 2, seed) for seed, name in enumerate(("base", "slow", "base"))]
+        assert len({a["pid"] for a in answers} | {server.proc.pid}) == 4
+        assert [a["granite_bench"] for a in answers] == [str(trees[n].path / "granite_bench")
+                                                         for n in ("base", "slow", "base")]
+        assert all(len(a["decode_cpu_s"]) == 2 and len(a["prefill_s"]) == 8 for a in answers)
+        broken = copy_tree(tmp_path / "broken")
+        (broken / "granite_bench" / "__init__.py").write_text("raise ImportError('planted')\n")
+        with pytest.raises(ab.TreeError, match="planted") as caught:
+            server.trial(ab.CodeTree("broken", broken, "unknown", True), 2, 0)
+        assert caught.value.tree.label == "broken"
+        assert server.trial(trees["base"], 1, 0)["pid"] != answers[0]["pid"]   # the server serves on
+    finally:
+        server.close()

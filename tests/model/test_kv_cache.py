@@ -1,5 +1,6 @@
 """Static KV cache: prefix writes, per-row position writes, reads of the first kv_len slots, reset."""
 
+import pytest
 import torch
 
 from granite_bench.model.kv_cache import KVCacheManager
@@ -7,14 +8,15 @@ from granite_bench.model.kv_cache import KVCacheManager
 LAYERS, BATCH, KV_HEADS, SEQ, HEAD_DIM = 2, 3, 2, 16, 4
 
 
-def make_cache() -> KVCacheManager:
-    return KVCacheManager(LAYERS, BATCH, KV_HEADS, SEQ, HEAD_DIM, torch.float32)
+def make_cache(dtype=torch.float32) -> KVCacheManager:
+    return KVCacheManager(LAYERS, BATCH, KV_HEADS, SEQ, HEAD_DIM, dtype)
 
 
-def distinct(length: int, offset: float = 1.0) -> torch.Tensor:
-    """[B, Hkv, length, d] with every element different and non-zero."""
+def distinct(length: int, offset: float = 1.0, dtype=torch.float32) -> torch.Tensor:
+    """[B, Hkv, length, d], non-zero, every element different in float32 (bf16 rounds values above 256 together; the
+    one-position values written below stay distinct in every dtype)."""
     count = BATCH * KV_HEADS * length * HEAD_DIM
-    return (torch.arange(count, dtype=torch.float32) + offset).view(BATCH, KV_HEADS, length, HEAD_DIM)
+    return (torch.arange(count, dtype=torch.float32) + offset).view(BATCH, KV_HEADS, length, HEAD_DIM).to(dtype)
 
 
 def test_cache_tensors_have_the_static_shape():
@@ -39,11 +41,12 @@ def test_context_encoding_fills_only_the_prefix_of_its_layer():
     assert not other_k.any() and not other_v.any()
 
 
-def test_token_generation_writes_at_each_rows_own_position():
-    cache = make_cache()
-    cache.update_context_encoding(0, distinct(8), distinct(8, offset=1000.0))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_token_generation_writes_at_each_rows_own_position(dtype):
+    cache = make_cache(dtype)
+    cache.update_context_encoding(0, distinct(8, dtype=dtype), distinct(8, offset=1000.0, dtype=dtype))
     before_k, before_v = (t.clone() for t in cache.caches(0))
-    k_new, v_new = -distinct(1), -distinct(1, offset=1000.0)
+    k_new, v_new = -distinct(1, dtype=dtype), -distinct(1, offset=1000.0, dtype=dtype)
     positions = torch.tensor([8, 3, 11])  # rows at different positions
     cache.update_token_generation(0, k_new, v_new, positions)
 
