@@ -60,48 +60,22 @@ def single_row_uses_mv() -> bool:
     return torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
-def column_major(weight: torch.Tensor) -> bool:
-    """Whether a 2-D weight [N, K] is stored column by column (its transpose is contiguous), as
-    use_column_major_weights leaves it."""
-    return weight.dim() == 2 and weight.shape[0] > 1 and weight.t().is_contiguous()
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias) -> [..., N], as nn.functional.linear.
 
     One row of bf16/fp16 on CPU (a decode step at batch 1) is a matrix-vector product, and which kernel streams the
     weights fastest depends on the CPU's kind (measured on the 4-layer granite-3.1-2b decode step, process CPU
-    time; all of them accumulate in fp32): with AVX-512 kernels torch.mv over the row-major weight beats linear's
-    oneDNN matrix-matrix path with one row, 81 vs 102 ms; with AVX2 kernels (no bf16 dot-product units) both are
-    compute-bound on rows of 2048 (7.3 GB/s where rows of 4096 stream at 10), and torch.mv over a column-major
-    weight streams at 9.6 (see use_column_major_weights)."""
+    time): with AVX-512 kernels torch.mv's (fp32 accumulation) beats linear's oneDNN matrix-matrix path with one
+    row, 81 vs 102 ms; with AVX2 kernels (no bf16 dot-product units) it loses, 8.6 vs 7.1 ms per 8192 x 2048
+    projection, so there it stays with linear. AVX2 kernels are bound by converting bf16 to fp32 at these row
+    lengths (rows of 2048: 7.3 GB/s, rows of 4096: 10). A column-major weight streams at 9.6 GB/s through torch.mv
+    there, but every matrix-matrix product against it (prefill, batched decode) falls to a path ~60x slower, so the
+    weights stay row-major."""
     if (x.device.type == "cpu" and weight.dtype in REDUCED_PRECISION and x.numel() == x.shape[-1]
-            and (column_major(weight) or (weight.is_contiguous() and single_row_uses_mv()))):
+            and weight.is_contiguous() and single_row_uses_mv()):
         y = torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])   # [..., N]
         return y if bias is None else y + bias
     return nn.functional.linear(x, weight, bias)
-
-
-def column_major_is_faster() -> bool:
-    """Whether one row of bf16/fp16 is fastest against column-major weights on this CPU: where torch dispatches its
-    kernels at AVX2 (no bf16 dot products; a column-major torch.mv is an axpy over the rows of the transposed weight,
-    which streams ~30% faster than any row-major kernel at the model's row lengths). With AVX-512 kernels it is 3-4x
-    slower than the row-major mv; other kinds are not measured and keep the row-major layout."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX2"
-
-
-def use_column_major_weights(module: nn.Module) -> int:
-    """Store the bf16/fp16 CPU weights of every parallel linear layer in `module` column by column (same shape and
-    values, transposed strides), the layout linear() streams fastest with AVX2-class kernels; matrix-matrix calls
-    (prefill) take either layout. Returns the number of weights changed."""
-    changed = 0
-    for layer in module.modules():
-        if isinstance(layer, (ColumnParallelLinear, RowParallelLinear)):
-            weight = layer.weight
-            if weight.device.type == "cpu" and weight.dtype in REDUCED_PRECISION and not column_major(weight):
-                weight.data = weight.data.t().contiguous().t()
-                changed += 1
-    return changed
 
 
 class ColumnParallelLinear(nn.Module):

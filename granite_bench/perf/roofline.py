@@ -4,14 +4,13 @@ Ceilings, each timed over at least `reps` calls and at least `min_seconds` after
 count of the points they serve; the median and the best call are kept, and fractions use the best (a busy machine
 only ever slows a call down, so the fastest call is the closest to what the machine can do):
 - plain read bandwidth: `sum` over a buffer far larger than the caches;
-- large matrix-vector bandwidth in the model's dtype: the fastest of `linear(x[1, K], W[N, K])`, `mv(W, x)` and `mv`
-  over the same bytes read column by column (the kernels a decode step's projections use, parallel_layers.linear) over
-  a weight far larger than the caches, which is what a decode step mostly is. "Far larger" is measured, not assumed:
-  both buffers are at least twice the last-level cache the OS reports (some servers have hundreds of MiB of L3: a 256
-  MiB weight there is partly served from cache, which gives a ceiling no decode over a model that does not fit the
-  cache can reach). On CPU both buffers sit in memory advised for transparent huge pages (runtime.huge_pages), as the
-  implementation's weights do: streaming from 2 MiB pages is faster than from 4 KiB ones, and a ceiling must be the
-  best the machine does;
+- large matrix-vector bandwidth in the model's dtype: the faster of `linear(x[1, K], W[N, K])` and `mv(W, x)` (the
+  kernels a decode step's projections use) over a weight far larger than the caches, which is what a decode step
+  mostly is. "Far larger" is measured, not assumed: both buffers are at least twice the last-level cache the OS
+  reports (some servers have hundreds of MiB of L3: a 256 MiB weight there is partly served from cache, which gives
+  a ceiling no decode over a model that does not fit the cache can reach). On CPU both buffers sit in memory
+  advised for transparent huge pages (runtime.huge_pages), as the implementation's weights do: streaming from 2 MiB
+  pages is faster than from 4 KiB ones, and a ceiling must be the best the machine does;
 - matmul FLOP/s in the model's dtype, the prefill ceiling: the faster of `a @ b` and `linear(a, b)` (the kernel the
   model's projections use), square.
 A fraction of a ceiling above 100% means the ceiling was measured too low (the machine was busier while it was
@@ -176,16 +175,14 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
         weight = (torch.empty(n, k, dtype=torch_dtype, device=device) if cuda
                   else huge_page_tensor((n, k), torch_dtype)).uniform_(-1, 1)  # no fp32 copy of it
         x = torch.randn(1, k, device=device).to(torch_dtype)
-        x_long = torch.randn(n, device=device).to(torch_dtype)
-        kernels = [lambda: torch.nn.functional.linear(x, weight), lambda: torch.mv(weight, x[0]),
-                   lambda: torch.mv(weight.t(), x_long)]     # the last: the same bytes read column by column
-        t_med, t_best = min((timed(kernel) for kernel in kernels),
-                            key=lambda median_best: median_best[1])  # the fastest kernel by its best call
+        t_med, t_best = min(timed(lambda: torch.nn.functional.linear(x, weight)), timed(lambda: torch.mv(weight, x[0])),
+                            key=lambda median_best: median_best[1])  # the faster kernel by its best call
         nbytes = weight.numel() * weight.element_size()
         matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
-        matvec_cpu = (math.nan if cuda else
-                      nbytes / min(best_cpu_seconds(kernel, reps, synced) for kernel in kernels) / 1e9)
-        del weight, x, x_long
+        matvec_cpu = math.nan if cuda else nbytes / min(
+            best_cpu_seconds(lambda: torch.nn.functional.linear(x, weight), reps, synced),
+            best_cpu_seconds(lambda: torch.mv(weight, x[0]), reps, synced)) / 1e9
+        del weight, x
 
         a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)
         b = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)

@@ -304,13 +304,9 @@ def default_build_runner(point: PerfPoint, spec: GridSpec):
                           batch_size=point.batch_size, seq_len=point.seq_len, buckets=sorted(spec.buckets),
                           compile=point.compile, num_layers=point.layers, neuron_config=config)
     if point.device == "cpu" and hasattr(runner, "model"):
-        # a memory-bound decode streams weights fastest in the layout its CPU kind's kernels read best, from 2 MiB
-        # pages. Only here: each move holds the model plus its largest tensor for a moment, and parity keeps its peak
-        # at the weights + 25 % (issue 11).
-        from ..model.parallel_layers import column_major_is_faster, use_column_major_weights
+        # a memory-bound decode streams weights from 2 MiB pages fastest. Only here: the move holds the model plus its
+        # largest tensor for a moment, and parity keeps its peak at the weights + 25 % (issue 11).
         from ..runtime.huge_pages import move_to_huge_pages
-        if column_major_is_faster():
-            use_column_major_weights(runner.model)
         move_to_huge_pages(runner.model)
     return runner
 
