@@ -62,7 +62,6 @@ class ABResult:
     order: list[str]                                   # 'A'/'B' in the order the trials ran
     per_trial: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # gated metrics
     tails: dict[str, tuple[float, float]] = field(default_factory=dict)                  # reported only
-    workers: dict[str, dict] = field(default_factory=dict)          # per side: its granite_bench, torch, threads
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -221,8 +220,7 @@ def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, prob
 def ab_result(timings: dict[str, SideTimings], baseline: str, candidate: str, order: list[str], reps: int) -> ABResult:
     """Baseline-vs-candidate view of timings: gated per-trial medians and reported tail percentiles."""
     base, cand = timings[baseline], timings[candidate]
-    result = ABResult(trials=len(base.per_trial["decode_step_ms"]), reps=reps, order=order,
-                      workers={"A": base.ready, "B": cand.ready})
+    result = ABResult(trials=len(base.per_trial["decode_step_ms"]), reps=reps, order=order)
     for metric in TIMED_METRICS:
         result.per_trial[metric] = (base.per_trial[metric], cand.per_trial[metric])
     for q in (90, 99):
