@@ -14,7 +14,8 @@ from unittest import mock
 
 import torch
 
-from ..model import attention, kv_cache, modeling_granite, rope
+from ..model import modeling_granite
+from ..model.backend import attention, decoder, kv_cache, norms, rope
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,9 @@ def sqrt_head_dim_scale():
 def embedding_multiplier_dropped():
     """The embedding output is not multiplied by embedding_multiplier (Llama's embedding)."""
     def forward(self, input_ids):
-        return super(modeling_granite.GraniteEmbedding, self).forward(input_ids)
+        return super(decoder.GraniteEmbedding, self).forward(input_ids)
 
-    return mock.patch.object(modeling_granite.GraniteEmbedding, "forward", forward)
+    return mock.patch.object(decoder.GraniteEmbedding, "forward", forward)
 
 
 def residual_multiplier_dropped_in_first_layer():
@@ -70,12 +71,12 @@ def residual_multiplier_dropped_in_first_layer():
 
 def logits_scaling_applied_twice():
     """Logits divided by logits_scaling twice (once in the head, once more by the caller)."""
-    original = modeling_granite.GraniteHead.forward
+    original = decoder.GraniteHead.forward
 
     def forward(self, hidden):
         return original(self, hidden) / self.logits_scaling
 
-    return mock.patch.object(modeling_granite.GraniteHead, "forward", forward)
+    return mock.patch.object(decoder.GraniteHead, "forward", forward)
 
 
 # -- RoPE -----------------------------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def rms_norm_eps_outside_sqrt():
         x32 = x32 / (x32.pow(2).mean(-1, keepdim=True).sqrt() + 1e-2)
         return self.weight * x32.to(x.dtype)
 
-    return mock.patch.object(modeling_granite.GraniteRMSNorm, "forward", forward)
+    return mock.patch.object(norms.RMSNorm, "forward", forward)
 
 
 SEEDED_BUGS: dict[str, SeededBug] = {bug.name: bug for bug in [

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..model.config import DTYPES
-from ..model.modeling_granite import head_dim_of, head_plan
+from ..model.auto import parallel_plan
+from ..model.backend.decoder import head_dim_of
 from ..runtime.huge_pages import huge_page_tensor
 
 MIB = 2**20
@@ -211,7 +212,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
-        plan = head_plan(hf_config, tp_degree)
+        plan = parallel_plan(hf_config, tp_degree)
         vocab = hf_config.vocab_size
         return cls(hidden=hf_config.hidden_size, intermediate=hf_config.intermediate_size,
                    layers=hf_config.num_hidden_layers, vocab_padded=-(-vocab // tp_degree) * tp_degree,

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model import parallel_state as ps
+from ..model.backend import parallel_state as ps
 from ..model.config import NeuronConfig
-from ..model.parallel_layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from ..model.backend.parallel_layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 from .devices import require_neuron
 from .errors import InputError
 from .runner import GraniteRunner
@@ -100,7 +100,7 @@ def nxd_layer_factory(dtype: torch.dtype):
     """Functions turning each of our parallel layers into neuronx-distributed's equivalent (same shapes)."""
     from neuronx_distributed.parallel_layers import layers as nxd
 
-    from ..model.modeling_granite import GraniteEmbedding, GraniteHead
+    from ..model.backend.decoder import GraniteEmbedding, GraniteHead
 
     class NxDGraniteHead(nxd.ColumnParallelLinear):
         """LM head: vocabulary padded to a multiple of tp and trimmed by NxD, logits divided by logits_scaling."""
@@ -184,9 +184,9 @@ def make_bucket_graph(hf_config, neuron_config: NeuronConfig, phase: str) -> Buc
     """Called by ModelBuilder (inside its own parallel state) for tracing and for weight sharding."""
     from neuronx_distributed.parallel_layers import parallel_state as nxd_ps
 
-    from ..model.modeling_granite import NeuronGraniteForCausalLM
+    from ..model.auto import build_model
     ps.set_model_parallel_state(nxd_ps.get_tensor_model_parallel_size())
-    model = NeuronGraniteForCausalLM(hf_config, neuron_config)
+    model = build_model(hf_config, neuron_config)
     swap_parallel_layers(model, nxd_layer_factory(neuron_config.dtype))
     return BucketGraph(model.eval(), phase)
 
@@ -269,8 +269,8 @@ class NeuronRunner(GraniteRunner):
         require_neuron()
         from neuronx_distributed.trace.model_builder import ModelBuilder
 
-        from ..model.modeling_granite import NeuronGraniteForCausalLM
-        from ..model.state_dict import load_rank_shard
+        from ..model.auto import build_model
+        from ..model.backend.checkpoint import load_rank_shard
         from ..reference.weights import cache_root, read_init
         from .shards import prepare_shards, shard_cache_dir
 
@@ -280,7 +280,7 @@ class NeuronRunner(GraniteRunner):
         ps.set_model_parallel_state(tp)
         try:
             with torch.device("meta"):
-                dims = partition_dims(NeuronGraniteForCausalLM(hf_config, neuron_config))
+                dims = partition_dims(build_model(hf_config, neuron_config))
         finally:
             ps.destroy_model_parallel()
 
