@@ -82,11 +82,14 @@ class FusedExperts(nn.Module):
             local = expert - self.first_expert
             if 0 <= local < self.gate_up_proj.shape[0]:
                 rows = token_of[start:start + count]                     # [n] tokens routed to this expert
-                gate, up = linear(x[rows], self.gate_up_proj[local]).chunk(2, dim=-1)
-                y = linear(nn.functional.silu(gate) * up, self.down_proj[local])   # [n, H]
-                out.index_add_(0, rows, y * weight_of[start:start + count, None])
+                out.index_add_(0, rows, self.expert(local, x[rows]) * weight_of[start:start + count, None])
             start += count
         return reduce_from_tp_region(out)
+
+    def expert(self, local: int, x: torch.Tensor) -> torch.Tensor:
+        """One expert's gated MLP on its tokens x [n, H] -> [n, H] (this rank's intermediate slice)."""
+        gate, up = linear(x, self.gate_up_proj[local]).chunk(2, dim=-1)
+        return linear(nn.functional.silu(gate) * up, self.down_proj[local])
 
 
 class GraniteMoE(nn.Module):
