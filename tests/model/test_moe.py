@@ -68,3 +68,23 @@ def test_a_step_runs_each_chosen_expert_once_and_no_other(pair, monkeypatch):
     ours(x, DecodeStep(None, None, None), layer_idx=0)
     assert [local for local, _ in calls] == sorted(set(index.flatten().tolist()))
     assert sum(n for _, n in calls) == index.numel()
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 40])
+def test_static_graph_formulations_equal_the_eager_grouped_experts(pair, tokens):
+    """Selective loading (decode) and all-experts (prefill), which a static graph uses, compute what the grouped
+    eager path does, on a rank that holds only some experts too."""
+    _, ours = pair
+    x = torch.randn(tokens, H)
+    weights, index = ours.router(x)
+    experts = ours.experts
+    grouped = experts.grouped(x, weights, index)
+    torch.testing.assert_close(experts.selected_experts(x, weights, index), grouped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(experts.all_experts(x, weights, index), grouped, rtol=1e-5, atol=1e-5)
+    half = moe.FusedExperts(H, I, E // 2, torch.float32)      # holds experts 3..5 only
+    half.first_expert = 3
+    half.gate_up_proj.data, half.down_proj.data = experts.gate_up_proj[3:], experts.down_proj[3:]
+    torch.testing.assert_close(half.all_experts(x, weights, index), half.grouped(x, weights, index),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(half.selected_experts(x, weights, index), half.grouped(x, weights, index),
+                               rtol=1e-5, atol=1e-5)
