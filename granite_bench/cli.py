@@ -245,6 +245,11 @@ def reference(
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
         if out is not None:
             preflight.output_dir(out)
+            from .reference.golden_files import GoldenError, check_goldens_target  # standard library only
+            try:
+                check_goldens_target(out)
+            except GoldenError as err:
+                raise BadInput(str(err)) from None
         if framework_dtype is not None and preflight.dtype_name(framework_dtype, "--framework-dtype") == "float32":
             raise BadInput("--framework-dtype float32 is the reference itself: give bfloat16 or float16")
     except BadInput as err:
