@@ -435,6 +435,8 @@ def compare(
     except (CompareError, TreeError) as err:
         fail(err)
     render(console, comparison)
+    for message in comparison.warnings:
+        warn(message)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 

@@ -221,7 +221,8 @@ def test_save_goldens_replaces_an_older_directory_whole(stored, tmp_path):
     _, goldens = load_goldens(directory)
     save_goldens(goldens, key, target)
     save_goldens(goldens[:1], golden_key(key["checkpoint_fingerprint"], PROMPTS[:1], NUM_TOKENS, "eager"), target)
-    assert sorted(p.name for p in target.iterdir()) == [golden_files.DIGEST_FILE, GOLDEN_FILE, "prompt-00000.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == [golden_files.DIGEST_FILE, GOLDEN_FILE,
+                                                        "prompt-00000.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["g"]  # no temp folders left behind
     assert len(load_goldens(target)[1]) == 1
 
