@@ -162,3 +162,22 @@ def swap_into_place(new: Path, directory: Path) -> Path | None:
     os.replace(directory, aside)
     os.replace(new, directory)
     return aside
+
+
+def verify_golden_set(directory: Path) -> None:
+    """Every file of a golden directory against its digest, with the standard library only (before torch loads):
+    GoldenError naming the first file that is missing, unlisted or changed. The tensors' own checks (NaN, greedy
+    tokens, key agreement) follow when goldens.load_goldens reads them."""
+    directory = Path(directory)
+    if not (directory / GOLDEN_FILE).is_file():
+        raise GoldenError(f"{directory} holds no {GOLDEN_FILE}: point --goldens at a directory written by "
+                          f"`granite-bench reference --out DIR`")
+    digests = read_digests(directory)
+    verify_file(directory, GOLDEN_FILE, digests)
+    try:
+        files = [str(entry["file"]) for entry in json.loads((directory / GOLDEN_FILE).read_text())["prompts"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise GoldenError(f"corrupt goldens: {directory / GOLDEN_FILE} is not a golden index: {redo(directory)}") \
+            from None
+    for name in files:
+        verify_file(directory, name, digests)

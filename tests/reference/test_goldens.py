@@ -372,3 +372,26 @@ def test_replacing_goldens_swaps_the_folder_whole_and_leaves_nothing_behind(stor
     assert target.stat().st_ino != inode   # a new folder put in place, not the old one edited file by file
     assert [p.name for p in tmp_path.iterdir()] == ["g"]
     assert load_goldens(target)[0] == key_one
+
+
+def test_cli_parity_refuses_corrupt_goldens_in_one_line_before_torch_and_stores_nothing(stored, tmp_path):
+    """Run as a user would: exit 2, one line naming the file, no results, and torch never imported."""
+    import subprocess
+    import sys
+    directory, _ = stored
+    broken = tmp_path / "g"
+    shutil.copytree(directory, broken)
+    flip_logit_bytes(broken / "prompt-00001.safetensors")
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    probe = ("import sys, runpy; sys.argv = ['granite-bench'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('granite_bench.cli', run_name='__main__')\n"
+             "finally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, "parity", "--model", "tiny-gqa", "--prompts", str(prompts),
+                           "--num-tokens", str(NUM_TOKENS), "--goldens", str(broken), "--results-dir",
+                           str(tmp_path / "results")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error: corrupt goldens: ") and "prompt-00001.safetensors" in lines[0]
+    assert lines[-1] == "torch not imported" and len(lines) == 2
+    assert not (tmp_path / "results").exists()
