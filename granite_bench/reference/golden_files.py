@@ -160,7 +160,11 @@ def swap_into_place(new: Path, directory: Path) -> Path | None:
         return new                      # `new` now holds the old set
     aside = new.with_name(new.name + "-old")
     os.replace(directory, aside)
-    os.replace(new, directory)
+    try:
+        os.replace(new, directory)
+    except BaseException:
+        os.replace(aside, directory)   # the old set goes back where it was
+        raise
     return aside
 
 

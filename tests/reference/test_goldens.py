@@ -395,3 +395,26 @@ def test_cli_parity_refuses_corrupt_goldens_in_one_line_before_torch_and_stores_
     assert lines[0].startswith("error: corrupt goldens: ") and "prompt-00001.safetensors" in lines[0]
     assert lines[-1] == "torch not imported" and len(lines) == 2
     assert not (tmp_path / "results").exists()
+
+
+def test_replacing_goldens_without_an_atomic_exchange_keeps_the_old_set_when_the_rename_fails(stored, tmp_path,
+                                                                                               monkeypatch):
+    directory, key = stored
+    _, goldens = load_goldens(directory)
+    target = tmp_path / "g"
+    save_goldens(goldens, key, target)
+    before = golden_files.file_sha256(target / GOLDEN_FILE)
+    monkeypatch.setattr(golden_files, "_rename_exchange", lambda: None)
+    real_replace = golden_files.os.replace
+
+    def fail_into_place(src, dst):
+        if Path(dst) == target and not Path(src).name.endswith("-old"):   # the new set into place, not the way back
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+    monkeypatch.setattr(golden_files.os, "replace", fail_into_place)
+    key_one = golden_key(key["checkpoint_fingerprint"], PROMPTS[:1], NUM_TOKENS, "eager")
+    with pytest.raises(OSError):
+        save_goldens(goldens[:1], key_one, target)
+    monkeypatch.undo()
+    assert golden_files.file_sha256(target / GOLDEN_FILE) == before and load_goldens(target)[0] == key
+    assert [p.name for p in tmp_path.iterdir()] == ["g"]
