@@ -375,6 +375,7 @@ def test_read_only_query_refuses_every_statement_that_is_not_a_select(tmp_path, 
 
 
 @pytest.mark.parametrize("sql", ["select * from read_csv('/etc/passwd')", "select * from glob('/root/*')",
+                                 "select * from sniff_csv('/etc/passwd')", "select * from read_blob('/etc/passwd')",
                                  "select * from read_parquet('http://example.invalid/x.parquet')",
                                  "select * from read_text('{root}/_commits/{run}.json')",
                                  "select * from read_parquet('{root}/parity_summary/*/*.parquet')",
