@@ -413,7 +413,11 @@ def compare(
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-    except BadInput as err:
+        from .gate.sides import check_stored_specs   # no torch: stored runs checked before transformers loads
+        from .gate.verdict import CompareError as StoredRunError
+        from .results.store import ResultStore
+        check_stored_specs(ResultStore(results_dir), [baseline, candidate])
+    except (BadInput, StoredRunError) as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError

@@ -74,6 +74,25 @@ def check_run_tables(store: ResultStore, run_ids: list[str]) -> None:
                                    f"other runs") from None
 
 
+def check_stored_specs(store: ResultStore, specs: list[str]) -> None:
+    """Before anything heavy loads: each spec that names stored runs must name them unambiguously, and their
+    committed deterministic tables must be readable (CompareError otherwise). Code trees are resolved later.
+    Unreadable files of other runs are left for the comparison itself to report."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in specs:
+            _check_stored_spec(store, spec)
+
+
+def _check_stored_spec(store: ResultStore, spec: str) -> None:
+    if spec == ab.WORKTREE or (Path(spec) / "granite_bench").is_dir():
+        return
+    run_ids = match_run_ids(store, spec)
+    if run_ids:
+        check_run_tables(store, run_ids)
+
+
 def read_runs(store: ResultStore, run_ids: list[str]) -> dict[str, pd.DataFrame]:
     check_run_tables(store, run_ids)
     frames = {}
