@@ -408,14 +408,14 @@ def compare(
                                             "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    from .gate.sides import check_stored_specs   # no torch: stored runs are checked before transformers loads
+    from .gate.verdict import CompareError as StoredRunError
+    from .results.store import ResultStore
     try:
         for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-        from .gate.sides import check_stored_specs   # no torch: stored runs checked before transformers loads
-        from .gate.verdict import CompareError as StoredRunError
-        from .results.store import ResultStore
         check_stored_specs(ResultStore(results_dir), [baseline, candidate])
     except (BadInput, StoredRunError) as err:
         fail(err)
