@@ -639,6 +639,44 @@ def eval_(
     raise typer.Exit(0 if passed else 1)
 
 
+@app.command()
+def serve(
+    model: str = typer.Option("tiny-gqa", help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    batch_size: int = typer.Option(8, help="Compiled batch size: concurrent requests are batched up to it."),
+    seq_len: int = typer.Option(256, help="Static KV-cache length (prompt + max_tokens of a request)."),
+    buckets: Optional[str] = typer.Option(None, help="Context-encoding buckets, e.g. 32,64,128."),
+    tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
+    compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
+    gather_ms: float = typer.Option(5.0, help="How long a batch waits for more requests before it starts."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send (default: --model)."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+):
+    """The implementation behind an OpenAI-compatible API (completions, chat, logprobs, prompt_logprobs): greedy,
+    static batching; what `load` and `parity --endpoint` can be pointed at. Not a vLLM replacement."""
+    try:
+        from .serve.command import serve_args
+        args = serve_args(model, host, port, dtype, batch_size, seq_len, parse_int_list(buckets, "--buckets"), tp,
+                          device, compile, gather_ms, served_model_name, layers)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
+    try:
+        from .serve.server import build_app, run_server
+        server_app, runner = build_app(args)
+    except bad_input_types() as err:
+        fail(err)
+    try:
+        console.print(f"serving {args.served_model_name or args.model} on http://{args.host}:{args.port} "
+                      f"(batch {args.batch_size}, seq_len {args.seq_len}, {args.dtype}, {args.device})", markup=False)
+        run_server(server_app, args.host, args.port)
+    finally:
+        runner.close()
+
+
 def main():  # pragma: no cover - console entry point
     app()
 
