@@ -677,6 +677,51 @@ def serve(
         runner.close()
 
 
+@app.command()
+def load(
+    endpoint: str = typer.Option(..., help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000."),
+    model: Optional[str] = typer.Option(None, help="Local preset or checkpoint of the served model: token-id "
+                                                   "prompts from its vocabulary, its tokenizer to count tokens."),
+    served_model_name: Optional[str] = typer.Option(None, help="Model name to send (default: /v1/models' first)."),
+    api: str = typer.Option("completions", help="completions | chat."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed-loop levels: requests in flight, e.g. 1,4,16."),
+    rates: Optional[str] = typer.Option(None, help="Open-loop levels: requests per second, e.g. 1,2,4,inf."),
+    requests: Optional[int] = typer.Option(None, help="Requests per level (default 4 x concurrency, >= 16; 32)."),
+    duration: Optional[float] = typer.Option(None, help="Seconds per level instead of a request count."),
+    input_len: int = typer.Option(32, help="Prompt tokens (words for text prompts)."),
+    output_len: int = typer.Option(16, help="Tokens generated per request (ignore_eos)."),
+    slo: Optional[str] = typer.Option(None, help="Goodput SLOs in ms, e.g. ttft=500,tpot=50 (also itl, e2e)."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape of the arrival gaps (1 = Poisson, < 1 burstier)."),
+    seed: int = typer.Option(0, help="Seed of prompts and arrival times."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may take before it counts as failed."),
+    stop_at_saturation: bool = typer.Option(True, "--stop-at-saturation/--full-sweep",
+                                            help="Stop once throughput stops growing while latency climbs."),
+    ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="Ask for exactly --output-len tokens."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+):
+    """Load sweep against an OpenAI-compatible endpoint: TTFT, ITL, TPOT, E2E percentiles and throughput per level."""
+    try:
+        from .serve.command import load_args
+        args = load_args(endpoint, model, served_model_name, api, parse_int_list(concurrency, "--concurrency"),
+                         rates, requests, duration, input_len, output_len, slo, burstiness, seed,
+                         results_dir if save else None, timeout, stop_at_saturation, ignore_eos)
+    except BadInput as err:
+        fail(err)
+    from .serve.load_command import EndpointError, LoadInterrupted, render, run_load
+    try:
+        rows, paths = run_load(args, progress_bar, lambda text: console.print(text, markup=False))
+    except EndpointError as err:
+        fail(err)
+    except LoadInterrupted as stopped:
+        render(console, stopped.kept, args.slo)
+        interrupted("load", f"{len(stopped.kept)} finished level(s) stored in {', '.join(map(str, stopped.paths))}"
+                    if stopped.paths else "no level had finished; nothing was written")
+    render(console, rows, args.slo)
+    if paths:
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

@@ -30,6 +30,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "bug_matrix": 1,
     "bisect_steps": 1,
     "gate_power": 1,
+    "load_points": 1,
 }
 
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
@@ -131,6 +132,17 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "load1": (None, SHOWN), "aa_false_alarms": ("lower", SHOWN), "aa_resamples": (None, SHOWN),
         "aa_rate": ("lower", SHOWN), "aa_ci_low": (None, SHOWN), "aa_ci_high": (None, SHOWN),
         "aa_sources": (None, SHOWN),
+    },
+    "load_points": {
+        # one row per level of a `granite-bench load` sweep; timings of an endpoint under load are shown and trended,
+        # not gated (they were not measured side by side with a baseline)
+        "ttft_ms_*": ("lower", SHOWN), "itl_ms_*": ("lower", SHOWN), "tpot_ms_*": ("lower", SHOWN),
+        "e2e_ms_*": ("lower", SHOWN), "request_throughput": ("higher", SHOWN),
+        "output_throughput": ("higher", SHOWN), "goodput": ("higher", SHOWN), "slo_attainment": ("higher", SHOWN),
+        "requests_failed": ("lower", SHOWN), "requests_ok": (None, SHOWN), "requests": (None, SHOWN),
+        "output_tokens": (None, SHOWN), "duration_s": (None, SHOWN), "concurrency": (None, SHOWN),
+        "rate": (None, SHOWN), "input_len": (None, SHOWN), "output_len": (None, SHOWN), "burstiness": (None, SHOWN),
+        "saturated": (None, SHOWN),
     },
     "runs": {},
 }

@@ -42,3 +42,71 @@ def serve_args(model, host, port, dtype, batch_size, seq_len, buckets, tp, devic
     return ServeArgs(model=model, host=host, port=port, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
                      buckets=buckets, device=device, tp=tp, compile=compile, gather_ms=gather_ms,
                      served_model_name=served_model_name, layers=layers)
+
+
+SLO_KEYS = ("ttft", "tpot", "itl", "e2e")
+
+
+def endpoint_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        raise BadInput(f"--endpoint takes a base URL such as http://127.0.0.1:8000, got {url!r}")
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def parse_rates(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        rates = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInput("--rates takes comma-separated requests per second, e.g. --rates 1,2,4,inf") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise BadInput("--rates takes positive requests per second (inf = all at once), e.g. --rates 1,2,4,inf")
+    return rates
+
+
+def parse_slo(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    slo = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            slo[key.strip()] = float(value)
+        except ValueError:
+            key = None
+        if key not in SLO_KEYS or not slo.get(key, 0) > 0:
+            raise BadInput(f"--slo takes KEY=MS pairs with KEY in {', '.join(SLO_KEYS)}, e.g. --slo ttft=500,tpot=50")
+    return slo
+
+
+def load_args(endpoint, model, served_model_name, api, concurrency, rates, requests, duration, input_len, output_len,
+              slo, burstiness, seed, results_dir, timeout, stop_at_saturation, ignore_eos):
+    require_serving_extra("httpx")
+    from .load_command import LoadArgs
+    if api not in ("completions", "chat"):
+        raise BadInput(f"--api takes completions or chat, got {api!r}")
+    if concurrency is not None and rates is not None:
+        raise BadInput("give --concurrency or --rates, not both (closed loop or open loop)")
+    rate_list = parse_rates(rates)
+    if rate_list and any(r == float("inf") for r in rate_list) and requests is None:
+        raise BadInput("--rates inf sends every request at once: give --requests N")
+    preflight.positive(requests, "--requests")
+    preflight.positive(input_len, "--input-len")
+    preflight.positive(output_len, "--output-len")
+    if duration is not None and not duration > 0:
+        raise BadInput(f"--duration must be positive seconds, got {duration:g}")
+    if not burstiness > 0:
+        raise BadInput(f"--burstiness must be positive (1 = Poisson), got {burstiness:g}")
+    if not timeout > 0:
+        raise BadInput(f"--timeout must be positive seconds, got {timeout:g}")
+    vocab = None
+    if model is not None:
+        config, _ = preflight.model_config(model)
+        vocab = int(config.get("vocab_size", 0)) or None
+    preflight.results_dir(results_dir, need_bytes=1 << 20)
+    return LoadArgs(endpoint=endpoint_url(endpoint), api=api, concurrency=concurrency, rates=rate_list,
+                    requests=requests, duration=duration, input_len=input_len, output_len=output_len,
+                    slo=parse_slo(slo), burstiness=burstiness, seed=seed, model=model, vocab_size=vocab,
+                    served_model_name=served_model_name, results_dir=results_dir, timeout_s=timeout,
+                    stop_at_saturation=stop_at_saturation, ignore_eos=ignore_eos)
