@@ -82,7 +82,7 @@ def parse_slo(text: str | None) -> dict[str, float]:
 
 def load_args(endpoint, model, served_model_name, api, concurrency, rates, requests, duration, input_len, output_len,
               slo, burstiness, seed, results_dir, timeout, stop_at_saturation, ignore_eos):
-    require_serving_extra("httpx")
+    require_serving_extra("httpx", "aiohttp")
     from .load_command import LoadArgs
     if api not in ("completions", "chat"):
         raise BadInput(f"--api takes completions or chat, got {api!r}")

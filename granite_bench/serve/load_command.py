@@ -109,11 +109,12 @@ def request_body(args: LoadArgs, model: str, prompt) -> tuple[str, dict]:
 
 
 async def run_level(args: LoadArgs, model: str, level, make_prompt, count_tokens, on_done):
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=args.endpoint.rstrip("/"), timeout=args.timeout_s, limits=limits) as client:
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=args.timeout_s)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         async def send(index: int):
             path, body = request_body(args, model, make_prompt(index))
-            return await load.stream_request(client, path, body, args.api, count_tokens)
+            return await load.stream_request(session, args.endpoint + path, body, args.api, count_tokens)
         if args.mode == "rate":
             return await load.open_loop(send, level, args.requests_at(level), args.duration, args.burstiness,
                                         args.seed, on_done)

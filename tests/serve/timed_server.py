@@ -37,7 +37,8 @@ async def completions(request: Request):
             delay = loop_start + TTFT_S + k * ITL_S - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            chunk = {"object": "text_completion", "choices": [{"index": 0, "text": f" t{k}", "finish_reason": None}]}
+            chunk = {"object": "text_completion", "choices": [{"index": 0, "text": f" t{k}", "finish_reason": None}],
+                     "arrived": arrived, "sent": time.perf_counter()}   # CLOCK_MONOTONIC: comparable across processes
             yield format_sse_event(data_str=json.dumps(chunk))
         usage = {"prompt_tokens": 1, "completion_tokens": count, "total_tokens": count + 1}
         yield format_sse_event(data_str=json.dumps({"object": "text_completion", "choices": [], "usage": usage}))
