@@ -142,14 +142,31 @@ def parity(
                                                       "reference model is not loaded."),
     max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
                                                          "beyond it stream from disk)."),
+    endpoint: Optional[str] = typer.Option(None, help="Judge what an OpenAI-compatible server at this URL serves "
+                                                      "(vLLM's prompt_logprobs/logprobs) instead of the implementation."),
+    top_k: int = typer.Option(20, help="With --endpoint: log-probabilities asked per position."),
+    served_model_name: Optional[str] = typer.Option(None, help="With --endpoint: the model name to send."),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
                            compile, layers, suite, results_dir if save else None, goldens, max_memory)
+        if endpoint is not None:
+            from .serve.command import endpoint_parity_args
+            endpoint_args = endpoint_parity_args(args, endpoint, top_k, served_model_name)
     except BadInput as err:
         fail(err)
     quiet_transformers()
+    if endpoint is not None:
+        from .serve.load_command import EndpointError
+        from .serve.parity_command import run_endpoint_parity
+        try:
+            passed = run_endpoint_parity(endpoint_args, console)
+        except KeyboardInterrupt:
+            interrupted("parity")
+        except (EndpointError, *bad_input_types()) as err:
+            fail(err)
+        raise typer.Exit(0 if passed else 1)
     try:
         from .parity.command import ParityArgs, run_parity_command
         passed = run_parity_command(ParityArgs(**args), console, progress_bar)

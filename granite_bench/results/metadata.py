@@ -57,6 +57,10 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         # the rtol each k was judged with, and HF's own error in the run's dtype when the profile was calibrated on it
         "rtol_*": (None, SHOWN), "framework_worst_err_*": (None, SHOWN), "divergence_tolerance": (None, SHOWN),
         "framework_divergence_gap": (None, SHOWN),
+        # parity --endpoint: served top-K log-probabilities against the reference (parity/topk_logprobs.py)
+        "worst_logprob_err": ("lower", GATED), "worst_token_logprob_err": ("lower", GATED),
+        "min_ref_top1_in_served": ("higher", GATED), "worst_served_top1_rank": ("lower", SHOWN),
+        "top_k": (None, SHOWN),
     },
     "parity_positions": {
         "max_abs_err": ("lower", SHOWN), "mean_abs_err": ("lower", SHOWN), "max_rel_err": ("lower", SHOWN),
@@ -65,6 +69,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN), "position": (None, SHOWN),
         "expected_top1_prob": (None, SHOWN), "layers": (None, SHOWN), "err_*": ("lower", SHOWN),
         "num_layers": (None, SHOWN), "batch_size": (None, SHOWN), "seq_len": (None, SHOWN),
+        "logprob_err": ("lower", SHOWN), "token_logprob_err": ("lower", SHOWN),
+        "ref_top1_in_served": ("higher", SHOWN), "served_top1_rank": ("lower", SHOWN), "top_k": (None, SHOWN),
     },
     "eval_summary": {
         "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),

@@ -65,20 +65,20 @@ class LoadArgs:
         return max(16, 4 * int(level)) if self.mode == "concurrency" else 32
 
 
-def served_model(args: LoadArgs) -> str:
+def served_model(endpoint: str, served_model_name: str | None) -> str:
     """The model name to send: --served-model-name, else the first model /v1/models lists (EndpointError when the
     endpoint cannot be reached or lists none)."""
     try:
-        reply = httpx.get(args.endpoint.rstrip("/") + "/v1/models", timeout=10)
+        reply = httpx.get(endpoint.rstrip("/") + "/v1/models", timeout=10)
     except httpx.HTTPError as err:
-        raise EndpointError(f"endpoint {args.endpoint} is unreachable ({type(err).__name__}: {err}): start the "
+        raise EndpointError(f"endpoint {endpoint} is unreachable ({type(err).__name__}: {err}): start the "
                             f"server or fix --endpoint") from None
-    if args.served_model_name:
-        return args.served_model_name
+    if served_model_name:
+        return served_model_name
     try:
         return reply.json()["data"][0]["id"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise EndpointError(f"{args.endpoint}/v1/models answered HTTP {reply.status_code} without a model list: "
+        raise EndpointError(f"{endpoint}/v1/models answered HTTP {reply.status_code} without a model list: "
                             f"pass --served-model-name") from None
 
 
@@ -143,7 +143,7 @@ def token_counter(model: str | None) -> Callable[[str], int] | None:
 
 def run_load(args: LoadArgs, progress_bar, say) -> tuple[list[dict], list[Path]]:
     """Every level in order (until saturation); the rows, and the stored files when results_dir is set."""
-    model = served_model(args)
+    model = served_model(args.endpoint, args.served_model_name)
     count_tokens = token_counter(args.model)
     make_prompt = prompt_maker(args)
     rows: list[dict] = []
