@@ -3,7 +3,7 @@ requests in flight) or open-loop (requests started at Poisson or gamma arrival t
 
 Each line of the event stream is stamped (time.perf_counter) as the client reads it, before it is parsed. A request
 counts as failed when the server answers an error, something that is not an event stream, an error inside the stream,
-a stream cut before `[DONE]`, or no token at all: a failed request never contributes a TTFT (never a TTFT of 0).
+a stream that ends with neither `[DONE]` nor a finish_reason, or no token at all: a failed request never contributes a TTFT (never a TTFT of 0).
 Output tokens come from the server's usage when it sends one, else from `count_tokens` (the tokenizer of --model)
 over the text, else from the number of content chunks.
 """
@@ -56,6 +56,11 @@ class RequestResult:
         return (self.end - self.arrivals[0]) / (self.output_tokens - 1)
 
 
+def finish_reason(payload: dict) -> str | None:
+    choices = payload.get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
 def chunk_text(payload: dict, api: str) -> str | None:
     """The generated text a chunk carries (None for chunks that carry none: the chat role chunk, the usage chunk)."""
     choices = payload.get("choices") or []
@@ -71,7 +76,7 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, a
     """One streamed request, timed. aiohttp, not httpx: on one core at 64 streams httpx took 10-16 ms from a chunk's
     send to its read and up to a second to start requests on kept-alive connections; aiohttp 0.2-0.5 ms."""
     result = RequestResult(ok=False, sent=time.perf_counter())
-    texts, done, usage = [], False, None
+    texts, done, finished, usage = [], False, False, None
     try:
         async with session.post(url, json=body) as response:
             if response.status != 200:
@@ -97,10 +102,13 @@ async def stream_request(session: aiohttp.ClientSession, url: str, body: dict, a
                 if text is not None:
                     result.arrivals.append(stamp)
                     texts.append(text)
+                if finish_reason(payload):
+                    finished, result.end = True, stamp
     except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError, OSError) as err:
         return failed(result, f"{type(err).__name__}: {err}")
-    if not done:
-        return failed(result, f"the stream ended without [DONE] after {len(result.arrivals)} tokens")
+    if not done and not finished:   # `transformers serve` ends with a finish_reason and no [DONE]
+        return failed(result, f"the stream ended without [DONE] or a finish_reason after {len(result.arrivals)} "
+                              f"tokens")
     if not result.arrivals:
         return failed(result, "no token came before the stream ended")
     result.ok = True

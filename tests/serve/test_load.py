@@ -135,7 +135,7 @@ def misbehaving_app() -> FastAPI:
 
 
 @pytest.mark.parametrize("how, says", [
-    ("html", "text/html"), ("500", "HTTP 500"), ("cut", "without [DONE] after 2 tokens"),
+    ("html", "text/html"), ("500", "HTTP 500"), ("cut", "without [DONE] or a finish_reason after 2 tokens"),
     ("empty", "no token came"), ("error", "engine died"),
 ])
 def test_a_request_that_fails_is_counted_and_gives_no_latency(how, says):
