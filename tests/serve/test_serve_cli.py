@@ -1,0 +1,60 @@
+"""`granite-bench serve` as a user starts it: options refused before anything loads, and a real process that serves
+on a loopback port until it is interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from granite_bench.cli import app as cli_app
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--port", "70000"], "--port"),
+    (["--model", "no-such-preset"], "no-such-preset"),
+    (["--buckets", "512", "--seq-len", "256"], "bucket 512"),
+    (["--gather-ms", "-1"], "--gather-ms"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_bad_serve_options_are_refused_with_one_line_and_exit_2(args, says):
+    out = CliRunner().invoke(cli_app, ["serve", *args])
+    assert out.exit_code == 2 and says in out.output
+
+
+@pytest.mark.slow
+def test_the_serve_command_answers_on_its_port_and_stops_on_ctrl_c(tiny_model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "granite_bench.cli", "serve", "--model", str(tiny_model_dir),
+                                "--served-model-name", "tiny", "--port", str(port), "--batch-size", "2",
+                                "--seq-len", "64", "--buckets", "32"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "granite-bench serve did not start"
+            time.sleep(0.3)
+        reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 3},
+                           timeout=30).json()
+        assert reply["usage"]["completion_tokens"] == 3 and reply["model"] == "tiny"
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert f"serving tiny on http://127.0.0.1:{port}" in output
