@@ -88,8 +88,6 @@ class BatchingEngine:
         self.largest_prompt = runner.neuron_config.context_encoding_buckets[-1]
         self.gather_s = gather_ms / 1000
         self.queue: asyncio.Queue[GenerationRequest] = asyncio.Queue()
-        self.batches_run = 0
-        self.rows_run = 0
         self._task: asyncio.Task | None = None
 
     def check(self, request: GenerationRequest) -> None:
@@ -150,31 +148,31 @@ class BatchingEngine:
                     request.events.put_nowait(err)
 
     async def _run_batch(self, batch: list[GenerationRequest]) -> None:
-        self.batches_run += 1
-        self.rows_run += len(batch)
-        step, prompt_lps = await asyncio.to_thread(self._encode, batch)
+        (next_ids, lengths, outputs), prompt_lps = await asyncio.to_thread(self._encode, batch)
         for request, prompt_lp in zip(batch, prompt_lps):
             request.events.put_nowait(PromptDone(prompt_lp))
         done = [False] * len(batch)
-        longest = max(r.max_tokens for r in batch)
-        for index in range(longest):
+        for index in range(max(r.max_tokens for r in batch)):
             if index > 0:
-                step = await asyncio.to_thread(self._generate_step, batch, next_ids, lengths, index)
-            next_ids, lengths, outputs = step
+                next_ids, lengths, outputs = await asyncio.to_thread(self._generate_step, batch, next_ids, lengths,
+                                                                     index)
             for row, request in enumerate(batch):
-                if done[row]:
-                    continue
-                token = int(next_ids[row])
-                finish = None
-                if index + 1 >= request.max_tokens:
-                    finish = "length"
-                elif token in request.stop_ids and index + 1 >= request.min_tokens:
-                    finish = "stop"
-                done[row] = finish is not None or request.cancelled
-                if not request.cancelled:
-                    request.events.put_nowait(TokenEvent(token, outputs[row], finish))
+                if not done[row]:
+                    done[row] = self._emit(request, index, int(next_ids[row]), outputs[row])
             if all(done):
                 break
+
+    @staticmethod
+    def _emit(request: GenerationRequest, index: int, token: int, logprobs: TopLogprobs | None) -> bool:
+        """Send step `index`'s token to its request; True when the request is done (or gone)."""
+        finish = None
+        if index + 1 >= request.max_tokens:
+            finish = "length"
+        elif token in request.stop_ids and index + 1 >= request.min_tokens:
+            finish = "stop"
+        if not request.cancelled:
+            request.events.put_nowait(TokenEvent(token, logprobs, finish))
+        return finish is not None or request.cancelled
 
     # -- in the worker thread (nothing here touches an asyncio object) ----------------------------------------
     def _encode(self, batch: list[GenerationRequest]):

@@ -5,7 +5,9 @@ Completions: a prompt as text or token ids; `logprobs=K` gives per generated tok
 `top_logprobs` ({token: logprob}) and `text_offset`; `prompt_logprobs=K` gives a list with None for position 0, then
 {token_id: {logprob, rank, decoded_token}} holding the prompt's own token and the top K; `return_tokens_as_token_ids`
 writes tokens as "token_id:N". Chat: messages in, `logprobs`/`top_logprobs` as OpenAI's chat shape. Unknown fields are
-accepted and ignored, as vLLM does by default; sampling fields other than temperature 0 are refused (greedy only).
+accepted and ignored, as vLLM does by default; a temperature other than 0, n > 1 and stop strings are refused (greedy
+only). `ignore_eos` is honoured; `min_tokens` only delays the stop (the stop token is still emitted, where vLLM masks it
+until min_tokens are out).
 """
 
 from __future__ import annotations

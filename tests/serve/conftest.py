@@ -20,3 +20,46 @@ def served(tiny_model_dir):
     with background_server(app) as url:
         yield url, app, runner
     runner.close()
+
+
+def free_loopback_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_process():
+    """start(argv_with_PORT, env, health_path, timeout_s) -> (base URL, Popen): a server process on a free loopback port
+    (the string PORT in argv is replaced by it), once its health path answers 200; terminated at teardown if it still
+    runs."""
+    import os
+    import subprocess
+    import time
+
+    import httpx
+    started = []
+
+    def start(argv: list[str], env: dict | None = None, health: str = "/health", timeout_s: float = 180.0, **popen):
+        port = free_loopback_port()
+        process = subprocess.Popen([str(port) if a == "PORT" else a for a in argv],
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(url + health, timeout=2).status_code == 200:
+                    return url, process
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(argv[:4])} did not answer on {url}{health} within {timeout_s:g} s")
+            time.sleep(0.2)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)

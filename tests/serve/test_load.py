@@ -6,15 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -30,34 +26,13 @@ HERE = Path(__file__).parent
 TTFT_MS, ITL_MS = 60.0, 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def timed_endpoint():
+def timed_endpoint(server_process):
     """tests/serve/timed_server.py in its own process on a loopback port: TTFT 60 ms, ITL 20 ms by construction."""
-    port = free_port()
-    env = {**os.environ, "TIMED_TTFT_MS": str(TTFT_MS), "TIMED_ITL_MS": str(ITL_MS)}
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "timed_server:app", "--app-dir", str(HERE),
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the timed test server did not start")
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    url, _ = server_process([sys.executable, "-m", "uvicorn", "timed_server:app", "--app-dir", str(HERE), "--host",
+                             "127.0.0.1", "--port", "PORT", "--log-level", "warning"], health="/v1/models",
+                            env={"TIMED_TTFT_MS": str(TTFT_MS), "TIMED_ITL_MS": str(ITL_MS)})
+    return url
 
 
 class QuietProgress:
@@ -159,9 +134,15 @@ async def one_ok(url):
         return await load.stream_request(session, url + "/v1/completions", {"prompt": "ok"}, "completions")
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_an_unreachable_endpoint_is_refused_with_one_line_and_exit_2():
-    port = free_port()
-    out = CliRunner().invoke(cli_app, ["load", "--endpoint", f"http://127.0.0.1:{port}", "--requests", "1"])
+    out = CliRunner().invoke(cli_app, ["load", "--endpoint", f"http://127.0.0.1:{closed_port()}", "--requests", "1"])
     assert out.exit_code == 2 and "unreachable" in out.output
 
 

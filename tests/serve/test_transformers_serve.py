@@ -3,13 +3,9 @@ serving the canary checkpoint (it ships a tokenizer) from its local folder, offl
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import time
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -25,31 +21,13 @@ def serve_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def transformers_endpoint():
+def transformers_endpoint(server_process):
     if not serve_available():
         pytest.skip("transformers serve needs transformers[serving] (fastapi, uvicorn, openai)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(["transformers", "serve", str(suite_path("models/canary")), "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("transformers serve did not start within 180 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    url, _ = server_process(["transformers", "serve", str(suite_path("models/canary")), "--host", "127.0.0.1",
+                             "--port", "PORT"], env={"HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return url
 
 
 def test_load_measures_transformers_serve(transformers_endpoint, tmp_path):
