@@ -161,6 +161,7 @@ class BatchingEngine:
                     done[row] = self._emit(request, index, int(next_ids[row]), outputs[row])
             if all(done):
                 break
+            await asyncio.sleep(0)   # the streams send this step's tokens before the next step starts
 
     @staticmethod
     def _emit(request: GenerationRequest, index: int, token: int, logprobs: TopLogprobs | None) -> bool:
