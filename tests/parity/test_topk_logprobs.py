@@ -53,7 +53,8 @@ def test_a_served_top1_that_the_reference_ranks_lower_is_reported_with_its_rank(
     assert row["served_top1_rank"] == 2 and not row["passed"]
 
 
-def test_profile_keys_are_capped_at_k_and_the_whole_vocabulary_is_not_judged():
+def test_profile_keys_are_capped_at_half_of_k_and_the_whole_vocabulary_is_not_judged():
     tol_map = {None: (1e-5, 1e-4), 1000: (1e-5, 0.03), 50: (1e-5, 0.02), 5: (1e-5, 0.01)}
-    assert judged_keys(tol_map, 20) == {20: (1e-5, 0.02), 5: (1e-5, 0.01)}
+    assert judged_keys(tol_map, 20) == {10: (1e-5, 0.02), 5: (1e-5, 0.01)}
+    assert judged_keys(tol_map, 6) == {3: (1e-5, 0.01)}
     assert judged_keys({None: (0, 1)}, 20) == {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -10,16 +13,31 @@ pytest.importorskip("httpx")
 SERVE_SHAPE = dict(batch_size=4, seq_len=128, buckets=[32, 64])
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model_dir):
-    """(base URL, app, runner) of tiny-gqa served at batch 4; a 100 ms gather window, so requests a test sends
+@contextlib.contextmanager
+def serving(model_dir, **overrides):
+    """(base URL, app, runner) of a checkpoint served at batch 4; a 100 ms gather window, so requests a test sends
     together land in one batch even on a loaded machine."""
     from granite_bench.serve.server import ServeArgs, background_server, build_app
-    app, runner = build_app(ServeArgs(model=str(tiny_model_dir), served_model_name="tiny-gqa", gather_ms=100,
-                                      **SERVE_SHAPE))
-    with background_server(app) as url:
-        yield url, app, runner
-    runner.close()
+    app, runner = build_app(ServeArgs(model=str(model_dir), served_model_name="tiny-gqa",
+                                      **{"gather_ms": 100, **SERVE_SHAPE, **overrides}))
+    try:
+        with background_server(app) as url:
+            yield url, app, runner
+    finally:
+        runner.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir):
+    """tiny-gqa served in float32 for a whole test module."""
+    with serving(tiny_model_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def serve_tiny(tiny_model_dir):
+    """serve_tiny(**ServeArgs overrides): a context manager serving tiny-gqa for one test."""
+    return functools.partial(serving, tiny_model_dir)
 
 
 def free_loopback_port() -> int:

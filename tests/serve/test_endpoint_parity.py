@@ -90,3 +90,13 @@ def test_an_unreachable_endpoint_is_refused_with_exit_2(prompts_file):
         port = s.getsockname()[1]
     out = endpoint_parity(f"http://127.0.0.1:{port}", prompts_file)
     assert out.exit_code == 2 and "unreachable" in out.output
+
+
+def test_a_bf16_served_model_passes_the_bf16_profile_and_fails_the_fp32_one(prompts_file, serve_tiny):
+    """bf16 rounding moves served log-probabilities by ~0.3 and reorders the edge of the served top-20: within the
+    bf16 profile (top-10 of the served 20 at 4%), far outside fp32's."""
+    with serve_tiny(dtype="bfloat16") as (url, _, _):
+        bf16 = endpoint_parity(url, prompts_file, "--dtype", "bfloat16", "--no-save")
+        fp32 = endpoint_parity(url, prompts_file, "--dtype", "float32", "--no-save")
+    assert bf16.exit_code == 0, bf16.output
+    assert fp32.exit_code == 1, fp32.output
