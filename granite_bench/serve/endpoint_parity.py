@@ -127,6 +127,14 @@ class EndpointOutcome:
     judged: dict          # {k: (atol, rtol)} actually judged
 
 
+def probe_endpoint(endpoint: str, model: str, prompt: list[int], k: int, timeout_s: float = 60.0) -> None:
+    """One short request with every field parity needs, before any reference work: EndpointError naming what the
+    endpoint refuses or leaves out."""
+    probe = prompt[:2] if len(prompt) >= 2 else prompt * 2
+    (reply,) = asyncio.run(fetch_all(endpoint, model, [probe], [1], k, timeout_s))
+    parse_choice(reply, len(probe))
+
+
 def check_endpoint(endpoint: str, model: str, goldens: list, profile, k: int, timeout_s: float = 300.0
                    ) -> EndpointOutcome:
     replies = asyncio.run(fetch_all(endpoint, model, [g.prompt for g in goldens], [len(g.tokens) for g in goldens],

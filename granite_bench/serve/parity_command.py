@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from .endpoint_parity import EndpointOutcome, check_endpoint
+from .endpoint_parity import EndpointOutcome, check_endpoint, probe_endpoint
 from .load_command import served_model
 
 
@@ -48,6 +48,7 @@ def run_endpoint_parity(args: EndpointParityArgs, console) -> bool:
     model_dir = resolve_model_dir(args.model, num_layers=args.layers)
     hf_config = load_hf_config(model_dir)
     prompts = encode_prompts(args.suite_prompts, model_dir, hf_config.vocab_size)
+    probe_endpoint(args.endpoint, name, prompts[0], args.top_k)      # what it cannot answer: said before the goldens
     goldens = obtain_goldens(args.model, model_dir, prompts, args.num_tokens, console.print, args.goldens,
                              args.max_memory)
     profile, _ = calibrate_on_framework(profile, goldens, args.dtype, args.tolerance, console.print)

@@ -80,6 +80,7 @@ def test_an_endpoint_that_leaves_out_what_parity_needs_is_named_with_exit_2(prom
         out = endpoint_parity(url, prompts_file, "--results-dir", str(tmp_path))
     assert out.exit_code == 2, out.output
     assert says in out.output
+    assert "goldens:" not in out.output      # refused before any reference work
     assert not any(tmp_path.iterdir())       # nothing stored as a verdict
 
 
