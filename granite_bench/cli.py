@@ -52,15 +52,16 @@ def quiet_transformers() -> None:
 
 def bad_input_types() -> tuple:
     from .model.config import NeuronConfigError
-    from .model.head_sharding import TPDegreeError
+    from .model.backend.head_sharding import TPDegreeError
     from .parity.prompts import PromptError
     from .reference.presets import PresetError
-    from .model.state_dict import CheckpointError
+    from .model.backend.checkpoint import CheckpointError
+    from .model.registry import UnsupportedArchitecture
     from .reference.goldens import GoldenError
     from .reference.hf_reference import MemoryBudgetError
     from .runtime.runner import InputError
     return (BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError, GoldenError,
-            MemoryBudgetError, CheckpointError)
+            MemoryBudgetError, CheckpointError, UnsupportedArchitecture)
 
 
 def run_failure_types() -> tuple:
@@ -132,6 +133,8 @@ def parity(
     prompts: Optional[Path] = typer.Option(None, help="Prompts file: .txt (one per line), .yaml/.json list."),
     tolerance: Optional[str] = typer.Option(None, help="Profile name or map, e.g. '50:1e-5:0.04;div=0.13'."),
     tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    moe_ep: int = typer.Option(1, "--moe-ep", help="Expert-parallel degree among the TP ranks (MoE models): each "
+                                                  "rank group holds num_experts / N experts."),
     device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
     compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
     layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
@@ -150,7 +153,7 @@ def parity(
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
-                           compile, layers, suite, results_dir if save else None, goldens, max_memory)
+                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep)
         if endpoint is not None:
             from .serve.command import endpoint_parity_args
             endpoint_args = endpoint_parity_args(args, endpoint, top_k, served_model_name)
@@ -191,7 +194,7 @@ def os_error_message(err: OSError, results_dir: Path | None) -> str:
 
 
 def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
-                layers, suite, results_dir, goldens=None, max_memory=None):
+                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1):
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
@@ -210,11 +213,12 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
         raise BadInput(f"bucket {max(bucket_list)} is longer than --seq-len {seq_len}: lower --buckets or raise "
                        f"--seq-len")
     preflight.positive(tp, "--tp")
+    preflight.positive(moe_ep, "--moe-ep")
     preflight.device_name(device)
     config, folder = preflight.model_config(model, layers)
-    dims = preflight.check_model(config, tp, where=str(folder or model))
+    dims = preflight.check_model(config, tp, where=str(folder or model), ep=moe_ep)
     if folder is not None:
-        preflight.check_weights(folder, dims)
+        preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
     try:
         profile_for(dtype, tolerance)
@@ -231,7 +235,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
-                goldens=goldens, max_memory=max_memory)
+                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep)
 
 
 @app.command()
@@ -256,7 +260,7 @@ def reference(
         config, folder = preflight.model_config(model, layers)
         dims = preflight.check_model(config, None, where=str(folder or model))
         if folder is not None:
-            preflight.check_weights(folder, dims)
+            preflight.check_weights(folder, config)
         raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
         if not raw:
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
@@ -326,7 +330,7 @@ def perf(
             for degree in spec.tp:
                 dims = preflight.check_model(config, degree, where=str(folder or spec.model))
             if folder is not None:
-                preflight.check_weights(folder, dims)
+                preflight.check_weights(folder, config)
             for dtype_ in spec.dtypes:
                 preflight.check_memory(dims, dtype_, max(spec.batch_sizes), spec.cache_length(), spec.device)
             index, count = parse_shard(shard)
@@ -630,7 +634,7 @@ def eval_(
         config, folder = preflight.model_config(model)
         dims = preflight.check_model(config, tp, where=str(folder or model))
         if folder is not None:
-            preflight.check_weights(folder, dims)
+            preflight.check_weights(folder, config)
         preflight.check_memory(dims, dtype, batch_size, seq_len, device)
         preflight.results_dir(results_dir if save else None, need_bytes=16 << 20)
     except BadInput as err:
