@@ -37,7 +37,7 @@ def serve_args(model, host, port, dtype, batch_size, seq_len, buckets, tp, devic
     config, folder = preflight.model_config(model, layers)
     dims = preflight.check_model(config, tp, where=str(folder or model))
     if folder is not None:
-        preflight.check_weights(folder, dims)
+        preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
     return ServeArgs(model=model, host=host, port=port, dtype=dtype, batch_size=batch_size, seq_len=seq_len,
                      buckets=buckets, device=device, tp=tp, compile=compile, gather_ms=gather_ms,
