@@ -115,10 +115,11 @@ def load_args(endpoint, model, served_model_name, api, concurrency, rates, reque
 def endpoint_parity_args(parity: dict, endpoint: str, top_k: int, served_model_name: str | None):
     """EndpointParityArgs from parity's checked options and the endpoint's own."""
     require_serving_extra("httpx")
-    from .parity_command import EndpointParityArgs
     if not 1 <= top_k <= 20:
         raise BadInput(f"--top-k must lie in 1..20 (vLLM's default max_logprobs is 20), got {top_k}")
-    return EndpointParityArgs(endpoint=endpoint_url(endpoint), model=parity["model"], dtype=parity["dtype"],
+    url = endpoint_url(endpoint)
+    from .parity_command import EndpointParityArgs   # imports torch: only once the options are checked
+    return EndpointParityArgs(endpoint=url, model=parity["model"], dtype=parity["dtype"],
                               num_tokens=parity["num_tokens"], suite_prompts=parity["suite_prompts"],
                               tolerance=parity["tolerance"], top_k=top_k, served_model_name=served_model_name,
                               layers=parity["layers"], goldens=parity["goldens"], max_memory=parity["max_memory"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import textwrap
 
 import httpx
 import pytest
@@ -41,3 +42,22 @@ def test_the_serve_command_answers_on_its_port_and_stops_on_ctrl_c(tiny_model_di
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert f"serving tiny on {url}" in output
+
+
+LIGHT_REFUSALS = [["serve", "--port", "0"], ["load", "--endpoint", "http://127.0.0.1:1", "--requests", "1"],
+                  ["load", "--endpoint", "nowhere"], ["parity", "--endpoint", "http://127.0.0.1:1", "--top-k", "21"]]
+
+
+@pytest.mark.parametrize("argv", LIGHT_REFUSALS, ids=["serve-port", "load-unreachable", "load-url", "parity-top-k"])
+def test_refusals_import_neither_torch_nor_transformers(argv):
+    code = textwrap.dedent(f"""
+        import sys
+        from typer.testing import CliRunner
+        from granite_bench.cli import app
+        result = CliRunner().invoke(app, {argv!r})
+        assert result.exit_code == 2, result.output
+        print("heavy:", sorted(m for m in ("torch", "transformers") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "heavy: []" in done.stdout
