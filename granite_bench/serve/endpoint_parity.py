@@ -1,12 +1,14 @@
 """`granite-bench parity --endpoint URL`: the goldens of a model judged against what an OpenAI-compatible endpoint
 serves, through vLLM's completions API.
 
-Per golden prompt, one request: the prompt as token ids, `prompt_logprobs=K` (every prompt position, teacher-forced by
-the prompt itself), greedy generation of the goldens' number of tokens (`temperature 0`, `ignore_eos`) with
-`logprobs=K` and `return_tokens_as_token_ids`. Prompt positions and the generated positions up to and including the
-first greedy divergence (where both sides still saw the same tokens) are judged by `parity.topk_logprobs`; the greedy
-tokens by the same check as `parity` (a divergence passes only where the reference's own logit gap is within the
-divergence tolerance). An endpoint that cannot be reached or leaves out a field this needs is an EndpointError naming
+Per golden prompt, two requests. The prompt as token ids with `prompt_logprobs=K` (every prompt position), greedy
+generation of the goldens' number of tokens (`temperature 0`, `ignore_eos`) with `logprobs=K` and
+`return_tokens_as_token_ids`: the prompt positions and the generated positions up to and including the first greedy
+divergence (where both sides still saw the same tokens) are judged, and the greedy tokens by the same check as `parity`
+(a divergence passes only where the reference's own logit gap is within the divergence tolerance); generated positions
+run the endpoint's decode path. And prompt + the reference's greedy tokens as the prompt (`prompt_logprobs=K`): every
+continuation position teacher-forced, as `parity` does, through the endpoint's prefill path. Positions are judged by
+`parity.topk_logprobs`. An endpoint that cannot be reached or leaves out a field this needs is an EndpointError naming
 it (exit 2), and nothing is stored as a verdict."""
 
 from __future__ import annotations
@@ -88,8 +90,10 @@ async def fetch_all(endpoint: str, model: str, prompts: list[list[int]], num_tok
         return await asyncio.gather(*(one(p, n) for p, n in zip(prompts, num_tokens)))
 
 
-def judge_prompt(index: int, golden, served: ServedPrompt, k: int, tol: dict, divergence_tolerance: float):
-    """(position rows, summary row) of one prompt."""
+def judge_prompt(index: int, golden, served: ServedPrompt, forced: ServedPrompt, k: int, tol: dict,
+                 divergence_tolerance: float):
+    """(position rows, summary row) of one prompt: `served` generated freely from the prompt, `forced` given prompt +
+    the reference's tokens as its prompt (every continuation position through the endpoint's prefill path)."""
     length = len(golden.prompt)
     greedy = greedy_comparison(torch.tensor([golden.tokens]), torch.tensor([served.tokens]),
                                golden.logits[length - 1:length - 1 + len(golden.tokens)][None],
@@ -103,6 +107,10 @@ def judge_prompt(index: int, golden, served: ServedPrompt, k: int, tol: dict, di
         position = length - 1 + step
         row = position_row(golden.logits[position], served.top_logprobs[step], served.tokens[step], k, tol)
         rows.append({"prompt": index, "position": position, "phase": "token_generation", **row})
+    for position in range(length - 1, length + len(golden.tokens) - 1):   # the reference's tokens, teacher-forced
+        row = position_row(golden.logits[position], forced.prompt_logprobs[position],
+                           golden.tokens[position - length + 1], k, tol)
+        rows.append({"prompt": index, "position": position, "phase": "teacher_forced", **row})
     failed = [r for r in rows if not r["passed"]]
     summary = {"prompt": index, "prompt_len": length, "num_tokens": len(golden.tokens), "n_positions": len(rows),
                "n_failed": len(failed), "first_failed": failed[0]["position"] if failed else None,
@@ -137,13 +145,16 @@ def probe_endpoint(endpoint: str, model: str, prompt: list[int], k: int, timeout
 
 def check_endpoint(endpoint: str, model: str, goldens: list, profile, k: int, timeout_s: float = 300.0
                    ) -> EndpointOutcome:
-    replies = asyncio.run(fetch_all(endpoint, model, [g.prompt for g in goldens], [len(g.tokens) for g in goldens],
-                                    k, timeout_s))
+    free = [g.prompt for g in goldens]
+    forced = [g.prompt + g.tokens for g in goldens]
+    new_tokens = [len(g.tokens) for g in goldens] + [1] * len(forced)
+    replies = asyncio.run(fetch_all(endpoint, model, free + forced, new_tokens, k, timeout_s))
     tol = judged_keys(profile.tol_map, k)
     positions, prompts = [], []
-    for index, (golden, reply) in enumerate(zip(goldens, replies)):
-        rows, summary = judge_prompt(index, golden, parse_choice(reply, len(golden.prompt)), k, tol,
-                                     profile.divergence_tolerance)
+    for index, golden in enumerate(goldens):
+        served = parse_choice(replies[index], len(free[index]))
+        teacher_forced = parse_choice(replies[len(goldens) + index], len(forced[index]))
+        rows, summary = judge_prompt(index, golden, served, teacher_forced, k, tol, profile.divergence_tolerance)
         positions += rows
         prompts.append(summary)
     return EndpointOutcome(positions, prompts, all(p["passed"] for p in prompts), tol)

@@ -3,7 +3,8 @@ requests in flight) or open-loop (requests started at Poisson or gamma arrival t
 
 Each line of the event stream is stamped (time.perf_counter) as the client reads it, before it is parsed. A request
 counts as failed when the server answers an error, something that is not an event stream, an error inside the stream,
-a stream that ends with neither `[DONE]` nor a finish_reason, or no token at all: a failed request never contributes a TTFT (never a TTFT of 0).
+a stream that ends with neither `[DONE]` nor a finish_reason, or no token at all: a failed request never contributes
+a TTFT (never a TTFT of 0).
 Output tokens come from the server's usage when it sends one, else from `count_tokens` (the tokenizer of --model)
 over the text, else from the number of content chunks.
 """

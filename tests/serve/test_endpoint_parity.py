@@ -37,10 +37,11 @@ def test_the_implementation_served_passes_and_the_run_is_stored_with_device_endp
     assert set(summary["device"]) == {"endpoint"} and set(summary["suite"]) == {"parity/endpoint"}
     assert summary["passed"].all() and (summary["greedy_match_rate"] == 1.0).all()
     assert (summary["worst_logprob_err"] < 1e-4).all()
-    # every prompt position after the first, and every generated position (no divergence)
+    # every prompt position after the first, every generated position (no divergence), and the reference's 8
+    # tokens teacher-forced
     lengths = list(summary["prompt_len"])
-    assert len(positions) == sum(n - 1 + 8 for n in lengths)
-    assert set(positions["phase"]) == {"context_encoding", "token_generation"}
+    assert len(positions) == sum(n - 1 + 8 + 8 for n in lengths)
+    assert set(positions["phase"]) == {"context_encoding", "token_generation", "teacher_forced"}
 
 
 @pytest.mark.parametrize("bug", ["rope_interleaved", "kv_cache_written_one_slot_early"])
