@@ -758,6 +758,8 @@ def load(
     render(console, rows, args.slo)
     if paths:
         console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
+    if any(row["requests_ok"] == 0 for row in rows):
+        fail(f"every request of a level failed: {rows[-1]['first_error']}", code=1)
 
 
 def main():  # pragma: no cover - console entry point

@@ -141,6 +141,16 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+def test_a_level_where_every_request_failed_is_stored_and_exits_1(tmp_path):
+    from granite_bench.results import ResultStore
+    with background_server(misbehaving_app()) as url:       # text prompts get a stream without a token
+        out = CliRunner().invoke(cli_app, ["load", "--endpoint", url, "--concurrency", "2", "--requests", "3",
+                                           "--results-dir", str(tmp_path)])
+    assert out.exit_code == 1 and "no token came" in out.output
+    points = ResultStore(tmp_path).read("load_points")
+    assert list(points["requests_failed"]) == [3] and points["ttft_ms_p50"].isna().all()
+
+
 def test_an_unreachable_endpoint_is_refused_with_one_line_and_exit_2():
     out = CliRunner().invoke(cli_app, ["load", "--endpoint", f"http://127.0.0.1:{closed_port()}", "--requests", "1"])
     assert out.exit_code == 2 and "unreachable" in out.output
