@@ -207,3 +207,12 @@ def test_ctrl_c_stores_the_levels_already_finished(timed_endpoint, tmp_path):
         run_load(args, QuietProgress(interrupt_at=2), lambda text: None)
     assert len(stopped.value.kept) == 1 and stopped.value.paths
     assert list(ResultStore(tmp_path).read("load_points")["concurrency"]) == [1]
+
+
+def test_chat_and_token_id_completions_load_granite_bench_serve(served):
+    """Both APIs streamed from the project's own server: every request ok, tokens from its usage chunk."""
+    url, _, _ = served
+    chat = sweep(url, api="chat", concurrency=[2], requests=2, output_len=3, input_len=4)
+    ids = sweep(url, concurrency=[2], requests=2, output_len=3, input_len=4, vocab_size=4096)
+    for rows in (chat, ids):
+        assert rows[0]["requests_ok"] == 2 and rows[0]["output_tokens"] == 6 and rows[0]["ttft_ms_p50"] > 0
