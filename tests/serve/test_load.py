@@ -216,3 +216,22 @@ def test_chat_and_token_id_completions_load_granite_bench_serve(served):
     ids = sweep(url, concurrency=[2], requests=2, output_len=3, input_len=4, vocab_size=4096)
     for rows in (chat, ids):
         assert rows[0]["requests_ok"] == 2 and rows[0]["output_tokens"] == 6 and rows[0]["ttft_ms_p50"] > 0
+
+
+def test_duration_bounds_both_loops_and_closed_loop_keeps_its_concurrency():
+    in_flight, most = 0, 0
+
+    async def send(index):
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return load.RequestResult(ok=True, arrivals=[0.0], end=0.01, output_tokens=1)
+
+    closed, seconds = asyncio.run(load.closed_loop(send, 3, None, 0.2))
+    assert most == 3 and 0.2 <= seconds < 1.0 and 15 <= len(closed) <= 70
+    opened, _ = asyncio.run(load.open_loop(send, 100.0, None, 0.3, 1.0, seed=0))
+    assert 10 <= len(opened) <= 60            # ~30 arrivals at 100/s in 0.3 s (Poisson)
+    burst, _ = asyncio.run(load.open_loop(send, math.inf, 8, None, 1.0, seed=0))
+    assert len(burst) == 8
