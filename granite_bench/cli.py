@@ -178,27 +178,30 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
-    spec = load_suite(suite)
+    preflight.option_ranges("parity", batch_size=batch_size, seq_len=seq_len, num_tokens=num_tokens, tp=tp,
+                            layers=layers)
+    spec = preflight.parity_suite(suite)
 
     def pick(value, key, default):
         return value if value is not None else spec.get(key, default)
 
     model = pick(model, "model", "tiny-gqa")
     dtype = preflight.dtype_name(pick(dtype, "dtype", "float32"))
-    batch_size = preflight.positive(pick(batch_size, "batch_size", 4), "--batch-size")
-    seq_len = preflight.positive(pick(seq_len, "seq_len", 256), "--seq-len")
-    num_tokens = preflight.positive(pick(num_tokens, "num_tokens", 16), "--num-tokens")
+    batch_size, seq_len, num_tokens = pick(batch_size, "batch_size", 4), pick(seq_len, "seq_len", 256), \
+        pick(num_tokens, "num_tokens", 16)
     bucket_list = parse_int_list(buckets, "--buckets") or spec.get("buckets")
     if bucket_list and max(bucket_list) > seq_len:
         raise BadInput(f"bucket {max(bucket_list)} is longer than --seq-len {seq_len}: lower --buckets or raise "
                        f"--seq-len")
-    preflight.positive(tp, "--tp")
     preflight.device_name(device)
+    preflight.device_here(device, tp)
     config, folder = preflight.model_config(model, layers)
+    preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
     dims = preflight.check_model(config, tp, where=str(folder or model))
     if folder is not None:
         preflight.check_weights(folder, dims)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
+    preflight.memory_budget(max_memory, dims)
     try:
         profile_for(dtype, tolerance)
     except ValueError as err:
@@ -206,6 +209,8 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
     if not raw:
         raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
+    preflight.prompts_fit(preflight.known_prompt_lengths(raw, model, folder), max(bucket_list or [seq_len]),
+                          seq_len, num_tokens)
     # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
     preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
     if goldens is not None and not Path(goldens).is_dir():
@@ -232,14 +237,16 @@ def reference(
 ):
     """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
     try:  # every option checked with light imports, before torch and transformers load
-        spec = load_suite(suite)
+        preflight.option_ranges("reference", num_tokens=num_tokens, layers=layers)
+        spec = preflight.parity_suite(suite)
         model = model or spec.get("model", "tiny-gqa")
-        num_tokens = preflight.positive(num_tokens if num_tokens is not None else spec.get("num_tokens", 16),
-                                        "--num-tokens")
+        num_tokens = num_tokens if num_tokens is not None else spec.get("num_tokens", 16)
         config, folder = preflight.model_config(model, layers)
+        preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, None, where=str(folder or model))
         if folder is not None:
             preflight.check_weights(folder, dims)
+        preflight.memory_budget(max_memory, dims)
         raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
         if not raw:
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
@@ -290,13 +297,9 @@ def perf(
     from .perf.grid import GridError, parse_shard, shard_points
     try:
         try:
-            preflight.positive(threads, "--threads")
-            preflight.positive(layers, "--layers")
-            preflight.positive(seq_len, "--seq-len")
-            preflight.positive(new_tokens, "--new-tokens")
-            preflight.positive(rounds, "--rounds")
-            preflight.non_negative(warmup, "--warmup")
-            spec = build_spec(load_suite(suite), model=model, layers=layers,
+            preflight.option_ranges("perf", threads=threads, layers=layers, seq_len=seq_len, new_tokens=new_tokens,
+                                    rounds=rounds, warmup=warmup)
+            spec = build_spec(preflight.perf_suite(suite), model=model, layers=layers,
                               dtypes=[preflight.dtype_name(d) for d in parse_names(dtype)] if dtype else None,
                               device=device, tp=parse_int_list(tp, "--tp"),
                               batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
@@ -305,7 +308,9 @@ def perf(
                               baselines=parse_names(baselines), threads=threads)
             preflight.positive(spec.threads, "threads")
             preflight.device_name(spec.device)
+            preflight.device_here(spec.device, max(spec.tp))
             config, folder = preflight.model_config(spec.model, spec.layers)
+            preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {spec.model}")
             for degree in spec.tp:
                 dims = preflight.check_model(config, degree, where=str(folder or spec.model))
             if folder is not None:
@@ -398,8 +403,8 @@ def compare(
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
     try:
-        for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
-            preflight.positive(value, option)
+        preflight.option_ranges("compare", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
+                                error_growth=error_growth, timing_layers=timing_layers, threads=threads)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
     except BadInput as err:
@@ -456,23 +461,28 @@ def gate_power(
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
+    try:
+        try:
+            level_values = [float(v) for v in levels.split(",") if v.strip()]
+        except ValueError:
+            raise BadInput(f"--levels takes comma-separated fractions such as 0,0.05,0.1, got {levels!r}") from None
+        preflight.option_ranges("gate-power", null=null, per_level=per_level, levels=level_values,
+                                prefill_level=prefill_level, resamples=resamples, trials=trials, reps=reps,
+                                floor=floor, alpha=alpha, looks=looks)
+    except BadInput as err:
+        fail(err)
     import pandas as pd
 
     from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, design_table,
                                  power_table, read_campaigns, run_calibration, store_aa_summary)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
-    try:
-        level_values = tuple(float(v) for v in levels.split(",") if v.strip())
-    except ValueError:
-        fail(f"--levels takes comma-separated fractions such as 0,0.05,0.1, got {levels!r}")
+    level_values = tuple(level_values)
     compare_options = {"trials": trials, "reps": reps, "floor": floor, "alpha": alpha, "design": design,
                        "clock": clock, "looks": looks, "timing_model": timing_model}
     settings = CalibrationSettings(gate=gate, null_comparisons=null, per_level=per_level, levels=level_values,
                                    prefill_level=prefill_level or None, results_dir=results_dir,
                                    compare=compare_options)
     try:
-        if resamples < 1:
-            raise CalibrationError("--resamples must be at least 1")
         if not summary_only:
             check_settings(settings)
             check_timing_settings(CompareSettings(baseline="", **compare_options))
@@ -533,12 +543,10 @@ def bisect(
         mode = PARITY if parity else (metric or "decode_step_ms")
         if mode != PARITY and mode not in TIMING_METRICS:
             raise BadInput(f"--metric must be one of {', '.join(TIMING_METRICS)}, got {metric!r}")
-        for value, option in ((reps, "--reps"), (threads, "--threads"), (layers, "--layers")):
-            preflight.positive(value, option)
+        preflight.option_ranges("bisect", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
+                                layers=layers, threads=threads)
         if clock not in ("cpu", "wall"):
             raise BadInput(f"--clock must be cpu or wall, got {clock!r}")
-        if floor < 0:
-            raise BadInput("--floor must be 0 or more")
         preflight.results_dir(results_dir if save else None)
         check_range(repo, good, bad)
         settings = BisectSettings(good=good, bad=bad, repo=repo, mode=mode, trials=trials, reps=reps, floor=floor,
@@ -602,15 +610,15 @@ def eval_(
 ):
     """lm-eval accuracy through the implementation and the HF reference, compared sample by sample."""
     try:
+        preflight.option_ranges("eval", tp=tp, batch_size=batch_size, seq_len=seq_len, num_fewshot=num_fewshot,
+                                limit=limit)
         dtype = preflight.dtype_name(dtype)
         preflight.device_name(device)
-        preflight.positive(tp, "--tp")
-        preflight.positive(batch_size, "--batch-size")
-        preflight.positive(seq_len, "--seq-len")
-        preflight.non_negative(num_fewshot, "--num-fewshot")
-        if limit is not None and not limit > 0:
-            raise BadInput(f"--limit must be positive (documents per task, or a fraction below 1), got {limit:g}")
+        preflight.device_here(device, tp)
+        task_names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+        preflight.eval_tasks(task_names)
         config, folder = preflight.model_config(model)
+        preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, tp, where=str(folder or model))
         if folder is not None:
             preflight.check_weights(folder, dims)
@@ -623,8 +631,8 @@ def eval_(
         from .accuracy.command import EvalArgs, run_eval_command
         from .accuracy.tasks import TaskError
         try:
-            args = EvalArgs(model, [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, dtype,
-                            device, tp, limit, num_fewshot, batch_size, seq_len, results_dir if save else None)
+            args = EvalArgs(model, task_names, dtype, device, tp, limit, num_fewshot, batch_size, seq_len,
+                            results_dir if save else None)
             passed = run_eval_command(args, console)
         except TaskError as err:
             raise BadInput(str(err)) from None

@@ -9,7 +9,10 @@ what to change. What is checked:
   every known tensor of the shape the config asks for);
 - the memory a run's static KV cache and weights need against what the machine has;
 - the results folder: writable and with room for the run, before any work;
-- suite and prompts files: present, text, parsable.
+- suite and prompts files: present, text, parsable, and of the schema of their kind (granite_bench/schemas.py:
+  token ids are whole numbers, a suite's num_tokens an integer, a random prompt of a bounded length, ...);
+- devices: --device cuda / neuron only where the hardware and its packages are (runtime/hardware.py, no torch);
+- --max-memory: a size, and one that holds the part of the reference that cannot be offloaded.
 """
 
 from __future__ import annotations
@@ -96,11 +99,15 @@ def suite_file(path: Path) -> dict:
 def prompts_file(path: Path) -> list:
     """The prompts of a --prompts file (read as text first, so a binary file is refused in one line)."""
     from .parity.prompts import PromptError, read_prompts_file  # yaml + json only
+    from .schemas import PromptsFile
     text_file(path, "prompts file")
     try:
-        return read_prompts_file(path)
+        prompts = read_prompts_file(path)
     except PromptError as err:
         raise BadInput(str(err)) from None
+    if Path(path).suffix in (".yaml", ".yml", ".json"):  # a .txt file is one text per line: nothing to type-check
+        typed(PromptsFile, prompts, f"prompts file {path}")
+    return prompts
 
 
 # ----- the model ---------------------------------------------------------------------------------------------------
@@ -329,3 +336,120 @@ def output_file(path: Path, option: str) -> Path:
         raise BadInput(f"{option} {path} is a folder: give a file name")
     output_dir(path.parent if str(path.parent) else Path("."), option)
     return path
+
+
+# ----- typed inputs (granite_bench/schemas.py: one pydantic schema per file kind and for the numeric options) ------
+
+def typed(schema, data, where: str):
+    """`data` checked against a schemas.py schema; BadInput with its one line when it does not fit."""
+    from .schemas import SchemaError, check
+    try:
+        return check(schema, data, where)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+
+
+def option_ranges(command: str, **values) -> None:
+    """Every numeric option of a command within its range (schemas.OPTION_RANGES); None = not given."""
+    from .schemas import SchemaError, options
+    try:
+        options(command, **values)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+
+
+def parity_suite(path: Path) -> dict:
+    """A parity suite file (suites/parity/*.yaml or the user's) whose every field has the right type and range."""
+    from .schemas import ParitySuite
+    data = suite_file(path)
+    typed(ParitySuite, data, f"suite file {path}")
+    return data
+
+
+def perf_suite(path: Path) -> dict:
+    from .schemas import PerfSuite
+    data = suite_file(path)
+    typed(PerfSuite, data, f"perf suite file {path}")
+    return data
+
+
+def model_shape(config: dict, where: str) -> None:
+    """A model's config (a preset's shape or a checkpoint's config.json) the implementation can build: a vocabulary
+    of at least two tokens, hidden size divisible by the heads, query heads a multiple of the KV heads, ..."""
+    from .schemas import GraniteShape
+    typed(GraniteShape, config, str(where))
+
+
+def known_prompt_lengths(prompts: list, model: str, folder: Path | None) -> list[int | None]:
+    """Tokens per prompt where known without torch or transformers: token-id lists and random prompts exactly, texts
+    as their UTF-8 bytes when the model has no tokenizer (the byte-level encoding parity uses then); a text for a
+    model with a tokenizer gives None (checked after it is tokenised)."""
+    from .schemas import prompt_length
+    has_tokenizer = folder is not None and any((Path(folder) / n).exists()
+                                               for n in ("tokenizer.json", "tokenizer_config.json"))
+    lengths = []
+    for prompt in prompts:
+        known = prompt_length(prompt)
+        if known is None and isinstance(prompt, str) and not has_tokenizer:
+            known = len(prompt.encode("utf-8"))
+        lengths.append(known)
+    return lengths
+
+
+def prompts_fit(lengths: list[int | None], largest_bucket: int, seq_len: int, num_tokens: int) -> None:
+    """Refuse a prompt the static shapes cannot hold (the same rule the runtime applies after tokenising)."""
+    for i, length in enumerate(lengths):
+        if length is None:
+            continue
+        if length > largest_bucket:
+            raise BadInput(f"prompt {i} has {length} tokens, more than the largest bucket ({largest_bucket}): "
+                           f"raise --buckets/--seq-len or shorten it")
+        if length + num_tokens > seq_len:
+            raise BadInput(f"prompt {i} ({length} tokens) + {num_tokens} new tokens exceeds --seq-len {seq_len}: "
+                           f"raise --seq-len or lower --num-tokens")
+
+
+def reference_memory_floor(dims: dict) -> int:
+    """Bytes the fp32 HF reference keeps in memory at the least under --max-memory: embedding (and an untied LM
+    head), final norm, and one decoder layer (the others stream from disk)."""
+    h, q, kv = dims["hidden"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
+    resident = dims["vocab"] * h * (1 if dims["tied"] else 2) + h
+    layer = h * (2 * q + 2 * kv) + 3 * h * dims["intermediate"] + 2 * h
+    return 4 * (resident + layer)
+
+
+def memory_budget(text: str | None, dims: dict) -> int | None:
+    """--max-memory as bytes: a size, and one that holds what the reference cannot offload; None when not given."""
+    from .schemas import SchemaError, memory_bytes
+    try:
+        budget = memory_bytes(text)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+    if budget is not None and budget < reference_memory_floor(dims):
+        raise BadInput(f"--max-memory {text} cannot hold the fp32 reference's embedding/head plus one decoder layer: "
+                       f"give at least {mib(reference_memory_floor(dims))}")
+    return budget
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def device_here(device: str, tp: int = 1) -> str:
+    """Refuse --device cuda / neuron where that hardware or its packages are absent, without importing torch."""
+    from .runtime.hardware import cuda_problem, neuron_problem
+    problem = cuda_problem(tp) if device == "cuda" else neuron_problem() if device == "neuron" else None
+    if problem:
+        raise BadInput(problem)
+    return device
+
+
+def eval_tasks(names: list[str] | None) -> None:
+    """Refuse an eval task that is neither one of suites/eval nor an lm-eval task (None: the default tasks)."""
+    if not names:
+        return
+    from .accuracy.tasks import TaskError, check_task_names  # yaml and a text scan of lm-eval's task files
+    try:
+        check_task_names(names)
+    except TaskError as err:
+        raise BadInput(str(err)) from None

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..resources import suites_dir
+from ..schemas import ModelPreset, SchemaError, check
 
 SUITES_DIR = suites_dir()
 MODELS_DIR = SUITES_DIR / "models"
@@ -42,8 +43,10 @@ def load_preset(name: str) -> Preset:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise PresetError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict) or not ("config" in data or "checkpoint" in data):
-        raise PresetError(f"{path} must define 'config' (a shape) or 'checkpoint' (a folder)")
+    try:
+        check(ModelPreset, data, f"preset {path}")
+    except SchemaError as err:
+        raise PresetError(str(err)) from None
     checkpoint = data.get("checkpoint")
     return Preset(
         name=data.get("name", name),
