@@ -18,16 +18,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from . import preflight
+from .output import FORMATS, ReportConsole, console_width
 from .preflight import BadInput
 
 from .resources import suites_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation.")
-# Rich falls back to 80 columns without a terminal (CI logs): give tables room there.
+# Without a terminal (CI logs, pipes) nothing is cut to a width; in one, wide tables fold (output.py).
 # Under torchrun only rank 0 reports (the other ranks serve it); errors are printed by every rank.
-console = Console(width=None if sys.stdout.isatty() else 160, quiet=os.environ.get("RANK", "0") != "0")
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+QUIET = os.environ.get("RANK", "0") != "0"
+console = ReportConsole(quiet=QUIET)
+err_console = Console(stderr=True, width=console_width(sys.stderr))
+FORMAT_HELP = "How tables are printed: table (for people), csv or json (tables alone on stdout, the rest on stderr)."
 
 SUITES = suites_dir()
 # A user's runs go under the directory the command runs in, never into the package or among the committed
@@ -106,9 +109,30 @@ def load_suite(path: Path) -> dict:
     return preflight.suite_file(path)
 
 
-def progress_bar() -> Progress:
+def progress_bar(out: Console | None = None) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+                    TextColumn("eta"), TimeRemainingColumn(), console=out or console, transient=False)
+
+
+def report_console(table_format: str) -> ReportConsole:
+    """The console a command reports through: the shared one for tables, one that writes csv/json otherwise."""
+    if table_format not in FORMATS:
+        raise BadInput(f"--format takes {', '.join(FORMATS)}, got {table_format!r}")
+    return console if table_format == "table" else ReportConsole(table_format, quiet=QUIET)
+
+
+def flags_show_no_type() -> None:
+    """Typer's help prints a type beside every option, `<bool>` beside flags too (--save, --help), which take no
+    value: show none for them."""
+    from typer.core import TyperOption
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+    TyperOption.display_type_rich = display_type_rich
+
+
+flags_show_no_type()
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -142,9 +166,11 @@ def parity(
                                                       "reference model is not loaded."),
     max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
                                                          "beyond it stream from disk)."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
+        out = report_console(table_format)
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
                            compile, layers, suite, results_dir if save else None, goldens, max_memory)
     except BadInput as err:
@@ -152,7 +178,7 @@ def parity(
     quiet_transformers()
     try:
         from .parity.command import ParityArgs, run_parity_command
-        passed = run_parity_command(ParityArgs(**args), console, progress_bar)
+        passed = run_parity_command(ParityArgs(**args), out, lambda: progress_bar(out))
     except KeyboardInterrupt:
         interrupted("parity")
     except bad_input_types() as err:
@@ -291,12 +317,14 @@ def perf(
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results (and resume from them)."),
     fresh: bool = typer.Option(False, "--fresh", help="Measure points again even if stored for this commit."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Latency, throughput and roofline over a tp x batch x bucket grid, with HF Transformers side by side."""
     from .perf.command import PerfArgs, build_spec, parse_names  # light: rich and the grid only
     from .perf.grid import GridError, parse_shard, shard_points
     try:
         try:
+            out = report_console(table_format)
             preflight.option_ranges("perf", threads=threads, layers=layers, seq_len=seq_len, new_tokens=new_tokens,
                                     rounds=rounds, warmup=warmup)
             spec = build_spec(preflight.perf_suite(suite), model=model, layers=layers,
@@ -331,7 +359,7 @@ def perf(
     try:
         from .perf.command import run_perf_command
         run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
-                                  fresh=fresh), console, progress_bar)
+                                  fresh=fresh), out, lambda: progress_bar(out))
     except KeyboardInterrupt:
         interrupted("perf", "every point that finished before it is stored; run the same command again to resume")
     except bad_input_types() as err:
@@ -351,9 +379,11 @@ def results(
     all_columns: bool = typer.Option(False, "--all-columns", help="With --table: keep the run metadata columns."),
     limit: int = typer.Option(50, help="Rows shown (the last N); 0 shows all."),
     csv: Optional[Path] = typer.Option(None, help="Also write the rows to this CSV file."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """List runs (id, time, git sha, suite, device, verdicts), or print a table or a query result."""
     try:
+        out = report_console(table_format)
         preflight.non_negative(limit, "--limit")
         if csv is not None:
             preflight.output_file(csv, "--csv")
@@ -364,7 +394,7 @@ def results(
     from .results.listing import run_results_command
     from .results.store import ResultStore
     try:
-        run_results_command(ResultStore(results_dir), console, err_console, table=table, sql=sql,
+        run_results_command(ResultStore(results_dir), out, err_console, table=table, sql=sql,
                             all_columns=all_columns, limit=limit, csv=csv)
     except ValueError as err:  # an unknown table, a writing or malformed query: one line, exit 2
         fail(err)
@@ -400,9 +430,11 @@ def compare(
     save: bool = typer.Option(True, "--save/--no-save", help="Store the comparison (table 'comparisons')."),
     fail_on: str = typer.Option("all", help="Exit 1 on any regression ('all') or only on parity/eval ones "
                                             "('deterministic'; timings still measured and shown)."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
     try:
+        out = report_console(table_format)
         preflight.option_ranges("compare", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
                                 error_growth=error_growth, timing_layers=timing_layers, threads=threads)
         if fail_on not in ("all", "deterministic"):
@@ -424,17 +456,17 @@ def compare(
     except (CompareError, BadInput) as err:
         fail(err)
     try:
-        with progress_bar() as progress:
+        with progress_bar(out) as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
 
             def on_trial(done: int, total: int):
                 progress.update(task, total=total, completed=done, visible=True)
-            comparison = run_compare(settings, console, on_trial)
+            comparison = run_compare(settings, out, on_trial)
     except KeyboardInterrupt:
         interrupted("compare", "no comparison was stored")
     except (CompareError, TreeError) as err:
         fail(err)
-    render(console, comparison)
+    render(out, comparison)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 

@@ -244,7 +244,7 @@ OPTION_RANGES = {
     "error_growth": Annotated[float, Field(gt=1, allow_inf_nan=False)], "timing_layers": Positive,
     "null": Count, "per_level": Count, "prefill_level": Slowdown,
     "levels": Annotated[list[Slowdown], Field(min_length=1)],
-    "resamples": Annotated[StrictInt, Field(ge=1, le=1_000_000)], "rows": NonNegative,
+    "resamples": Annotated[StrictInt, Field(ge=1, le=1_000_000)],
 }
 
 
