@@ -235,10 +235,10 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
     if not raw:
         raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
-    preflight.prompts_fit(preflight.known_prompt_lengths(raw, model, folder), max(bucket_list or [seq_len]),
-                          seq_len, num_tokens)
     # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
     preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
+    preflight.prompts_fit(preflight.known_prompt_lengths(raw, model, folder), max(bucket_list or [seq_len]),
+                          seq_len, num_tokens)
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")

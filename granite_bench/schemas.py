@@ -237,7 +237,7 @@ Count = Annotated[StrictInt, Field(ge=0, le=MAX_COMPARISONS)]
 # Every numeric option of every command, by its Python name: the one place their ranges are written.
 OPTION_RANGES = {
     "batch_size": Positive, "seq_len": Positive, "num_tokens": Positive, "layers": Positive, "tp": Positive,
-    "threads": Positive, "rounds": Positive, "warmup": NonNegative, "new_tokens": Annotated[StrictInt, Field(ge=2)],
+    "threads": Positive, "rounds": Positive, "warmup": NonNegative, "new_tokens": Positive,
     "num_fewshot": NonNegative, "limit": Annotated[float, Field(gt=0, allow_inf_nan=False)],
     "trials": Annotated[StrictInt, Field(ge=6)], "reps": Annotated[StrictInt, Field(ge=1, le=200)],
     "floor": Annotated[float, Field(ge=0, lt=5, allow_inf_nan=False)], "alpha": Probability, "looks": Positive,
@@ -259,30 +259,70 @@ def check(schema, data, where: str):
 
 
 def error_line(err: ValidationError, where: str, option_names: bool = False) -> str:
-    """The first problem of a ValidationError as '<where>: <field>: <message> (got <value>)' (+ how many more)."""
+    """The first problem of a ValidationError in one line: '<where>: <field> must be <rule>, got <value>' for a
+    value out of type or range, '<where>: <field>: <reason>' otherwise (+ how many more problems there are).
+    Options are named as typed (--num-tokens) and need no <where>."""
     errors = err.errors(include_url=False)
     first = min(errors, key=lambda e: len(e["loc"]))  # the error nearest the top (a union's branches go deeper)
     field = field_path(first["loc"], option_names)
-    value = first.get("input")
-    got = "" if first["type"] in ("missing", "value_error", "assertion_error") else f" (got {shown(value)})"
-    message = first["msg"].removeprefix("Value error, ")
+    rule = expected(first)
+    if rule is not None:
+        text = f"{field or 'the value'} must be {rule}, got {shown(first.get('input'))}"
+    elif first["type"] == "extra_forbidden":
+        text = f"{field}: unknown field (check its spelling or remove it)"
+    elif first["type"] == "missing":
+        text = f"{field} is missing"
+    else:
+        text = f"{field + ': ' if field else ''}{first['msg'].removeprefix('Value error, ')}"
+        if first["type"] not in ("value_error", "assertion_error"):
+            text += f" (got {shown(first.get('input'))})"
     more = f"; {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''}" if len(errors) > 1 else ""
-    return f"{where}: {field + ': ' if field else ''}{message}{got}{more}"
+    return f"{text}{more}" if option_names else f"{where}: {text}{more}"
+
+
+def expected(error: dict) -> str | None:
+    """What a type or range error asks for, in words ('a positive integer', 'at most 1048576'), else None."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    whole = isinstance(error.get("input"), int) and not isinstance(error.get("input"), bool)
+    if kind == "greater_than_equal":
+        bound = ctx["ge"]
+        if bound == 1 and whole:
+            return "a positive integer"
+        return "0 or more" if bound == 0 else f"at least {bound}"
+    if kind == "greater_than":
+        return "positive" if ctx["gt"] == 0 else f"above {ctx['gt']}"
+    words = {"less_than_equal": f"at most {ctx.get('le')}", "less_than": f"below {ctx.get('lt')}",
+             "finite_number": "a finite number", "int_type": "an integer", "int_parsing": "an integer",
+             "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+             "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a text",
+             "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+             "too_short": f"a list of at least {ctx.get('min_length')} item(s)",
+             "too_long": f"a list of at most {ctx.get('max_length')} items",
+             "string_too_short": "a non-empty text", "literal_error": f"one of {ctx.get('expected')}"}
+    return words.get(kind)
 
 
 def field_path(loc: tuple, option_names: bool = False) -> str:
-    """('list', 1, 'tokens', 0) -> 'prompt 1, token 0'; ('num_tokens',) -> 'num_tokens' (or --num-tokens)."""
-    parts, previous = [], None
+    """('list', 1, 'tokens', 0) -> 'prompt 1, token 0'; ('config', 'vocab_size') -> 'config.vocab_size';
+    option names as typed (--num-tokens)."""
+    parts, previous, nested = [], None, False
     for item in loc:
         if isinstance(item, int):
             noun = {"tokens": "token", "list": "prompt", "prompts": "prompt"}.get(previous, "item")
+            if parts and parts[-1] == "prompts":
+                parts.pop()
             parts.append(f"{noun} {item}")
+            nested = False
         elif option_names:
             parts.append("--" + str(item).replace("_", "-"))
         elif item not in BRANCH_TAGS and not str(item).startswith(("function-", "union[", "list[")):
-            parts.append(str(item))
+            if nested:
+                parts[-1] += f".{item}"
+            else:
+                parts.append(str(item))
+            nested = True
         previous = item
-    return ", ".join(p for p in parts if p != "prompts")
+    return ", ".join(parts)
 
 
 # Union branch names pydantic puts in an error's location: the schema's own tags, not fields a user wrote.
