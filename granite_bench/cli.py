@@ -242,6 +242,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")
+    preflight.goldens_match(goldens, len(raw), num_tokens, folder)
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),

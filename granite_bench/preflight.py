@@ -453,3 +453,34 @@ def eval_tasks(names: list[str] | None) -> None:
         check_task_names(names)
     except TaskError as err:
         raise BadInput(str(err)) from None
+
+
+def goldens_match(directory: Path | None, num_prompts: int, num_tokens: int, folder: Path | None) -> None:
+    """Refuse, before torch loads, a --goldens folder whose golden.json says it was made for another number of
+    prompts or tokens, or (for a checkpoint folder) another checkpoint. The rest of the key (the prompts' token ids,
+    a random-weight preset's files) needs the tokenizer or the weights made by torch, and is checked when the goldens
+    are loaded; so is a golden.json that cannot be read here."""
+    if directory is None:
+        return
+    try:
+        key = json.loads((Path(directory) / "golden.json").read_text())["key"]
+        stored = {"num_prompts": key["num_prompts"], "num_tokens": key["num_tokens"],
+                  "checkpoint_fingerprint": key["checkpoint_fingerprint"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    wanted = {"num_prompts": num_prompts, "num_tokens": num_tokens}
+    if folder is not None:
+        from .reference.fingerprint import content_fingerprint  # hashlib + safetensors headers, no torch
+        wanted["checkpoint_fingerprint"] = content_fingerprint(Path(folder))
+    what = {"checkpoint_fingerprint": "another checkpoint", "num_prompts": "other prompts",
+            "num_tokens": "another number of tokens"}
+    for name, value in wanted.items():
+        if stored[name] != value:
+            raise BadInput(f"goldens in {directory} were made for {what[name]} ({name.replace('_', ' ')} "
+                           f"{short(stored[name])} != {short(value)}): run `granite-bench reference` with the same "
+                           f"--model/--prompts/--num-tokens and --out {directory}")
+
+
+def short(value):
+    """A fingerprint by its first 12 hex digits; anything else as it is."""
+    return value[:12] if isinstance(value, str) else value

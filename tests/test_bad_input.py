@@ -55,6 +55,7 @@ def checkpoints(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     config["intermediate_size"] = 256  # the weights are 384 wide
     (wrong_shape / "config.json").write_text(json.dumps(config))
 
+    whole = copy("whole")
     vocab_one = copy("vocab-one")
     config = json.loads((vocab_one / "config.json").read_text())
     config["vocab_size"] = 1
@@ -70,7 +71,7 @@ def checkpoints(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     config["model_type"] = "llama"
     (not_granite / "config.json").write_text(json.dumps(config))
     return {"no-weights": no_weights, "yarn": yarn, "truncated": truncated, "wrong-shape": wrong_shape,
-            "not-granite": not_granite, "vocab-one": vocab_one, "uneven-heads": uneven_heads}
+            "not-granite": not_granite, "vocab-one": vocab_one, "whole": whole, "uneven-heads": uneven_heads}
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def files(tmp_path) -> dict[str, Path]:
 def typed_input_files(folder: Path) -> dict[str, Path]:
     """Files whose values have the wrong type or range (each refused by its schema in granite_bench/schemas.py)."""
     contents = {"float-ids": "[[5.7, 6, 7, 8]]", "bool-ids": "[[true, 6, 7, 8]]", "string-ids": '[["a", 6, 7]]',
-                "null-ids": "[[null, 6, 7]]", "huge-random": '[{"random_tokens": 1000000000000}]'}
+                "null-ids": "[[null, 6, 7]]", "two-prompts": "[[5, 6, 7], [8, 9]]", "huge-random": '[{"random_tokens": 1000000000000}]'}
     paths = {}
     for name, text in contents.items():
         paths[name] = folder / f"{name}.json"
@@ -101,6 +102,10 @@ def typed_input_files(folder: Path) -> dict[str, Path]:
     paths["long-prompt"].write_text("word " * 400 + "\n")
     paths["words-suite"] = folder / "sixteen.yaml"
     paths["words-suite"].write_text("model: tiny-gqa\nnum_tokens: sixteen\nprompts: [hello]\n")
+    paths["goldens-16"] = folder / "goldens-16"
+    paths["goldens-16"].mkdir()
+    key = {"num_prompts": 2, "num_tokens": 16, "checkpoint_fingerprint": "0" * 64, "prompts_sha256": "1" * 64}
+    (paths["goldens-16"] / "golden.json").write_text(json.dumps({"format_version": 1, "key": key, "prompts": []}))
     paths["perf-words-suite"] = folder / "perf-five.yaml"
     paths["perf-words-suite"].write_text("model: tiny-gqa\nrounds: five\n")
     return paths
@@ -200,6 +205,12 @@ CASES = [
      "hidden_size 128 is not divisible by num_attention_heads 6"),
     ("parity prompt longer than the buckets", ["parity", *FAST, "--prompts", "{long-prompt}"], 2,
      "prompt 0 has 2000 tokens, more than the largest bucket (64)"),
+    ("parity goldens for another number of tokens", ["parity", *FAST, "--prompts", "{prompts}", "--goldens",
+                                                     "{goldens-16}"], 2,
+     "were made for another number of tokens (num tokens 16 != 4)"),
+    ("parity goldens for another checkpoint", ["parity", *FAST[:6], "--num-tokens", "16", "--prompts", "{prompts}",
+                                               "--model", "{ckpt:whole}", "--goldens", "{goldens-16}"], 2,
+     "were made for another checkpoint (checkpoint fingerprint 000000000000 != "),
     ("parity --device cuda without a GPU", ["parity", *FAST, "--device", "cuda"], 2, "--device cuda: "),
     ("parity --device neuron without Neuron", ["parity", *FAST, "--device", "neuron"], 2,
      "--device neuron needs torch-neuronx"),
@@ -290,6 +301,7 @@ TYPED_REFUSALS = [
     ["parity", "--device", "cuda", "--no-save"], ["parity", "--device", "neuron", "--no-save"],
     ["eval", "--tasks", "no_such_task_anywhere", "--no-save"], ["gate-power", "--prefill-level", "nan"],
     ["reference", "--max-memory", "lots"],
+    ["parity", "--prompts", "{two-prompts}", "--goldens", "{goldens-16}", "--num-tokens", "4", "--no-save"],
 ]
 
 
