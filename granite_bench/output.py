@@ -50,15 +50,16 @@ class ReportConsole(Console):
 
     def print(self, *objects, **kwargs) -> None:
         if self.table_format == "table":
-            for item in objects:
-                for part in fit_width(item, self.width) if isinstance(item, Table) else [item]:
-                    super().print(part, **kwargs)
+            parts = [part for item in objects
+                     for table in (fit_width(item, self.width) if isinstance(item, Table) else [item])
+                     for part in titled(table)]
+            super().print(*parts, **kwargs)
             return
-        for item in objects:
-            if isinstance(item, Table):
-                write_table(self.data_stream, item, self.table_format)
-            else:
-                super().print(item, **kwargs)
+        for table in (item for item in objects if isinstance(item, Table)):
+            write_table(self.data_stream, table, self.table_format)
+        rest = [item for item in objects if not isinstance(item, Table)]
+        if rest or not objects:
+            super().print(*rest, **kwargs)
 
 
 def fit_width(table: Table, width: int) -> list[Table]:
@@ -76,6 +77,17 @@ def fit_width(table: Table, width: int) -> list[Table]:
         used += needed[index]
     groups.append(current)
     return [column_slice(table, [0] + group, f" (columns {k} of {len(groups)})") for k, group in enumerate(groups, 1)]
+
+
+def titled(item) -> list:
+    """A table as [its title as a line of its own, the table without it]: rich wraps a title to the table's width,
+    so a long title over a narrow table would read 'parit / y ag / ainst'."""
+    if not isinstance(item, Table) or not item.title:
+        return [item]
+    title = item.title if isinstance(item.title, Text) else Text.from_markup(str(item.title))
+    title.stylize("table.title")
+    item.title = None
+    return [title, item]
 
 
 def column_width(column) -> int:
