@@ -258,6 +258,18 @@ def check(schema, data, where: str):
         raise SchemaError(error_line(err, where)) from None
 
 
+def read_yaml(path, schema, what: str):
+    """A YAML file's data (as written) after checking it against `schema`; SchemaError with one line when it is not
+    YAML or does not fit. `what` names the file kind in the message ('preset', 'tolerance profiles')."""
+    import yaml
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8").read())
+    except yaml.YAMLError as err:
+        raise SchemaError(f"{what} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    check(schema, data, f"{what} {path}")
+    return data
+
+
 def error_line(err: ValidationError, where: str, option_names: bool = False) -> str:
     """The first problem of a ValidationError in one line: '<where>: <field> must be <rule>, got <value>' for a
     value out of type or range, '<where>: <field>: <reason>' otherwise (+ how many more problems there are).
@@ -336,5 +348,5 @@ def shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-__all__ = ["SchemaError", "check", "options", "memory_bytes", "ParitySuite", "PerfSuite", "PromptsFile",
+__all__ = ["SchemaError", "check", "read_yaml", "options", "memory_bytes", "ParitySuite", "PerfSuite", "PromptsFile",
            "PromptList", "TolerancesFile", "ModelPreset", "GraniteShape", "EvalThresholdsFile", "prompt_length"]

@@ -10,10 +10,9 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from ..resources import suite_path
-from ..schemas import EvalThresholdsFile, SchemaError, check
+from ..schemas import EvalThresholdsFile, SchemaError, read_yaml
 
 THRESHOLDS_FILE = suite_path("eval/thresholds.yaml")
 THRESHOLD_KEYS = ("max_abs_delta_loglik", "mean_abs_delta_loglik", "min_argmax_agreement",
@@ -29,12 +28,12 @@ SAMPLE_COLUMNS = ["task", "doc_id", "request_index", "request_type", "is_gold", 
 def load_thresholds(dtype: str, path: Path = THRESHOLDS_FILE) -> dict:
     """One dtype's thresholds from an eval thresholds file checked against its schema (schemas.EvalThresholds)."""
     try:
-        table = check(EvalThresholdsFile, yaml.safe_load(Path(path).read_text()), f"eval thresholds {path}")
+        table = read_yaml(path, EvalThresholdsFile, "eval thresholds")
     except SchemaError as err:
         raise ValueError(str(err)) from None
     if dtype not in table:
         raise ValueError(f"{path} has no thresholds for dtype {dtype!r} (has {', '.join(table)})")
-    return {k: float(getattr(table[dtype], k)) for k in THRESHOLD_KEYS}
+    return {k: float(table[dtype][k]) for k in THRESHOLD_KEYS}
 
 
 # ------------------------------------------------------------------------------------------ per sample
