@@ -81,3 +81,18 @@ def test_the_cli_console_does_not_cut_lines_when_stdout_is_no_terminal():
     from granite_bench import cli
     assert not cli.sys.stdout.isatty()
     assert cli.console.width >= 10_000 and cli.err_console.width >= 10_000  # was 160: perf headers read `TT…`
+
+
+def test_results_format_json_prints_only_json_on_stdout(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    store = tmp_path / "store"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results", store)
+    result = CliRunner().invoke(app, ["results", "--results-dir", str(store), "--format", "json", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    (doc,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert doc["columns"][0] == "run_id" and len(doc["rows"]) == 3
