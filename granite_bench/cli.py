@@ -55,15 +55,16 @@ def quiet_transformers() -> None:
 
 def bad_input_types() -> tuple:
     from .model.config import NeuronConfigError
-    from .model.head_sharding import TPDegreeError
+    from .model.backend.head_sharding import TPDegreeError
     from .parity.prompts import PromptError
     from .reference.presets import PresetError
-    from .model.state_dict import CheckpointError
+    from .model.backend.checkpoint import CheckpointError
+    from .model.registry import UnsupportedArchitecture
     from .reference.goldens import GoldenError
     from .reference.hf_reference import MemoryBudgetError
     from .runtime.runner import InputError
     return (BadInput, NeuronConfigError, TPDegreeError, PromptError, PresetError, InputError, GoldenError,
-            MemoryBudgetError, CheckpointError)
+            MemoryBudgetError, CheckpointError, UnsupportedArchitecture)
 
 
 def run_failure_types() -> tuple:
@@ -156,6 +157,8 @@ def parity(
     prompts: Optional[Path] = typer.Option(None, help="Prompts file: .txt (one per line), .yaml/.json list."),
     tolerance: Optional[str] = typer.Option(None, help="Profile name or map, e.g. '50:1e-5:0.04;div=0.13'."),
     tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    moe_ep: int = typer.Option(1, "--moe-ep", help="Expert-parallel degree among the TP ranks (MoE models): each "
+                                                  "rank group holds num_experts / N experts."),
     device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
     compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
     layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
@@ -172,7 +175,7 @@ def parity(
     try:
         out = report_console(table_format)
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
-                           compile, layers, suite, results_dir if save else None, goldens, max_memory)
+                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep)
     except BadInput as err:
         fail(err)
     quiet_transformers()
@@ -200,12 +203,12 @@ def os_error_message(err: OSError, results_dir: Path | None) -> str:
 
 
 def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
-                layers, suite, results_dir, goldens=None, max_memory=None):
+                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1):
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
     preflight.option_ranges("parity", batch_size=batch_size, seq_len=seq_len, num_tokens=num_tokens, tp=tp,
-                            layers=layers)
+                            moe_ep=moe_ep, layers=layers)
     spec = preflight.parity_suite(suite)
 
     def pick(value, key, default):
@@ -223,9 +226,9 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     preflight.device_here(device, tp)
     config, folder = preflight.model_config(model, layers)
     preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
-    dims = preflight.check_model(config, tp, where=str(folder or model))
+    dims = preflight.check_model(config, tp, where=str(folder or model), ep=moe_ep)
     if folder is not None:
-        preflight.check_weights(folder, dims)
+        preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
     preflight.memory_budget(max_memory, dims)
     try:
@@ -246,7 +249,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
-                goldens=goldens, max_memory=max_memory)
+                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep)
 
 
 @app.command()
@@ -272,7 +275,7 @@ def reference(
         preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, None, where=str(folder or model))
         if folder is not None:
-            preflight.check_weights(folder, dims)
+            preflight.check_weights(folder, config)
         preflight.memory_budget(max_memory, dims)
         raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
         if not raw:
@@ -343,7 +346,7 @@ def perf(
             for degree in spec.tp:
                 dims = preflight.check_model(config, degree, where=str(folder or spec.model))
             if folder is not None:
-                preflight.check_weights(folder, dims)
+                preflight.check_weights(folder, config)
             for dtype_ in spec.dtypes:
                 preflight.check_memory(dims, dtype_, max(spec.batch_sizes), spec.cache_length(), spec.device)
             index, count = parse_shard(shard)
@@ -654,7 +657,7 @@ def eval_(
         preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, tp, where=str(folder or model))
         if folder is not None:
-            preflight.check_weights(folder, dims)
+            preflight.check_weights(folder, config)
         preflight.check_memory(dims, dtype, batch_size, seq_len, device)
         preflight.results_dir(results_dir if save else None, need_bytes=16 << 20)
     except BadInput as err:

@@ -130,7 +130,7 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
             raise BadInput(f"--layers applies to random-weight presets; '{model}' is a trained checkpoint: "
                            f"drop --layers")
         return config_json(preset.checkpoint), preset.checkpoint
-    config = dict(preset.config)
+    config = {**preset.config, "model_type": preset.model_type}
     if layers is not None:
         depth = int(config.get("num_hidden_layers", 0))
         if layers > depth:
@@ -140,7 +140,7 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
 
 
 def config_json(folder: Path) -> dict:
-    """A checkpoint folder's config.json as a dict: present, UTF-8 JSON, an object, model_type granite."""
+    """A checkpoint folder's config.json as a dict: present, UTF-8 JSON, an object, a model_type the registry has."""
     path = folder / "config.json"
     if not path.exists():
         raise BadInput(f"{folder} has no config.json: point --model at a Granite checkpoint directory")
@@ -150,8 +150,11 @@ def config_json(folder: Path) -> dict:
         raise BadInput(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): fix or re-download it") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path} must hold a JSON object: fix or re-download it")
-    if data.get("model_type") != "granite":
-        raise BadInput(f"{path} has model_type {data.get('model_type')!r}; granite-bench needs 'granite'")
+    from .model.registry import UnsupportedArchitecture, architecture  # plain data
+    try:
+        architecture(data.get("model_type"))
+    except UnsupportedArchitecture as err:
+        raise BadInput(f"{path}: {err}") from None
     return data
 
 
@@ -161,18 +164,22 @@ def rope_type(config: dict) -> str:
 
 
 def shape(config: dict) -> dict:
-    """The numbers the checks need, with HF's defaults where a config leaves them out."""
-    heads = int(config.get("num_attention_heads", 32))
-    hidden = int(config.get("hidden_size", 4096))
-    return {"hidden": hidden, "heads": heads, "kv_heads": int(config.get("num_key_value_heads") or heads),
-            "head_dim": int(config.get("head_dim") or hidden // max(heads, 1)),
-            "intermediate": int(config.get("intermediate_size", 11008)),
-            "layers": int(config.get("num_hidden_layers", 32)), "vocab": int(config.get("vocab_size", 32000)),
-            "tied": bool(config.get("tie_word_embeddings", True))}
+    """The numbers the checks need (the registry's named sizes, HF's defaults where a config leaves them out)."""
+    from .model.registry import sizes
+    dims = sizes(config)
+    dims["tied"] = bool(config.get("tie_word_embeddings", True))
+    dims["model_type"] = config.get("model_type", "granite")
+    return dims
 
 
-def check_model(config: dict, tp: int | None, where: str) -> dict:
-    """Refuse a model the implementation cannot run (rope_type, no layers, a TP degree its heads cannot take)."""
+def check_model(config: dict, tp: int | None, where: str, ep: int = 1) -> dict:
+    """Refuse a model the implementation cannot run: an architecture the registry lacks, sizes it cannot build
+    (experts, top-k, heads), the rope_type, no layers, a TP / expert-parallel degree it cannot be sharded over."""
+    from .model.registry import UnsupportedArchitecture, architecture, config_problems, parallel_problems
+    try:
+        arch = architecture(config.get("model_type", "granite"))
+    except UnsupportedArchitecture as err:
+        raise BadInput(f"{where}: {err}") from None
     found = rope_type(config)
     if found not in SUPPORTED_ROPE_TYPES:
         raise BadInput(f"{where}: rope_type '{found}' is not supported (supported: "
@@ -180,33 +187,30 @@ def check_model(config: dict, tp: int | None, where: str) -> dict:
     dims = shape(config)
     if dims["layers"] < 1:
         raise BadInput(f"{where} has {dims['layers']} layers: a model with no layers checks nothing")
+    problems = config_problems(arch, config)
+    if problems:
+        raise BadInput(f"{where}: {problems[0]}")
     if tp is not None:
-        from .model.head_sharding import TPDegreeError, validate_tp_degree  # dataclasses only
+        from .model.backend.head_sharding import TPDegreeError, validate_tp_degree  # dataclasses only
         try:
             validate_tp_degree(dims["heads"], dims["kv_heads"], tp)
         except TPDegreeError as err:
             raise BadInput(str(err)) from None
-        for name in ("hidden", "intermediate"):
-            if dims[name] % tp:
-                option = "hidden_size" if name == "hidden" else "intermediate_size"
-                raise BadInput(f"--tp {tp} does not divide {option} {dims[name]}: choose a divisor of it")
+        problems = parallel_problems(arch, config, tp, ep)
+        if problems:
+            raise BadInput(problems[0])
     return dims
 
 
-def expected_tensor_shapes(dims: dict) -> dict[str, tuple[int, ...]]:
-    """HF Granite tensor names -> shapes for this config (the tensors the converter reads)."""
-    h, q, kv = dims["hidden"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
-    i = dims["intermediate"]
-    shapes = {"model.embed_tokens.weight": (dims["vocab"], h), "model.norm.weight": (h,)}
+def expected_tensor_shapes(config: dict) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """(alternative HF names of a tensor) -> shape for this config: the tensors the architecture's converter reads."""
+    from .model.registry import architecture, expected_layer_tensors
+    dims = shape(config)
+    h = dims["hidden"]
+    shapes = {("model.embed_tokens.weight",): (dims["vocab"], h), ("model.norm.weight",): (h,)}
     if not dims["tied"]:
-        shapes["lm_head.weight"] = (dims["vocab"], h)
-    for layer in range(dims["layers"]):
-        p = f"model.layers.{layer}."
-        shapes.update({p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-                       p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h),
-                       p + "mlp.down_proj.weight": (h, i), p + "input_layernorm.weight": (h,),
-                       p + "post_attention_layernorm.weight": (h,)})
+        shapes[("lm_head.weight",)] = (dims["vocab"], h)
+    shapes.update(expected_layer_tensors(architecture(dims["model_type"]), config))
     return shapes
 
 
@@ -230,7 +234,7 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def check_weights(folder: Path, dims: dict) -> None:
+def check_weights(folder: Path, config: dict) -> None:
     """A checkpoint folder's safetensors files are there, whole, and hold tensors of the config's shapes."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
@@ -250,10 +254,12 @@ def check_weights(folder: Path, dims: dict) -> None:
             raise BadInput(f"checkpoint file {path} is missing: re-download or re-create the model")
         header = safetensors_header(path)
         found.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-    for name, want in expected_tensor_shapes(dims).items():
-        if name not in found:
-            if name == "model.norm.weight" or name.startswith("model.layers."):
-                raise BadInput(f"{folder} has no tensor {name}: the checkpoint does not match its config.json")
+    for names, want in expected_tensor_shapes(config).items():
+        name = next((n for n in names if n in found), None)
+        if name is None:
+            if names[0] == "model.norm.weight" or names[0].startswith("model.layers."):
+                raise BadInput(f"{folder} has no tensor {' or '.join(names)}: the checkpoint does not match its "
+                               f"config.json")
             continue
         if found[name] != want:
             raise BadInput(f"tensor {name} in {folder} has shape {list(found[name])}, but config.json asks for "
@@ -274,9 +280,11 @@ def available_memory_bytes() -> int | None:
 def run_memory_bytes(dims: dict, dtype: str, batch_size: int, seq_len: int) -> int:
     """The implementation's weights in its dtype + its static KV cache: a floor for the run (the fp32 reference
     is left out, since it may be offloaded)."""
+    from .model.registry import architecture
+    moe = architecture(dims["model_type"]).moe
+    mlp = 3 * dims["hidden"] * (dims["intermediate"] * (dims["experts"] if moe else 1) + dims["shared"])
     params = dims["vocab"] * dims["hidden"] * (1 if dims["tied"] else 2) + dims["layers"] * (
-        dims["hidden"] * (2 * dims["heads"] + 2 * dims["kv_heads"]) * dims["head_dim"]
-        + 3 * dims["hidden"] * dims["intermediate"])
+        dims["hidden"] * (2 * dims["heads"] + 2 * dims["kv_heads"]) * dims["head_dim"] + mlp)
     kv = 2 * dims["layers"] * batch_size * dims["kv_heads"] * dims["head_dim"] * seq_len * DTYPE_BYTES[dtype]
     return params * DTYPE_BYTES[dtype] + kv
 

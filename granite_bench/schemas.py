@@ -112,7 +112,7 @@ class PerfSuite(Strict):
     seq_len: Optional[Positive] = None
     rounds: Optional[Positive] = None
     warmup: Optional[NonNegative] = None
-    baselines: Optional[one_or_many(Literal["hf_eager", "hf_static", "none"])] = None
+    baselines: Optional[one_or_many(NonEmptyText)] = None  # names checked by perf/grid.py, which knows them
     threads: Optional[Positive] = None
     description: Optional[str] = None
 
@@ -156,10 +156,12 @@ class TolerancesFile(Strict):
 # ----- model shapes and presets ------------------------------------------------------------------------------------
 
 class GraniteShape(BaseModel):
-    """The numbers of a Granite config (a preset's `config`, a checkpoint's config.json) the implementation builds
-    tensors from; other keys pass through unchecked. Defaults are HF GraniteConfig's."""
+    """The numbers of a Granite-family config (a preset's `config`, a checkpoint's config.json) the implementation
+    builds tensors from, typed: whole positive numbers where counts are meant (never '4096', 4096.0 or true). Other
+    keys pass through; what the architecture cannot run (hidden size the heads do not divide, a vocabulary of one,
+    experts) is the registry's to say (model/registry.py config_problems, called by preflight.check_model)."""
     model_config = ConfigDict(extra="allow")
-    vocab_size: Annotated[StrictInt, Field(ge=2)] = 32000
+    vocab_size: Positive = 32000
     hidden_size: Positive = 4096
     intermediate_size: Positive = 11008
     num_hidden_layers: Positive = 32
@@ -170,20 +172,11 @@ class GraniteShape(BaseModel):
     rms_norm_eps: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
     tie_word_embeddings: Optional[StrictBool] = None
 
-    @model_validator(mode="after")
-    def heads_fit(self):
-        heads, kv = self.num_attention_heads, self.num_key_value_heads or self.num_attention_heads
-        if self.head_dim is None and self.hidden_size % heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {heads} "
-                             f"(or give head_dim)")
-        if heads % kv:
-            raise ValueError(f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}")
-        return self
-
 
 class ModelPreset(Strict):
     name: Optional[NonEmptyText] = None
     description: Optional[str] = None
+    model_type: Optional[NonEmptyText] = None
     config: Optional[GraniteShape] = None
     init: Optional[dict[str, Any]] = None
     checkpoint: Optional[NonEmptyText] = None
@@ -236,7 +229,7 @@ Slowdown = Annotated[float, Field(ge=0, lt=5, allow_inf_nan=False)]  # a fractio
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COMPARISONS)]
 # Every numeric option of every command, by its Python name: the one place their ranges are written.
 OPTION_RANGES = {
-    "batch_size": Positive, "seq_len": Positive, "num_tokens": Positive, "layers": Positive, "tp": Positive,
+    "batch_size": Positive, "seq_len": Positive, "num_tokens": Positive, "layers": Positive, "tp": Positive, "moe_ep": Positive,
     "threads": Positive, "rounds": Positive, "warmup": NonNegative, "new_tokens": Positive,
     "num_fewshot": NonNegative, "limit": Annotated[float, Field(gt=0, allow_inf_nan=False)],
     "trials": Annotated[StrictInt, Field(ge=6)], "reps": Annotated[StrictInt, Field(ge=1, le=200)],

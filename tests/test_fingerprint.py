@@ -5,7 +5,7 @@ import shutil
 import torch
 
 from granite_bench import fingerprint
-from granite_bench.model.state_dict import CONVERTER_SOURCES, shard_key
+from granite_bench.model.backend.checkpoint import converter_sources, shard_key
 
 
 def copy_sources(tmp_path, names):
@@ -20,11 +20,14 @@ def test_shard_key_changes_when_the_converter_or_head_plan_code_changes(tmp_path
     checkpoint.mkdir()
     (checkpoint / "config.json").write_text("{}")
     package = tmp_path / "pkg"
-    copy_sources(package, CONVERTER_SOURCES)
+    sources = converter_sources()
+    copy_sources(package, sources)
     monkeypatch.setattr(fingerprint, "PACKAGE_DIR", package)
+    assert {"model/backend/checkpoint.py", "model/backend/head_sharding.py", "model/modeling_granite.py",
+            "model/registry.py"} <= set(sources)
     before = shard_key(checkpoint, 2, torch.float32, True)
     assert shard_key(checkpoint, 2, torch.float32, True) == before  # stable while nothing changes
-    for name in ("model/state_dict.py", "model/head_sharding.py"):
+    for name in ("model/backend/checkpoint.py", "model/backend/head_sharding.py", "model/modeling_granite.py"):
         with open(package / name, "a") as f:
             f.write("\n# changed\n")
         after = shard_key(checkpoint, 2, torch.float32, True)

@@ -53,22 +53,23 @@ def test_a_suite_field_of_the_wrong_type_or_an_unknown_field_is_refused():
     assert "device must be one of 'cpu', 'cuda' or 'neuron'" in refused(schemas.PerfSuite, {"device": "tpu"})
 
 
-def test_a_preset_shape_the_implementation_cannot_build_is_refused():
+def test_a_preset_shape_must_hold_whole_positive_counts():
     check(schemas.ModelPreset, tiny_preset(), "tiny-gqa")
-    assert "config.vocab_size must be at least 2, got 1" in refused(schemas.ModelPreset, tiny_preset(vocab_size=1))
-    assert "hidden_size 128 is not divisible by num_attention_heads 6" in refused(
-        schemas.ModelPreset, tiny_preset(num_attention_heads=6, num_key_value_heads=6))
-    assert "num_attention_heads 8 is not a multiple of num_key_value_heads 3" in refused(
-        schemas.ModelPreset, tiny_preset(num_key_value_heads=3))
+    assert "config.vocab_size must be an integer, got '4096'" in refused(schemas.ModelPreset,
+                                                                          tiny_preset(vocab_size="4096"))
+    assert "config.hidden_size must be an integer, got 128.0" in refused(schemas.ModelPreset,
+                                                                          tiny_preset(hidden_size=128.0))
+    assert "config.num_hidden_layers must be a positive integer, got 0" in refused(
+        schemas.ModelPreset, tiny_preset(num_hidden_layers=0))
     assert "give 'config'" in refused(schemas.ModelPreset, {"name": "nothing"})
 
 
 def test_a_preset_file_is_checked_when_it_is_loaded(tmp_path, monkeypatch):
     from granite_bench.reference import presets
-    (tmp_path / "one-token.yaml").write_text(yaml.safe_dump(tiny_preset(vocab_size=1)))
+    (tmp_path / "words.yaml").write_text(yaml.safe_dump(tiny_preset(num_attention_heads="eight")))
     monkeypatch.setattr(presets, "MODELS_DIR", tmp_path)
-    with pytest.raises(presets.PresetError, match="config.vocab_size must be at least 2, got 1"):
-        presets.load_preset("one-token")
+    with pytest.raises(presets.PresetError, match="config.num_attention_heads must be an integer, got 'eight'"):
+        presets.load_preset("words")
 
 
 def test_tolerance_profiles_and_eval_thresholds_are_typed():

@@ -210,12 +210,13 @@ class TransformersLM:
 
 def load_canary(model_dir=None):
     """(model, tokenizer) of the shipped canary through HF Transformers, fp32, eval mode."""
-    from transformers import AutoTokenizer, GraniteForCausalLM
+    from transformers import AutoTokenizer
 
+    from ..reference.hf_classes import hf_model_class
     from ..reference.weights import resolve_model_dir
 
     model_dir = model_dir or resolve_model_dir("canary")
-    model = GraniteForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    model = hf_model_class(model_dir).from_pretrained(model_dir, dtype="float32").eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
 
 

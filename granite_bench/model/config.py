@@ -58,10 +58,11 @@ class NeuronConfig:
     token_generation_buckets: list[int] | None = None
     fused_qkv: bool = True
     output_logits: bool = True
+    moe_ep_degree: int = 1          # expert parallelism among the tp_degree ranks (MoE models; divides tp and E)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("batch_size", "sequence_length", "max_context_length", "tp_degree"):
+        for name in ("batch_size", "sequence_length", "max_context_length", "tp_degree", "moe_ep_degree"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise NeuronConfigError(f"neuron_config field '{name}' must be an integer, got {value!r}")
@@ -85,7 +86,7 @@ class NeuronConfig:
         return DTYPES[self.torch_dtype]
 
     def validate(self) -> None:
-        for name in ("batch_size", "sequence_length", "max_context_length", "tp_degree"):
+        for name in ("batch_size", "sequence_length", "max_context_length", "tp_degree", "moe_ep_degree"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NeuronConfigError(f"neuron_config field '{name}' must be a positive integer, got {value!r}")
@@ -93,6 +94,9 @@ class NeuronConfig:
             raise NeuronConfigError(
                 f"neuron_config field 'max_context_length' ({self.max_context_length}) must not exceed "
                 f"'sequence_length' ({self.sequence_length})")
+        if self.tp_degree % self.moe_ep_degree:
+            raise NeuronConfigError(f"neuron_config field 'moe_ep_degree' ({self.moe_ep_degree}) must divide "
+                                    f"'tp_degree' ({self.tp_degree})")
         if self.torch_dtype not in DTYPES:
             raise NeuronConfigError(
                 f"neuron_config field 'torch_dtype' must be one of {', '.join(DTYPES)}, got {self.torch_dtype!r}")

@@ -35,6 +35,7 @@ class ParityArgs:
     seed: int = 0
     goldens: Path | None = None        # a golden directory (`granite-bench reference --out`): no reference model
     max_memory: str | None = None      # memory budget of the HF reference when it has to run (accelerate offload)
+    moe_ep: int = 1                    # expert-parallel degree among the TP ranks (MoE models)
 
 
 def check_lengths(prompts: list[list[int]], neuron_config, num_tokens: int) -> None:
@@ -65,8 +66,8 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     resolve_device(args.device)  # a bad or absent device is refused before weights or goldens are made
     model_dir = resolve_model_dir(args.model, num_layers=args.layers)
     hf_config = load_hf_config(model_dir)
-    from ..model.modeling_granite import head_plan
-    head_plan(hf_config, args.tp)  # a bad TP degree is refused before any reference work
+    from ..model.auto import parallel_plan
+    parallel_plan(hf_config, args.tp, args.moe_ep)  # a bad TP degree is refused before any reference work
     prompts = encode_prompts(raw, model_dir, hf_config.vocab_size)
     check_lengths(prompts, build_neuron_config(args.batch_size, args.seq_len, args.buckets, args.tp, args.dtype),
                   args.num_tokens)
@@ -77,7 +78,8 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     profile, framework = calibrate_on_framework(profile, goldens, args.dtype, args.tolerance, console.print)
     # the folder resolved above (a preset already cut to --layers): the same files the goldens describe
     runner = build_runner(str(model_dir), dtype=args.dtype, device=args.device, tp_degree=args.tp,
-                          batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile)
+                          batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile,
+                          moe_ep_degree=args.moe_ep)
     try:
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts))

@@ -1,4 +1,5 @@
-"""HF Transformers side by side: the same checkpoint files through `GraniteForCausalLM.generate`, timed per token.
+"""HF Transformers side by side: the same checkpoint files through HF's own model class (GraniteForCausalLM,
+GraniteMoeForCausalLM, ...) and its `generate`, timed per token.
 
 Two baselines, as a user would run HF: `eager` (generate with its default dynamic cache) and `static`
 (`cache_implementation="static"`; HF compiles it on its own only on accelerators). A logits processor stamps the
@@ -11,19 +12,31 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GraniteForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from ..model.config import DTYPES
+from ..reference.hf_classes import hf_model_class
 from .timing import GenerationTiming, now_ns
 
-HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static"}   # name -> cache_implementation
+HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static", "hf_grouped_mm": None,
+                      "hf_batched_mm": None}   # name -> cache_implementation
+# name -> HF's experts implementation (MoE models; transformers' own default is grouped_mm)
+HF_EXPERTS = {"hf_eager": "eager", "hf_static": "eager", "hf_grouped_mm": "grouped_mm", "hf_batched_mm": "batched_mm"}
+
+
+def use_experts_implementation(model: PreTrainedModel, baseline: str) -> str | None:
+    """Switch a MoE model to the baseline's experts implementation; None for a model without experts."""
+    if not any(type(m).__name__.endswith("Experts") for m in model.modules()):
+        return None
+    model.set_experts_implementation(HF_EXPERTS[baseline])
+    return HF_EXPERTS[baseline]
 HF_ATTENTION = "sdpa"            # HF's default attention kernel, what a user of generate gets
 
 
 def load_hf_model(model_dir: Path, dtype: str = "float32", device: str = "cpu",
-                  attn_implementation: str = HF_ATTENTION) -> GraniteForCausalLM:
-    """HF Granite on the same files as the implementation, in the implementation's dtype."""
-    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+                  attn_implementation: str = HF_ATTENTION) -> PreTrainedModel:
+    """HF's model for the checkpoint on the same files as the implementation, in the implementation's dtype."""
+    model = hf_model_class(model_dir).from_pretrained(model_dir, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     return model.to(device).eval()
 
 
@@ -42,7 +55,7 @@ class _TokenClock(LogitsProcessor):
 
 
 @torch.no_grad()
-def time_hf_generation(model: GraniteForCausalLM, prompts: list[list[int]], new_tokens: int, cache: str | None,
+def time_hf_generation(model: PreTrainedModel, prompts: list[list[int]], new_tokens: int, cache: str | None,
                        sync, pad_token_id: int = 0) -> GenerationTiming:
     """Greedy generate of exactly `new_tokens` per row (prompts of one length, so no padding)."""
     if len({len(p) for p in prompts}) != 1:

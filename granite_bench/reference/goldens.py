@@ -11,7 +11,7 @@ long-context presets use a small vocabulary.
 Layout of a golden directory (written to a temp folder, then renamed):
     golden.json                 format version, key (what determined it), run metadata, one entry per prompt
     prompt-00000.safetensors    prompt_ids [L] int64, tokens [T] int64, logits [L+T, V] fp32,
-                                hidden.<layer>.<attention|mlp> [L+T, H] fp32
+                                hidden.<layer>.<k>.<sub-block> [L+T, X] fp32 (k: order within the layer)
 The key: checkpoint content fingerprint, prompt ids (and their sha256), number of tokens, reference dtype, HF
 attention implementation, transformers version. Automatic reuse looks in GRANITE_BENCH_CACHE/goldens under a
 name derived from checkpoint fingerprint + prompts + num tokens, and reuses a golden only when every key field
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: sub-blocks stored with their execution order (MoE routers, experts, shared MLPs)
 GOLDEN_FILE = "golden.json"
 REFERENCE_DTYPE = "float32"
 
@@ -44,7 +44,7 @@ class PromptGolden:
     prompt: list[int]
     tokens: list[int]                                   # the reference's greedy tokens
     logits: torch.Tensor                                # [len(prompt) + len(tokens), V] fp32
-    hidden: list | None = field(default_factory=list)   # [(layer, "attention"|"mlp", Tensor[L + T, H] fp32)]
+    hidden: list | None = field(default_factory=list)   # [(layer, sub-block, Tensor[L + T, X] fp32)]
     file: Path | None = None                            # stored goldens: hidden states are read from here on demand
 
     def residual_streams(self) -> list:
@@ -63,9 +63,10 @@ class PromptGolden:
     def _read_streams(self, index) -> list:
         from safetensors import safe_open
         with safe_open(str(self.file), framework="pt") as handle:
-            names = [n for n in handle.keys() if n.startswith("hidden.")]
-            order = sorted(names, key=lambda n: (int(n.split(".")[1]), n.split(".")[2] != "attention"))
-            return [(int(n.split(".")[1]), n.split(".")[2], handle.get_slice(n)[index]) for n in order]
+            names = [n.split(".") for n in handle.keys() if n.startswith("hidden.")]
+            order = sorted(names, key=lambda parts: (int(parts[1]), int(parts[2])))   # execution order
+            return [(int(layer), sub, handle.get_slice(".".join(("hidden", layer, k, sub)))[index])
+                    for _, layer, k, sub in order]
 
 
 def prompts_digest(prompts: list[list[int]]) -> str:
@@ -123,7 +124,8 @@ def save_goldens(goldens: list[PromptGolden], key: dict, directory: Path, metada
         for i, g in enumerate(goldens):
             tensors = {"prompt_ids": torch.tensor(g.prompt, dtype=torch.int64),
                        "tokens": torch.tensor(g.tokens, dtype=torch.int64), "logits": g.logits.contiguous()}
-            tensors.update({f"hidden.{layer}.{sub}": h.contiguous() for layer, sub, h in g.residual_streams()})
+            tensors.update({f"hidden.{layer}.{k}.{sub}": h.contiguous()
+                            for k, (layer, sub, h) in enumerate(g.residual_streams())})
             save_file(tensors, str(tmp / prompt_file(i)), metadata={"format_version": str(FORMAT_VERSION)})
             entries.append({"file": prompt_file(i), "prompt_len": len(g.prompt), "num_tokens": len(g.tokens),
                             "positions": int(g.logits.shape[0]), "vocab": int(g.logits.shape[1])})

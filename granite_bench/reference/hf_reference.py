@@ -1,11 +1,15 @@
-"""The golden: HF Transformers GraniteForCausalLM, fp32, CPU, on the same checkpoint files as the implementation."""
+"""The golden: HF Transformers' own model class for the checkpoint's architecture (GraniteForCausalLM,
+GraniteMoeForCausalLM, ...), fp32, CPU, on the same checkpoint files as the implementation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import GraniteForCausalLM
+from transformers import PreTrainedModel
+
+from ..model.registry import architecture
+from .hf_classes import hf_model_class
 
 
 class MemoryBudgetError(ValueError):
@@ -50,10 +54,10 @@ def offload_device_map(model_dir: Path, max_memory: int, dtype: torch.dtype = to
     streams each such layer's weights from the checkpoint's own safetensors files just before the layer runs and
     drops them after)."""
     from accelerate import init_empty_weights
-    from transformers import GraniteConfig
-    config = GraniteConfig.from_pretrained(model_dir)
+    model_class = hf_model_class(model_dir)
+    config = model_class.config_class.from_pretrained(model_dir)
     with init_empty_weights():
-        empty = GraniteForCausalLM(config)
+        empty = model_class(config)
     size = torch.finfo(dtype).bits // 8
     layer_bytes = sum(p.numel() for p in empty.model.layers[0].parameters()) * size
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()  # the LM head is the embedding
@@ -72,24 +76,25 @@ def offload_device_map(model_dir: Path, max_memory: int, dtype: torch.dtype = to
 
 
 def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memory: str | int | None = None,
-                   offload_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> GraniteForCausalLM:
-    """HF's own GraniteForCausalLM on the CPU, in fp32 (the golden) or `dtype` (the framework's own error in a lower
+                   offload_dir: Path | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """HF's own model class for the checkpoint (the registry names it) on the CPU, in fp32 (the golden) or `dtype` (the framework's own error in a lower
     dtype, see framework_error.py). With `max_memory`, accelerate keeps only what fits in memory
     and streams the other decoder layers from the checkpoint files layer by layer (see offload_device_map)."""
+    model_class = hf_model_class(model_dir)
     if max_memory is None:
-        model = GraniteForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
+        model = model_class.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
         return model.eval()
     budget = parse_memory(max_memory) if isinstance(max_memory, str) else int(max_memory)
     device_map = offload_device_map(Path(model_dir), budget, dtype)
     import tempfile
     offload = Path(offload_dir) if offload_dir is not None else Path(tempfile.mkdtemp(prefix="granite-bench-offload-"))
-    model = GraniteForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation,
-                                               device_map=device_map, offload_folder=str(offload))
+    model = model_class.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation,
+                                        device_map=device_map, offload_folder=str(offload))
     return model.eval()
 
 
 @torch.no_grad()
-def greedy_tokens(model: GraniteForCausalLM, prompt: list[int], num_tokens: int) -> list[int]:
+def greedy_tokens(model: PreTrainedModel, prompt: list[int], num_tokens: int) -> list[int]:
     """N greedy tokens for one prompt (no early stop, HF's default cache)."""
     ids = torch.tensor([prompt])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=num_tokens,
@@ -98,21 +103,42 @@ def greedy_tokens(model: GraniteForCausalLM, prompt: list[int], num_tokens: int)
 
 
 @torch.no_grad()
-def forward_with_hidden_states(model: GraniteForCausalLM, tokens: list[int]):
-    """Logits [L, V] of every position, plus each layer's residual stream after attention and after the MLP,
-    as [(layer, "attention"|"mlp", Tensor[L, H])]."""
+def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
+    """Logits [L, V] of every position, plus what localisation compares at each of the architecture's sub-blocks
+    (the registry's `sub_blocks`: residual streams after attention and after the MLP, a MoE router's routing, the
+    experts' and shared MLP's outputs), as [(layer, sub-block, Tensor[L, X])] in execution order."""
     captured = []
     hooks = []
+    sub_blocks = architecture(model.config.model_type).sub_blocks
     for idx, layer in enumerate(model.model.layers):
-        # input of post_attention_layernorm == residual stream after the attention branch
-        hooks.append(layer.post_attention_layernorm.register_forward_pre_hook(
-            lambda _m, args, idx=idx: captured.append((idx, "attention", args[0][0].clone()))))
-        hooks.append(layer.register_forward_hook(
-            lambda _m, _args, output, idx=idx: captured.append(
-                (idx, "mlp", (output[0] if isinstance(output, tuple) else output)[0].clone()))))
+        for sub in sub_blocks:
+            try:
+                module = layer.get_submodule(sub.hf_module) if sub.hf_module else layer
+            except AttributeError:
+                continue   # this layer has no such block (a shared MLP of size 0, a layer of another kind)
+            hooks.append(capture_hook(module, idx, sub, captured))
     try:
         logits = model(torch.tensor([tokens])).logits[0]
     finally:
         for hook in hooks:
             hook.remove()
     return logits.float(), captured
+
+
+def capture_hook(module: torch.nn.Module, layer: int, sub, captured: list):
+    """Register the hook that appends (layer, sub.name, Tensor[L, X]) when `module` runs (batch of one)."""
+    def tokens_first(tensor: torch.Tensor) -> torch.Tensor:   # [1, L, X] or flattened [L, X] -> [L, X]
+        return (tensor[0] if tensor.dim() == 3 else tensor).detach().clone()
+
+    if sub.capture == "input":
+        return module.register_forward_pre_hook(
+            lambda _m, args: captured.append((layer, sub.name, tokens_first(args[0]))))
+    if sub.capture == "routing":
+        def routing(_m, _args, output):   # (router logits, top-k weights, top-k index) -> [L, E] routing weights
+            logits, weights, index = output
+            dense = torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, index, weights.float())
+            captured.append((layer, sub.name, tokens_first(dense)))
+        return module.register_forward_hook(routing)
+    return module.register_forward_hook(
+        lambda _m, _args, output: captured.append(
+            (layer, sub.name, tokens_first(output[0] if isinstance(output, tuple) else output))))

@@ -22,7 +22,8 @@ class PresetError(ValueError):
 class Preset:
     name: str
     description: str = ""
-    config: dict = field(default_factory=dict)      # GraniteConfig keyword arguments
+    model_type: str = "granite"                     # the architecture (model/registry.py); its HF config class
+    config: dict = field(default_factory=dict)      # keyword arguments of that config class
     init: dict = field(default_factory=dict)        # random-weight init (seed, target spreads)
     checkpoint: Path | None = None                  # committed checkpoint folder instead of random weights
     checkpoint_dtype: str | None = None             # dtype random weights are stored in (real checkpoints: bf16)
@@ -46,6 +47,7 @@ def load_preset(name: str) -> Preset:
     return Preset(
         name=data.get("name", name),
         description=data.get("description", ""),
+        model_type=str(data.get("model_type", "granite")),
         config=dict(data.get("config") or {}),
         init=dict(data.get("init") or {}),
         checkpoint=(MODELS_DIR / checkpoint) if checkpoint else None,

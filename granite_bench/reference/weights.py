@@ -17,8 +17,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import GraniteConfig, GraniteForCausalLM
+from transformers import PretrainedConfig
 
+from ..model.registry import architecture
+
+from .hf_classes import hf_config_class
 from .presets import Preset, PresetError, load_preset
 
 INIT_FILE = "granite_bench_init.json"
@@ -37,12 +40,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("GRANITE_BENCH_CACHE", Path.home() / ".cache" / "granite-bench"))
 
 
-def preset_config(preset: Preset, num_layers: int | None = None) -> GraniteConfig:
+def preset_config(preset: Preset, num_layers: int | None = None) -> PretrainedConfig:
+    """The preset's shape as its architecture's HF config (GraniteConfig, GraniteMoeConfig, ...)."""
     kwargs = dict(preset.config)
     if num_layers is not None:
         kwargs["num_hidden_layers"] = num_layers
     try:
-        return GraniteConfig(**kwargs)
+        return hf_config_class(preset.model_type)(**kwargs)
     except (TypeError, ValueError) as err:
         raise PresetError(f"preset '{preset.name}' has a bad config: {err}") from None
 
@@ -79,7 +83,7 @@ def resolve_model_dir(model: str, num_layers: int | None = None, dtype: str | No
     return target
 
 
-def init_constants(config: GraniteConfig, init: dict) -> dict:
+def init_constants(config: PretrainedConfig, init: dict) -> dict:
     """q/k gain and final norm gain of the seeded init, derived from the config (recorded beside the weights)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     # q·k over head_dim terms of (q_gain·k_gain) unit-variance products, times attention_multiplier.
@@ -89,12 +93,16 @@ def init_constants(config: GraniteConfig, init: dict) -> dict:
     return {"qk_gain": qk_gain, "final_norm_gain": final_norm_gain}
 
 
-def seeded_parameters(config: GraniteConfig, init: dict):
-    """(name, fp32 tensor) of every parameter of GraniteForCausalLM(config), one at a time in module order, drawn
+def seeded_parameters(config: PretrainedConfig, init: dict):
+    """(name, fp32 tensor) of every parameter of HF's model for `config`, one at a time in module order, drawn
     from one seeded generator: whose logits and attention have a realistic spread (HF's default init gives
-    near-uniform logits). A tied lm_head is not yielded (it is the embedding)."""
+    near-uniform logits). A tied lm_head is not yielded (it is the embedding). Names are the checkpoint's: where
+    transformers holds a tensor under another name in memory (fused MoE experts), the name its checkpoints use."""
+    arch = architecture(config.model_type)
+    import transformers
     with torch.device("meta"):
-        shapes = [(name, tuple(p.shape)) for name, p in GraniteForCausalLM(config).named_parameters()]
+        model = getattr(transformers, arch.hf_class)(config)
+        shapes = [(checkpoint_name(name, arch.checkpoint_names), tuple(p.shape)) for name, p in model.named_parameters()]
     gains = init_constants(config, init)
     gen = torch.Generator().manual_seed(int(init["seed"]))
     for name, shape in shapes:
@@ -108,7 +116,16 @@ def seeded_parameters(config: GraniteConfig, init: dict):
             yield name, torch.zeros(shape)
         else:
             gain = gains["qk_gain"] if (".q_proj." in name or ".k_proj." in name) else init["linear_gain"]
-            yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * (gain / math.sqrt(shape[1]))
+            # std gain / sqrt(fan_in): the last dimension of [out, in] and of fused experts [E, out, in]
+            yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * (gain / math.sqrt(shape[-1]))
+
+
+def checkpoint_name(name: str, renames: tuple[tuple[str, str], ...]) -> str:
+    """transformers' in-memory parameter name -> the name its checkpoints store the tensor under."""
+    for in_memory, stored in renames:
+        if name.endswith(in_memory):
+            return name[:-len(in_memory)] + stored
+    return name
 
 
 def parse_size(text: str | int) -> int:
@@ -158,7 +175,7 @@ def write_sharded_safetensors(tensors, directory: Path, max_shard_size: int) -> 
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def create_random_checkpoint(config: GraniteConfig, init: dict, target: Path, dtype: str,
+def create_random_checkpoint(config: PretrainedConfig, init: dict, target: Path, dtype: str,
                              max_shard_size: str | int = "5GB") -> Path:
     """Random seeded weights in `dtype`, written like a real Granite checkpoint (config.json + safetensors, sharded
     with an index above max_shard_size), atomically (temp folder, then rename). Tensors are drawn and written one
@@ -167,9 +184,9 @@ def create_random_checkpoint(config: GraniteConfig, init: dict, target: Path, dt
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        saved = GraniteConfig(**{**config.to_dict()})
+        saved = type(config)(**{**config.to_dict()})
         saved.dtype = torch_dtype
-        saved.architectures = ["GraniteForCausalLM"]
+        saved.architectures = [architecture(config.model_type).hf_class]
         saved.save_pretrained(tmp)
         tensors = ((name, tensor.to(torch_dtype)) for name, tensor in seeded_parameters(config, init))
         write_sharded_safetensors(tensors, tmp, parse_size(max_shard_size))
@@ -191,15 +208,15 @@ def read_init(model_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def load_hf_config(model_dir: Path) -> GraniteConfig:
+def load_hf_config(model_dir: Path) -> PretrainedConfig:
     """The checkpoint's config, through transformers (reads transformers 4.x rope_theta/rope_scaling and 5.x
     rope_parameters alike)."""
     from ..preflight import BadInput, config_json  # the CLI's own check, before torch loads: one reader for both
     try:
-        config_json(Path(model_dir))
+        data = config_json(Path(model_dir))
     except BadInput as err:
         raise PresetError(str(err)) from None
     try:
-        return GraniteConfig.from_pretrained(model_dir)
+        return hf_config_class(data["model_type"]).from_pretrained(model_dir)
     except (TypeError, ValueError, KeyError) as err:
         raise PresetError(f"{Path(model_dir) / 'config.json'} is malformed: {err}") from None

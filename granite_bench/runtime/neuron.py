@@ -16,6 +16,11 @@ How the model is adapted (the CPU/CUDA model code is unchanged):
 - token-generation graphs take a `slots` tensor of their bucket length: ModelBuilder routes a call to a graph by
   its input shapes, and decode buckets differ only in the KV length they attend over.
 ModelBuilder owns the tensor parallelism on Neuron (one SPMD graph over the NeuronCores), so no TPRunner here.
+
+MoE models (granitemoe, granitemoeshared) trace through the experts' static formulations (selective loading in token
+generation, all experts in context encoding: backend/moe.py); their fused expert weights are plain parameters
+sharded by our converter and all-reduced by our own collective, not neuronx-distributed's `ExpertMLPs`. That path
+is even less exercised than the dense one: no Neuron hardware has run it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model import parallel_state as ps
+from ..model.backend import parallel_state as ps
 from ..model.config import NeuronConfig
-from ..model.parallel_layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from ..model.backend.parallel_layers import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 from .devices import require_neuron
 from .errors import InputError
 from .runner import GraniteRunner
@@ -100,7 +105,7 @@ def nxd_layer_factory(dtype: torch.dtype):
     """Functions turning each of our parallel layers into neuronx-distributed's equivalent (same shapes)."""
     from neuronx_distributed.parallel_layers import layers as nxd
 
-    from ..model.modeling_granite import GraniteEmbedding, GraniteHead
+    from ..model.backend.decoder import GraniteEmbedding, GraniteHead
 
     class NxDGraniteHead(nxd.ColumnParallelLinear):
         """LM head: vocabulary padded to a multiple of tp and trimmed by NxD, logits divided by logits_scaling."""
@@ -184,9 +189,9 @@ def make_bucket_graph(hf_config, neuron_config: NeuronConfig, phase: str) -> Buc
     """Called by ModelBuilder (inside its own parallel state) for tracing and for weight sharding."""
     from neuronx_distributed.parallel_layers import parallel_state as nxd_ps
 
-    from ..model.modeling_granite import NeuronGraniteForCausalLM
+    from ..model.auto import build_model
     ps.set_model_parallel_state(nxd_ps.get_tensor_model_parallel_size())
-    model = NeuronGraniteForCausalLM(hf_config, neuron_config)
+    model = build_model(hf_config, neuron_config)
     swap_parallel_layers(model, nxd_layer_factory(neuron_config.dtype))
     return BucketGraph(model.eval(), phase)
 
@@ -269,8 +274,8 @@ class NeuronRunner(GraniteRunner):
         require_neuron()
         from neuronx_distributed.trace.model_builder import ModelBuilder
 
-        from ..model.modeling_granite import NeuronGraniteForCausalLM
-        from ..model.state_dict import load_rank_shard
+        from ..model.auto import build_model
+        from ..model.backend.checkpoint import load_rank_shard
         from ..reference.weights import cache_root, read_init
         from .shards import prepare_shards, shard_cache_dir
 
@@ -280,7 +285,7 @@ class NeuronRunner(GraniteRunner):
         ps.set_model_parallel_state(tp)
         try:
             with torch.device("meta"):
-                dims = partition_dims(NeuronGraniteForCausalLM(hf_config, neuron_config))
+                dims = partition_dims(build_model(hf_config, neuron_config))
         finally:
             ps.destroy_model_parallel()
 

@@ -9,11 +9,10 @@ from typing import Iterable
 
 import torch
 
-from ..model import parallel_state as ps
+from ..model.auto import build_model, convert_checkpoint
+from ..model.backend import parallel_state as ps
+from ..model.backend.checkpoint import load_hf_state_dict
 from ..model.config import BucketError, NeuronConfig, pick_bucket
-from ..model.modeling_granite import NeuronGraniteForCausalLM, head_plan
-from ..model.rope import RotaryEmbedding, rope_parameters
-from ..model.state_dict import convert_hf_state_dict, load_hf_state_dict
 from .errors import InputError
 from .generation import GenerationResult, greedy_generate
 from .graphs import GraphSet
@@ -23,31 +22,29 @@ PAD_TOKEN = 0
 
 def build_neuron_config(batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None,
                         tp_degree: int = 1, dtype: str = "float32", max_context_length: int | None = None,
-                        output_logits: bool = True, fused_qkv: bool = True) -> NeuronConfig:
+                        output_logits: bool = True, fused_qkv: bool = True, moe_ep_degree: int = 1) -> NeuronConfig:
     return NeuronConfig(batch_size=batch_size, sequence_length=seq_len, tp_degree=tp_degree, torch_dtype=dtype,
                         max_context_length=max_context_length or (max(buckets) if buckets else None),
-                        context_encoding_buckets=buckets, output_logits=output_logits, fused_qkv=fused_qkv)
+                        context_encoding_buckets=buckets, output_logits=output_logits, fused_qkv=fused_qkv,
+                        moe_ep_degree=moe_ep_degree)
 
 
 def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",
-                    hf_state: dict | None = None, shard: dict | None = None) -> NeuronGraniteForCausalLM:
+                    hf_state: dict | None = None, shard: dict | None = None) -> torch.nn.Module:
     """This rank's model: modules built with per-rank shapes, then its converted shard loaded strictly
     (`shard`: an already converted rank state dict, as the TP workers read from their sharded checkpoint)."""
     tp, rank = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
-    plan = head_plan(hf_config, tp)
     with torch.device("meta"):
-        model = NeuronGraniteForCausalLM(hf_config, neuron_config)
+        model = build_model(hf_config, neuron_config)
     if shard is not None:
         state = shard
     else:
-        state = convert_hf_state_dict(hf_state if hf_state is not None else load_hf_state_dict(model_dir),
-                                      hf_config, plan, rank, tp, neuron_config.dtype, neuron_config.fused_qkv)
+        state = convert_checkpoint(hf_state if hf_state is not None else load_hf_state_dict(model_dir),
+                                   hf_config, rank, tp, neuron_config)
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True, assign=True)
-    # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the KV cache.
-    model.rotary_emb = RotaryEmbedding(plan.head_dim, neuron_config.sequence_length, rope_parameters(hf_config),
-                                       hf_config.max_position_embeddings).to(device)
-    model.kv_cache.reset()
+    # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the caches.
+    model.reset_static_buffers(device)
     if device == "cpu" and neuron_config.dtype == torch.float32:
         model.lm_head.use_input_major_layout()
     return model.eval()
@@ -56,7 +53,7 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
 class GraniteRunner:
     """Single-process runner (tp_degree 1, or one rank of a TP group driven SPMD); implements contract.Runner."""
 
-    def __init__(self, model: NeuronGraniteForCausalLM, model_dir: Path, hf_config, neuron_config: NeuronConfig,
+    def __init__(self, model: torch.nn.Module, model_dir: Path, hf_config, neuron_config: NeuronConfig,
                  device: str = "cpu", compile: bool = False, init: dict | None = None):
         self.model = model
         self.model_dir = Path(model_dir)
@@ -140,13 +137,13 @@ class HiddenCapture(list):
         self.position = position
 
     def append(self, item) -> None:
-        sub, hidden = item
+        layer, sub, hidden = item
         if self.position is not None:
             hidden = hidden[:, self.position:self.position + 1]
-        super().append((sub, hidden.to(device="cpu", dtype=torch.float32, copy=True)))
+        super().append((layer, sub, hidden.to(device="cpu", dtype=torch.float32, copy=True)))
 
 
 def stack_capture(capture: HiddenCapture, rows: int, length: int):
-    """[(layer, sub, Tensor[B, L, H])] trimmed to the real rows and positions (L = 1 for a one-position capture)."""
+    """[(layer, sub, Tensor[B, L, X])] trimmed to the real rows and positions (L = 1 for a one-position capture)."""
     length = 1 if capture.position is not None else length
-    return [(i // 2, sub, hidden[:rows, :length]) for i, (sub, hidden) in enumerate(capture)]
+    return [(layer, sub, hidden[:rows, :length]) for layer, sub, hidden in capture]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from ..model import parallel_state as ps
+from ..model.backend import parallel_state as ps
 from ..model.config import NeuronConfig
-from ..model.modeling_granite import head_plan
+from ..model.auto import parallel_plan
 from .contract import Runner
 from .devices import require_neuron, resolve_device
 from .runner import GraniteRunner, build_neuron_config, load_rank_model
@@ -15,7 +15,8 @@ from .runner import GraniteRunner, build_neuron_config, load_rank_model
 
 def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1, batch_size: int = 1,
                  seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
-                 num_layers: int | None = None, neuron_config: NeuronConfig | None = None) -> Runner:
+                 num_layers: int | None = None, neuron_config: NeuronConfig | None = None,
+                 moe_ep_degree: int = 1) -> Runner:
     """A loaded runner for a preset name or checkpoint directory: NeuronRunner on --device neuron, TPRunner for
     tp_degree > 1 (unless this process already is one rank of a TP group), else GraniteRunner."""
     from ..reference.weights import load_hf_config, resolve_model_dir
@@ -25,9 +26,11 @@ def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_deg
     model_dir = resolve_model_dir(model, num_layers=num_layers)
     hf_config = load_hf_config(model_dir)
     # refuse a bad TP degree before anything starts
-    head_plan(hf_config, neuron_config.tp_degree if neuron_config is not None else tp_degree)
     if neuron_config is None:
-        neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype)
+        parallel_plan(hf_config, tp_degree, moe_ep_degree)
+        neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype, moe_ep_degree=moe_ep_degree)
+    else:
+        parallel_plan(hf_config, neuron_config.tp_degree, neuron_config.moe_ep_degree)
     if device == "neuron":  # ModelBuilder traces every bucket and owns the TP ranks on the NeuronCores
         from .neuron import NeuronRunner
         return NeuronRunner.start(model_dir, hf_config, neuron_config)
@@ -48,7 +51,7 @@ def single_process_twin(runner: Runner) -> Runner:
     state set to one process, so it issues no collective that the other ranks (serving rank 0's broadcasts) would
     have to join."""
     from .torchrun import spmd_world
-    config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1})
+    config = NeuronConfig.from_dict({**runner.neuron_config.to_dict(), "tp_degree": 1, "moe_ep_degree": 1})
     with ps.single_process_state():
         twin = build_runner(str(runner.model_dir), neuron_config=config, device=runner.device)
     return SingleProcessTwin(twin) if spmd_world() is not None else twin

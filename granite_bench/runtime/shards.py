@@ -1,4 +1,4 @@
-"""Per-rank sharded checkpoints: the HF checkpoint converted once per (checkpoint files, tp, dtype, fused_qkv)
+"""Per-rank sharded checkpoints: the HF checkpoint converted once per (checkpoint files, tp, dtype, fused_qkv, moe_ep_degree)
 into `rank{r}.safetensors` under GRANITE_BENCH_CACHE/shards, reused by later runs (TP ranks and Neuron)."""
 
 from __future__ import annotations
@@ -7,15 +7,16 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..model.auto import convert_checkpoint, parallel_plan
+from ..model.backend.checkpoint import has_sharded_checkpoint, load_hf_state_dict, save_sharded_checkpoint, shard_key
 from ..model.config import NeuronConfig
-from ..model.modeling_granite import head_plan
-from ..model.state_dict import has_sharded_checkpoint, load_hf_state_dict, save_sharded_checkpoint, shard_key
 
 
 def shard_cache_dir(model_dir: Path, neuron_config: NeuronConfig) -> Path:
     """GRANITE_BENCH_CACHE/shards/<model>-<hash of checkpoint files, tp, dtype, fused_qkv>/."""
     from ..reference.weights import cache_root
-    key = shard_key(model_dir, neuron_config.tp_degree, neuron_config.dtype, neuron_config.fused_qkv)
+    key = shard_key(model_dir, neuron_config.tp_degree, neuron_config.dtype, neuron_config.fused_qkv,
+                    neuron_config.moe_ep_degree)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root() / "shards" / f"{Path(model_dir).name}-tp{neuron_config.tp_degree}-{digest}"
 
@@ -25,8 +26,9 @@ def prepare_shards(model_dir: Path, hf_config, neuron_config: NeuronConfig) -> P
     directory = shard_cache_dir(model_dir, neuron_config)
     tp = neuron_config.tp_degree
     if not has_sharded_checkpoint(directory, tp):
-        plan = head_plan(hf_config, tp)
-        manifest = shard_key(model_dir, tp, neuron_config.dtype, neuron_config.fused_qkv)
-        save_sharded_checkpoint(load_hf_state_dict(model_dir), hf_config, plan, tp, neuron_config.dtype, directory,
-                                neuron_config.fused_qkv, manifest)
+        plan = parallel_plan(hf_config, tp, neuron_config.moe_ep_degree)
+        manifest = shard_key(model_dir, tp, neuron_config.dtype, neuron_config.fused_qkv, neuron_config.moe_ep_degree)
+        hf = load_hf_state_dict(model_dir)
+        save_sharded_checkpoint(lambda rank: convert_checkpoint(hf, hf_config, rank, tp, neuron_config), plan, tp,
+                                directory, manifest)
     return directory

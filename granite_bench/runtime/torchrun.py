@@ -7,7 +7,7 @@ import os
 import time
 from datetime import timedelta
 
-from ..model import parallel_state as ps
+from ..model.backend import parallel_state as ps
 from .errors import InputError
 from .shards import prepare_shards, shard_cache_dir
 from .tp_worker import START_TIMEOUT_S, build_rank_runner, serve_spmd

@@ -31,7 +31,7 @@ from typing import Iterable
 import torch
 
 from ..model.config import NeuronConfig
-from ..model.modeling_granite import head_plan
+from ..model.auto import parallel_plan
 from .devices import backend_for, check_devices
 from .graphs import GraphInfo
 from .shards import prepare_shards
@@ -150,7 +150,7 @@ class TPRunner:
         """Start the ranks (or, under torchrun, join them) and load every shard; returns the driver runner."""
         from ..reference.weights import read_init
         tp = neuron_config.tp_degree
-        head_plan(hf_config, tp)  # a bad TP degree is refused before any process starts
+        parallel_plan(hf_config, tp, neuron_config.moe_ep_degree)  # a bad TP degree is refused before any process starts
         timeout_s = float(timeout_s) if timeout_s is not None else collective_timeout(compile)
         runner = cls(model_dir, hf_config, neuron_config, device, compile, read_init(model_dir), timeout_s)
         if spmd_world() is not None:

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import torch
 
-from ..model import parallel_state as ps
+from ..model.backend import parallel_state as ps
 from ..model.config import NeuronConfig
-from ..model.state_dict import load_rank_shard
+from ..model.backend.checkpoint import load_rank_shard
 from .devices import rank_device
 from .graphs import GraphInfo
 from .runner import GraniteRunner, load_rank_model

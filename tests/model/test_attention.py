@@ -7,9 +7,10 @@ import torch
 from transformers import GraniteConfig
 from transformers.models.granite import modeling_granite as hf
 
-from granite_bench.model.attention import GraniteAttention, HeadLayout
-from granite_bench.model.kv_cache import KVCacheManager
-from granite_bench.model.rope import RotaryEmbedding, rope_parameters
+from granite_bench.model.backend.attention import GraniteAttention, HeadLayout
+from granite_bench.model.backend.kv_cache import KVCacheManager
+from granite_bench.model.backend.rope import RotaryEmbedding, rope_parameters
+from granite_bench.model.backend.step import DecodeStep
 
 HIDDEN, HEADS, HEAD_DIM, SEQ = 64, 4, 16, 32
 ATTENTION_MULTIPLIER = 0.0625  # far from 1/sqrt(HEAD_DIM) = 0.25
@@ -72,7 +73,7 @@ def prefill(ours, config, hidden: torch.Tensor, lengths: list[int], cache: KVCac
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     mask = causal[None, None] & attention_mask[:, None, None, :]
     cos, sin = rotary(config, torch.arange(length).expand(batch, length))
-    return ours(hidden, cos, sin, mask, cache)
+    return ours(hidden, DecodeStep(cos, sin, mask), cache)
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def decode(ours, config, hidden: torch.Tensor, positions: list[int], cache: KVCa
     positions = torch.tensor(positions)
     mask = (torch.arange(kv_len)[None] <= positions[:, None])[:, None, None, :]
     cos, sin = rotary(config, positions[:, None])
-    return ours(hidden, cos, sin, mask, cache, positions=positions, kv_len=kv_len)
+    return ours(hidden, DecodeStep(cos, sin, mask, positions=positions, kv_len=kv_len), cache)
 
 
 LAYOUTS = pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa", "mqa"])

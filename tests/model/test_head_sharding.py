@@ -6,7 +6,7 @@ import torch
 from transformers import GraniteConfig
 
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.head_sharding import MAX_TP_DEGREE, TPDegreeError, plan_heads, validate_tp_degree
+from granite_bench.model.backend.head_sharding import MAX_TP_DEGREE, TPDegreeError, plan_heads, validate_tp_degree
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import DEFAULT_INIT, create_random_checkpoint
 from granite_bench.runtime.select import build_runner

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from granite_bench.model.kv_cache import KVCacheManager
+from granite_bench.model.backend.kv_cache import KVCacheManager
 
 LAYERS, BATCH, KV_HEADS, SEQ, HEAD_DIM = 2, 3, 2, 16, 4
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from granite_bench.model import parallel_layers
-from granite_bench.model.parallel_layers import linear
+from granite_bench.model.backend import parallel_layers
+from granite_bench.model.backend.parallel_layers import linear
 
 
 @pytest.fixture

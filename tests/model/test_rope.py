@@ -9,7 +9,7 @@ from transformers import GraniteConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.granite import modeling_granite as hf
 
-from granite_bench.model.rope import RotaryEmbedding, apply_rotary_pos_emb, inv_frequencies, rope_parameters
+from granite_bench.model.backend.rope import RotaryEmbedding, apply_rotary_pos_emb, inv_frequencies, rope_parameters
 
 HEAD_DIM = 32
 ROPE_CONFIGS = {

@@ -5,9 +5,10 @@ import torch
 from transformers import GraniteConfig, GraniteForCausalLM
 
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.head_sharding import plan_heads
+from granite_bench.model.backend.head_sharding import plan_heads
 from granite_bench.model.modeling_granite import NeuronGraniteForCausalLM
-from granite_bench.model.state_dict import convert_hf_state_dict, load_hf_state_dict
+from granite_bench.model.backend.checkpoint import load_hf_state_dict
+from granite_bench.model.modeling_granite import convert_hf_state_dict
 
 HEAD_DIM = 8
 KV = 4 * HEAD_DIM  # rows of k_proj / v_proj (4 KV heads)
@@ -37,8 +38,7 @@ def hf_state(config) -> dict[str, torch.Tensor]:
 
 
 def convert(hf_state, config, tp=1, rank=0, dtype=torch.float32, fused_qkv=True):
-    plan = plan_heads(config.num_attention_heads, config.num_key_value_heads, tp, HEAD_DIM)
-    return convert_hf_state_dict(hf_state, config, plan, rank, tp, dtype, fused_qkv)
+    return convert_hf_state_dict(hf_state, config, rank, tp, dtype, fused_qkv)
 
 
 @pytest.mark.parametrize("kind", ["weight", "bias"])
@@ -75,7 +75,7 @@ def test_tied_checkpoint_gets_an_lm_head_equal_to_the_embedding(tiny_model_dir):
     hf = load_hf_state_dict(tiny_model_dir)
     assert "lm_head.weight" not in hf  # save_pretrained drops the tied copy
     tied_config = GraniteConfig.from_pretrained(tiny_model_dir)
-    out = convert_hf_state_dict(hf, tied_config, plan_heads(8, 2, 1, 16), 0, 1, torch.float32)
+    out = convert_hf_state_dict(hf, tied_config, 0, 1, torch.float32)
     assert torch.equal(out["lm_head.weight"], hf["model.embed_tokens.weight"])
 
 
@@ -167,7 +167,7 @@ def test_load_hf_state_dict_reads_a_sharded_checkpoint(tmp_path):
 
 
 def test_load_hf_state_dict_names_a_missing_weights_file(tmp_path):
-    from granite_bench.model.state_dict import CheckpointError
+    from granite_bench.model.backend.checkpoint import CheckpointError
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_hf_state_dict(tmp_path)
@@ -177,7 +177,7 @@ def test_sharded_checkpoint_is_read_lazily_and_converts_like_the_loaded_dict(hf_
                                                                              monkeypatch):
     from safetensors import safe_open
 
-    from granite_bench.model import state_dict as sd
+    from granite_bench.model.backend import checkpoint as sd
     from granite_bench.reference.weights import write_sharded_safetensors
     write_sharded_safetensors(iter(hf_state.items()), tmp_path, 20_000)
     assert len(list(tmp_path.glob("model-*.safetensors"))) > 2
@@ -215,7 +215,7 @@ def test_sharded_checkpoint_is_read_lazily_and_converts_like_the_loaded_dict(hf_
 
 
 def test_index_naming_a_missing_shard_is_refused_in_one_line(hf_state, tmp_path):
-    from granite_bench.model.state_dict import CheckpointError
+    from granite_bench.model.backend.checkpoint import CheckpointError
     from granite_bench.reference.weights import write_sharded_safetensors
     write_sharded_safetensors(iter(hf_state.items()), tmp_path, 20_000)
     victim = sorted(tmp_path.glob("model-*.safetensors"))[1]

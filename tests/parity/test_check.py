@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from granite_bench.model.attention import grouped_attention
+from granite_bench.model.backend.attention import grouped_attention
 from granite_bench.parity.check import run_parity
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import load_reference

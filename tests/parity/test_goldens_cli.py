@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import transformers
 from typer.testing import CliRunner
 
 from granite_bench.cli import app
@@ -36,7 +37,7 @@ def refuse_reference(monkeypatch):
     def refuse(*_a, **_k):
         pytest.fail("the HF reference model was loaded")
     monkeypatch.setattr(hf_reference, "load_reference", refuse)
-    monkeypatch.setattr(hf_reference.GraniteForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.GraniteForCausalLM, "from_pretrained", refuse)
 
 
 def assert_one_line_exit_two(result, message, *not_written):

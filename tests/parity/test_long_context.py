@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from granite_bench.cli import app
-from granite_bench.model.rope import RotaryEmbedding
+from granite_bench.model.backend.rope import RotaryEmbedding
 
 SUITES = Path(__file__).resolve().parents[2] / "suites" / "parity"
 ORIGINAL_CONTEXT = 8192  # original_max_position_embeddings of the tiny-long-context preset

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.modeling_granite import head_plan
+from granite_bench.model.auto import parallel_plan
 from granite_bench.parity.check import run_parity
 from granite_bench.parity.teacher_forcing import teacher_forced_logits
 from granite_bench.parity.tolerances import profile_for
@@ -67,7 +67,7 @@ def test_tp_parity_passes_against_hf_and_stays_next_to_tp1(preset, name, tp):
 
 
 def test_the_tp_cases_cover_every_head_sharding_strategy_and_a_padded_vocabulary():
-    strategies = {head_plan(load_hf_config(resolve_model_dir(n)), tp).strategy for n, tp in CASES}
+    strategies = {parallel_plan(load_hf_config(resolve_model_dir(n)), tp).strategy for n, tp in CASES}
     assert strategies == {"grouped", "replicate_kv"}
     assert any(load_hf_config(resolve_model_dir(n)).vocab_size % tp for n, tp in CASES)
 

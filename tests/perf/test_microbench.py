@@ -11,8 +11,8 @@ few rounds and keep the JSON:
 import pytest
 import torch
 
-from granite_bench.model.attention import grouped_attention
-from granite_bench.model.kv_cache import KVCacheManager
+from granite_bench.model.backend.attention import grouped_attention
+from granite_bench.model.backend.kv_cache import KVCacheManager
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, SEQ_LEN = 1, 32, 8, 64, 1024   # granite-3.1-2b's head layout, 1k context
 

@@ -8,8 +8,9 @@ import types
 
 import pytest
 import torch
+import transformers
 
-from granite_bench.model.attention import grouped_attention
+from granite_bench.model.backend.attention import grouped_attention
 from granite_bench.parity.check import run_parity, run_parity_on_goldens
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference import goldens as goldens_mod
@@ -28,7 +29,7 @@ def forbid_reference(monkeypatch):
     def refuse(*_a, **_k):
         pytest.fail("the HF reference model was loaded")
     monkeypatch.setattr(hf_reference, "load_reference", refuse)
-    monkeypatch.setattr(hf_reference.GraniteForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.GraniteForCausalLM, "from_pretrained", refuse)
 
 
 @pytest.fixture(scope="module")

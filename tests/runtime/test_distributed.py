@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.head_sharding import TPDegreeError
-from granite_bench.model.modeling_granite import head_plan
-from granite_bench.model.state_dict import convert_hf_state_dict, load_hf_state_dict, load_rank_shard
+from granite_bench.model.backend.head_sharding import TPDegreeError
+from granite_bench.model.backend.checkpoint import load_hf_state_dict, load_rank_shard
+from granite_bench.model.modeling_granite import convert_hf_state_dict
 from granite_bench.reference.weights import load_hf_config
 from granite_bench.parity.metrics import max_logit_difference
 from granite_bench.runtime import devices, shards, tp_runner
@@ -99,7 +99,7 @@ def test_each_rank_shard_is_the_conversion_of_that_rank(tp2, tiny_model_dir):
     hf = load_hf_state_dict(tiny_model_dir)
     for rank in range(2):
         shard = load_rank_shard(tp2.shard_dir, rank)
-        expected = convert_hf_state_dict(hf, config, head_plan(config, 2), rank, 2, torch.float32)
+        expected = convert_hf_state_dict(hf, config, rank, 2, torch.float32)
         assert shard.keys() == expected.keys()
         assert all(torch.equal(shard[k], expected[k]) for k in expected)
     assert sorted(p.name for p in tp2.shard_dir.glob("rank*.safetensors")) == ["rank0.safetensors",
@@ -160,7 +160,7 @@ def test_close_stops_every_rank_and_can_be_called_twice(tiny_model_dir):
 
 @pytest.mark.parametrize("tp, error, message", [
     (0, TPDegreeError, "--tp must be a positive integer"),
-    (3, TPDegreeError, "not divisible by --tp 3"),
+    (3, TPDegreeError, "--tp 3 does not divide hidden_size"),
     (16, TPDegreeError, "exceeds the 8 attention heads"),
     (128, TPDegreeError, "above the supported maximum"),
 ])

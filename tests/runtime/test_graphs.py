@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from granite_bench.model import parallel_state as ps
+from granite_bench.model.backend import parallel_state as ps
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.modeling_granite import GraniteEmbedding, GraniteHead, NeuronGraniteForCausalLM, head_plan
-from granite_bench.model.parallel_layers import ColumnParallelLinear, RowParallelLinear
-from granite_bench.model.state_dict import convert_hf_state_dict, load_hf_state_dict
+from granite_bench.model.backend.decoder import GraniteEmbedding, GraniteHead
+from granite_bench.model.modeling_granite import NeuronGraniteForCausalLM
+from granite_bench.model.backend.parallel_layers import ColumnParallelLinear, RowParallelLinear
+from granite_bench.model.backend.checkpoint import load_hf_state_dict
+from granite_bench.model.modeling_granite import convert_hf_state_dict
 from granite_bench.parity.check import run_parity
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import load_reference
@@ -165,7 +167,7 @@ def test_full_checkpoint_splits_evenly_back_into_each_rank_shard(preset, tp):
     model_dir = resolve_model_dir(preset)
     config = load_hf_config(model_dir)
     hf = load_hf_state_dict(model_dir)
-    shards = [convert_hf_state_dict(hf, config, head_plan(config, tp), r, tp, torch.float32) for r in range(tp)]
+    shards = [convert_hf_state_dict(hf, config, r, tp, torch.float32) for r in range(tp)]
     ps.set_model_parallel_state(tp)
     try:
         with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""HF Granite checkpoint -> one rank's Neuron-style state dict.
+"""Reading HF checkpoints and writing per-rank shards: the pieces every architecture's state-dict converter uses.
 
 QKV fusion (per rank: [q_r; k_r; v_r] so column sharding keeps each rank's own heads), GQA head placement from
 `head_sharding`, tied embeddings (lm_head = embed_tokens when the checkpoint has no lm_head), vocabulary padding of
@@ -8,7 +8,7 @@ the LM head to a multiple of tp, and the dtype cast.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -112,9 +112,20 @@ def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qk
     return out
 
 
-def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, plan: HeadPlan, rank: int, tp: int,
-                          dtype: torch.dtype, fused_qkv: bool = True) -> dict[str, torch.Tensor]:
-    """The state dict of rank `rank` of `tp` for `NeuronGraniteForCausalLM`.
+def convert_attention_and_norms(hf: Mapping[str, torch.Tensor], src: str, plan: HeadPlan, rank: int,
+                                fused_qkv: bool) -> dict[str, torch.Tensor]:
+    """A Granite decoder layer's attention (`self_attn.*`, this rank's heads) and its two RMSNorm weights."""
+    out = {f"self_attn.{k}": v for k, v in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
+    return out
+
+
+def convert_model(hf: Mapping[str, torch.Tensor], config, rank: int, tp: int, dtype: torch.dtype,
+                  convert_layer: Callable[[str], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The state dict of rank `rank` of `tp`: embedding (sharded across the embedding dimension), LM head (tied to
+    the embedding when the checkpoint has none; vocabulary padded to a multiple of tp), final norm, then
+    `convert_layer("model.layers.{i}")` -> {name inside layers.{i}: tensor} for every decoder layer.
 
     Layer by layer: each HF tensor is read (lazily, from a SafetensorsCheckpoint), converted, cast to `dtype` and
     dropped, so the peak is this rank's converted weights plus one layer of the checkpoint."""
@@ -136,28 +147,50 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, plan: HeadPlan
     put("lm_head.weight", shard(lm_head, rank, tp, dim=0))
     del lm_head
     put("norm.weight", hf["model.norm.weight"])
-
     for i in range(config.num_hidden_layers):
-        src, dst = f"model.layers.{i}", f"layers.{i}"
-        for key, value in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items():
-            put(f"{dst}.self_attn.{key}", value)
-        for name in ("gate_proj", "up_proj"):
-            put(f"{dst}.mlp.{name}.weight", shard(hf[f"{src}.mlp.{name}.weight"], rank, tp, dim=0))
-            if f"{src}.mlp.{name}.bias" in hf:
-                put(f"{dst}.mlp.{name}.bias", shard(hf[f"{src}.mlp.{name}.bias"], rank, tp, dim=0))
-        put(f"{dst}.mlp.down_proj.weight", shard(hf[f"{src}.mlp.down_proj.weight"], rank, tp, dim=1))
-        if f"{src}.mlp.down_proj.bias" in hf:
-            put(f"{dst}.mlp.down_proj.bias", hf[f"{src}.mlp.down_proj.bias"])
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            put(f"{dst}.{norm}.weight", hf[f"{src}.{norm}.weight"])
+        for key, value in convert_layer(f"model.layers.{i}").items():
+            put(f"layers.{i}.{key}", value)
     return out
+
+
+def convert_gated_mlp(hf: Mapping[str, torch.Tensor], prefix: str, rank: int, tp: int) -> dict[str, torch.Tensor]:
+    """HF gate_proj/up_proj/down_proj under `prefix` -> this rank's column (gate, up) and row (down) shards."""
+    out = {}
+    for name in ("gate_proj", "up_proj"):
+        out[f"{name}.weight"] = shard(hf[f"{prefix}.{name}.weight"], rank, tp, dim=0)
+        if f"{prefix}.{name}.bias" in hf:
+            out[f"{name}.bias"] = shard(hf[f"{prefix}.{name}.bias"], rank, tp, dim=0)
+    out["down_proj.weight"] = shard(hf[f"{prefix}.down_proj.weight"], rank, tp, dim=1)
+    if f"{prefix}.down_proj.bias" in hf:  # the row-parallel bias is added once, after the all-reduce
+        out["down_proj.bias"] = hf[f"{prefix}.down_proj.bias"]
+    return out
+
+
+def convert_fused_gated_mlp(hf: Mapping[str, torch.Tensor], prefix: str, rank: int, tp: int) -> dict[str, torch.Tensor]:
+    """A gated MLP stored fused (`input_linear` [2S, H]: gate rows, then up rows; `output_linear` [H, S], as Granite
+    MoE's shared MLP) -> this rank's gate_proj / up_proj / down_proj shards."""
+    gate, up = hf[f"{prefix}.input_linear.weight"].chunk(2, dim=0)
+    split = {f"{prefix}.gate_proj.weight": gate, f"{prefix}.up_proj.weight": up,
+             f"{prefix}.down_proj.weight": hf[f"{prefix}.output_linear.weight"]}
+    return convert_gated_mlp(split, prefix, rank, tp)
+
+
+def first_present(hf: Mapping[str, torch.Tensor], *names: str) -> torch.Tensor:
+    """The tensor under the first of `names` the checkpoint has (one tensor, several layouts' names)."""
+    for name in names:
+        if name in hf:
+            return hf[name]
+    raise KeyError(f"checkpoint has none of {', '.join(names)}")
 
 
 # -- per-rank sharded checkpoints ------------------------------------------------------------------------------
 # Converted once by the driver and cached, so each TP rank reads only its own shard (never the whole checkpoint).
 SHARD_FORMAT_VERSION = 1
 # Package files whose code decides a shard's contents (their bytes are part of the shard cache key).
-CONVERTER_SOURCES = ("model/state_dict.py", "model/head_sharding.py", "model/parallel_layers.py")
+def converter_sources() -> tuple[str, ...]:
+    """Every file of the model package (backend, registry, each architecture's converter): a shard's key covers them."""
+    from ...fingerprint import PACKAGE_DIR
+    return tuple(sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / "model").rglob("*.py")))
 SHARD_MANIFEST = "manifest.json"
 
 
@@ -173,19 +206,20 @@ def checkpoint_fingerprint(model_dir: Path) -> list[dict]:
             for n in names]
 
 
-def shard_key(model_dir: Path, tp: int, dtype: torch.dtype, fused_qkv: bool) -> dict:
+def shard_key(model_dir: Path, tp: int, dtype: torch.dtype, fused_qkv: bool, ep: int = 1) -> dict:
     """Everything a set of rank shards depends on (hashed into its cache folder name)."""
-    from ..fingerprint import code_fingerprint
+    from ...fingerprint import code_fingerprint
     return {"format": SHARD_FORMAT_VERSION, "model_dir": str(Path(model_dir).resolve()),
             "files": checkpoint_fingerprint(model_dir), "tp": tp, "dtype": str(dtype).replace("torch.", ""),
-            "fused_qkv": fused_qkv,
+            "fused_qkv": fused_qkv, "moe_ep_degree": ep,
             # the converter and the head plan that wrote the shards: a change to either gives new shards
-            "code": code_fingerprint(*CONVERTER_SOURCES, versions_of=("torch", "safetensors"))}
+            "code": code_fingerprint(*converter_sources(), versions_of=("torch", "safetensors"))}
 
 
-def save_sharded_checkpoint(hf: dict[str, torch.Tensor], config, plan: HeadPlan, tp: int, dtype: torch.dtype,
-                            directory: Path, fused_qkv: bool = True, manifest: dict | None = None) -> list[Path]:
-    """Write rank{r}.safetensors for r in [0, tp) plus a manifest, atomically (temp folder, then rename)."""
+def save_sharded_checkpoint(convert: Callable[[int], dict[str, torch.Tensor]], plan: HeadPlan, tp: int,
+                            directory: Path, manifest: dict | None = None) -> list[Path]:
+    """Write rank{r}.safetensors = convert(r) for r in [0, tp) plus a manifest, atomically (temp folder, then
+    rename)."""
     import os
     import shutil
     import tempfile
@@ -197,7 +231,7 @@ def save_sharded_checkpoint(hf: dict[str, torch.Tensor], config, plan: HeadPlan,
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         for rank in range(tp):
-            state = convert_hf_state_dict(hf, config, plan, rank, tp, dtype, fused_qkv)
+            state = convert(rank)
             save_file(state, str(tmp / shard_file_name(rank)), metadata={"rank": str(rank), "tp": str(tp)})
         info = {**(manifest or {}), "tp": tp, "strategy": plan.strategy, "q_heads": plan.q_heads,
                 "kv_heads": plan.kv_heads, "files": [shard_file_name(r) for r in range(tp)]}

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import parallel_state as ps
 from .kv_cache import KVCacheManager
 from .parallel_layers import ColumnParallelLinear, RowParallelLinear
 from .rope import apply_rotary_pos_emb
+from .step import DecodeStep
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,6 @@ class GraniteAttention(nn.Module):
         self.layout = layout
         self.scaling = float(config.attention_multiplier)
         self.fused_qkv = fused_qkv
-        from . import parallel_state as ps
         tp = ps.get_tensor_model_parallel_size()
         d = layout.head_dim
         q_size, kv_size = layout.q_heads_per_rank * d, layout.kv_heads_per_rank * d
@@ -92,17 +93,17 @@ class GraniteAttention(nn.Module):
     def decode_attention(self, q, k_cache, v_cache, mask):
         return grouped_attention(q, k_cache, v_cache, mask, self.scaling)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                kv_cache: KVCacheManager, positions: torch.Tensor | None = None, kv_len: int = 0) -> torch.Tensor:
-        """Context encoding when `positions` is None, else token generation at `positions` [B] over `kv_len` slots."""
+    def forward(self, hidden: torch.Tensor, step: DecodeStep, kv_cache: KVCacheManager) -> torch.Tensor:
+        """hidden [B, L, H] -> [B, L, H]: context encoding when `step.positions` is None, else token generation at
+        `step.positions` [B] over `step.kv_len` cache slots."""
         q, k, v = self.project_qkv(hidden)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if positions is None:
+        q, k = apply_rotary_pos_emb(q, k, step.cos, step.sin)
+        if step.positions is None:
             kv_cache.update_context_encoding(self.layer_idx, k, v)
-            out = self.prefill_attention(q, k, v, mask)
+            out = self.prefill_attention(q, k, v, step.mask)
         else:
-            kv_cache.update_token_generation(self.layer_idx, k, v, positions)
-            k_all, v_all = kv_cache.read(self.layer_idx, kv_len)
-            out = self.decode_attention(q, k_all, v_all, mask)
+            kv_cache.update_token_generation(self.layer_idx, k, v, step.positions)
+            k_all, v_all = kv_cache.read(self.layer_idx, step.kv_len)
+            out = self.decode_attention(q, k_all, v_all, step.mask)
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
