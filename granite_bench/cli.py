@@ -230,7 +230,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     if folder is not None:
         preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
-    preflight.memory_budget(max_memory, dims)
+    preflight.memory_budget(max_memory, config)
     try:
         profile_for(dtype, tolerance)
     except ValueError as err:
@@ -276,7 +276,7 @@ def reference(
         dims = preflight.check_model(config, None, where=str(folder or model))
         if folder is not None:
             preflight.check_weights(folder, config)
-        preflight.memory_budget(max_memory, dims)
+        preflight.memory_budget(max_memory, config)
         raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
         if not raw:
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")

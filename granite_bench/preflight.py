@@ -417,25 +417,29 @@ def prompts_fit(lengths: list[int | None], largest_bucket: int, seq_len: int, nu
                            f"raise --seq-len or lower --num-tokens")
 
 
-def reference_memory_floor(dims: dict) -> int:
-    """Bytes the fp32 HF reference keeps in memory at the least under --max-memory: embedding (and an untied LM
-    head), final norm, and one decoder layer (the others stream from disk)."""
-    h, q, kv = dims["hidden"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
-    resident = dims["vocab"] * h * (1 if dims["tied"] else 2) + h
-    layer = h * (2 * q + 2 * kv) + 3 * h * dims["intermediate"] + 2 * h
-    return 4 * (resident + layer)
+def reference_memory_floor(config: dict) -> int:
+    """Bytes the fp32 HF reference keeps in memory at the least under --max-memory: the tensors outside the decoder
+    layers (embedding, final norm, an untied LM head) and one decoder layer (the others stream from disk), sized
+    from the architecture's own tensor list (expected_tensor_shapes, so MoE experts count)."""
+    import math
+    total = 0
+    for names, tensor_shape in expected_tensor_shapes(config).items():
+        layer = names[0].split(".")[2] if names[0].startswith("model.layers.") else None
+        if layer in (None, "0"):
+            total += math.prod(tensor_shape)
+    return 4 * total
 
 
-def memory_budget(text: str | None, dims: dict) -> int | None:
+def memory_budget(text: str | None, config: dict) -> int | None:
     """--max-memory as bytes: a size, and one that holds what the reference cannot offload; None when not given."""
     from .schemas import SchemaError, memory_bytes
     try:
         budget = memory_bytes(text)
     except SchemaError as err:
         raise BadInput(str(err)) from None
-    if budget is not None and budget < reference_memory_floor(dims):
+    if budget is not None and budget < reference_memory_floor(config):
         raise BadInput(f"--max-memory {text} cannot hold the fp32 reference's embedding/head plus one decoder layer: "
-                       f"give at least {mib(reference_memory_floor(dims))}")
+                       f"give at least {mib(reference_memory_floor(config))}")
     return budget
 
 
