@@ -388,32 +388,52 @@ def model_shape(config: dict, where: str) -> None:
     typed(GraniteShape, config, str(where))
 
 
-def known_prompt_lengths(prompts: list, model: str, folder: Path | None) -> list[int | None]:
-    """Tokens per prompt where known without torch or transformers: token-id lists and random prompts exactly, texts
-    as their UTF-8 bytes when the model has no tokenizer (the byte-level encoding parity uses then); a text for a
-    model with a tokenizer gives None (checked after it is tokenised)."""
+def known_prompt_lengths(prompts: list, model: str, folder: Path | None) -> list[tuple[int, bool] | None]:
+    """(tokens, exact) per prompt, found without torch or transformers: token-id lists and random prompts exactly;
+    texts as their UTF-8 bytes when the model has no tokenizer (the byte-level encoding parity uses then), or as a
+    lower bound from the checkpoint's tokenizer.json read by `tokenizers` (the tokens without special ones); None
+    where neither is possible (checked after tokenising)."""
     from .schemas import prompt_length
-    has_tokenizer = folder is not None and any((Path(folder) / n).exists()
-                                               for n in ("tokenizer.json", "tokenizer_config.json"))
+    folder = Path(folder) if folder is not None else None
+    has_tokenizer = folder is not None and any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = fast_tokenizer(folder / "tokenizer.json") if has_tokenizer else None
     lengths = []
     for prompt in prompts:
         known = prompt_length(prompt)
-        if known is None and isinstance(prompt, str) and not has_tokenizer:
-            known = len(prompt.encode("utf-8"))
-        lengths.append(known)
+        if known is not None:
+            lengths.append((known, True))
+        elif not has_tokenizer:
+            lengths.append((len(prompt.encode("utf-8")), True))
+        elif tokenizer is not None:
+            lengths.append((len(tokenizer.encode(prompt, add_special_tokens=False).ids), False))
+        else:
+            lengths.append(None)
     return lengths
 
 
-def prompts_fit(lengths: list[int | None], largest_bucket: int, seq_len: int, num_tokens: int) -> None:
+def fast_tokenizer(path: Path):
+    """The `tokenizers` Tokenizer of a tokenizer.json (light: no transformers), or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        from tokenizers import Tokenizer
+        return Tokenizer.from_file(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is left to transformers, after torch loads
+        return None
+
+
+def prompts_fit(lengths: list[tuple[int, bool] | None], largest_bucket: int, seq_len: int, num_tokens: int) -> None:
     """Refuse a prompt the static shapes cannot hold (the same rule the runtime applies after tokenising)."""
-    for i, length in enumerate(lengths):
-        if length is None:
+    for i, known in enumerate(lengths):
+        if known is None:
             continue
+        length, exact = known
+        tokens = f"{length} tokens" if exact else f"at least {length} tokens"
         if length > largest_bucket:
-            raise BadInput(f"prompt {i} has {length} tokens, more than the largest bucket ({largest_bucket}): "
+            raise BadInput(f"prompt {i} has {tokens}, more than the largest bucket ({largest_bucket}): "
                            f"raise --buckets/--seq-len or shorten it")
         if length + num_tokens > seq_len:
-            raise BadInput(f"prompt {i} ({length} tokens) + {num_tokens} new tokens exceeds --seq-len {seq_len}: "
+            raise BadInput(f"prompt {i} ({tokens}) + {num_tokens} new tokens exceeds --seq-len {seq_len}: "
                            f"raise --seq-len or lower --num-tokens")
 
 
