@@ -245,6 +245,12 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")
+    if goldens is not None:  # corrupt goldens are refused before torch loads (standard library only)
+        from .reference.golden_files import GoldenError, verify_golden_set
+        try:
+            verify_golden_set(goldens)
+        except GoldenError as err:
+            raise BadInput(str(err)) from None
     preflight.goldens_match(goldens, len(raw), num_tokens, folder)
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
@@ -282,6 +288,11 @@ def reference(
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
         if out is not None:
             preflight.output_dir(out)
+            from .reference.golden_files import GoldenError, check_goldens_target  # standard library only
+            try:
+                check_goldens_target(out)
+            except GoldenError as err:
+                raise BadInput(str(err)) from None
         if framework_dtype is not None and preflight.dtype_name(framework_dtype, "--framework-dtype") == "float32":
             raise BadInput("--framework-dtype float32 is the reference itself: give bfloat16 or float16")
     except BadInput as err:
@@ -437,13 +448,17 @@ def compare(
     table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    from .gate.sides import check_stored_specs   # no torch: stored runs are checked before transformers loads
+    from .gate.verdict import CompareError as StoredRunError
+    from .results.store import ResultStore
     try:
         out = report_console(table_format)
         preflight.option_ranges("compare", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
                                 error_growth=error_growth, timing_layers=timing_layers, threads=threads)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-    except BadInput as err:
+        check_stored_specs(ResultStore(results_dir), [baseline, candidate])
+    except (BadInput, StoredRunError) as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError
@@ -471,6 +486,8 @@ def compare(
     except (CompareError, TreeError) as err:
         fail(err)
     render(out, comparison)
+    for message in comparison.warnings:
+        warn(message)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 

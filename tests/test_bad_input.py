@@ -105,7 +105,9 @@ def typed_input_files(folder: Path) -> dict[str, Path]:
     paths["goldens-16"] = folder / "goldens-16"
     paths["goldens-16"].mkdir()
     key = {"num_prompts": 2, "num_tokens": 16, "checkpoint_fingerprint": "0" * 64, "prompts_sha256": "1" * 64}
-    (paths["goldens-16"] / "golden.json").write_text(json.dumps({"format_version": 1, "key": key, "prompts": []}))
+    (paths["goldens-16"] / "golden.json").write_text(json.dumps({"format_version": 2, "key": key, "prompts": []}))
+    from granite_bench.reference.golden_files import write_digests
+    write_digests(paths["goldens-16"], ["golden.json"])  # whole by its digests: only its key disagrees
     paths["perf-words-suite"] = folder / "perf-five.yaml"
     paths["perf-words-suite"].write_text("model: tiny-gqa\nrounds: five\n")
     return paths

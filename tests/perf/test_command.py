@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import Progress
 from typer.testing import CliRunner
 
+from granite_bench.fingerprint import package_code_fingerprint
 from granite_bench.perf import sweep
 from granite_bench.perf.command import PerfArgs, run_perf_command
 from granite_bench.perf.grid import GridSpec
@@ -169,3 +170,25 @@ def test_perf_prints_the_busy_warning_with_the_load_it_read(tmp_path, tiny_model
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 1.0, 1.0))
     _, text = run(PerfArgs(small_spec(tiny_model_dir, buckets=[8], baselines=[]), results_dir=None))
     assert "warning: host load average 7.5 (1 min) exceeds" in " ".join(text.split())
+
+
+def test_a_point_stored_by_other_code_is_measured_again_and_the_header_says_why(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    spec = small_spec(tiny_model_dir, baselines=[])
+    run(PerfArgs(spec, results_dir=tmp_path))
+    stored = ResultStore(tmp_path).read("perf_summary")
+    assert set(stored["code_fingerprint"]) == {package_code_fingerprint()}
+    measured = []
+    real = sweep.SweepSession.measure
+
+    def count(self, point):
+        measured.append(point.key)
+        return real(self, point)
+    monkeypatch.setattr(sweep.SweepSession, "measure", count)
+    monkeypatch.setattr("granite_bench.fingerprint.package_code_fingerprint", lambda: "edited-code")
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "0 already stored · 2 stored by other code: re-running · 2 to run" in text
+    assert sorted(measured) == sorted(p.key for p in spec.points())
+    measured.clear()
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "2 already stored · 0 to run" in text and not measured
