@@ -114,6 +114,8 @@ def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
         for sub in sub_blocks:
             try:
                 module = layer.get_submodule(sub.hf_module) if sub.hf_module else layer
+                if sub.requires:
+                    layer.get_submodule(sub.requires)
             except AttributeError:
                 continue   # this layer has no such block (a shared MLP of size 0, a layer of another kind)
             hooks.append(capture_hook(module, idx, sub, captured))
