@@ -101,7 +101,8 @@ class NeuronGraniteMoeHybridForCausalLM(NeuronGraniteBase):
                                 [i for i, k in enumerate(kinds) if k == "mamba"],
                                 self.neuron_config.batch_size, self.layout.kv_heads_per_rank,
                                 self.neuron_config.sequence_length, self.layout.head_dim, self.neuron_config.dtype,
-                                MambaShape.of(self.config, ps.get_tensor_model_parallel_size()), ssm_dtype)
+                                MambaShape.of(self.config, ps.get_tensor_model_parallel_size()),
+                                ssm_state_dtype=ssm_dtype)
 
 
 def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp: int, dtype: torch.dtype,
