@@ -71,3 +71,45 @@ def test_seeded_hybrid_bug_fails_parity_and_is_localised_to_its_sub_block(golden
     phases = {row["phase"] for row in failed}
     if not seeded.bug.in_context_encoding:   # a state bug: prefill is right, the decode after it is not
         assert phases == {"token_generation"}, phases
+
+
+@pytest.fixture(scope="module")
+def hf_written_checkpoint(tmp_path_factory):
+    """A hybrid HF writes itself (save_pretrained) from a config no preset uses: transformers 5's layer-type names,
+    RoPE attention first, 5 heads per group, chunk 7, d_conv 2, in/out_proj biases, no conv bias, top-1 of 3
+    experts; random weights of a realistic spread."""
+    from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+    config = GraniteMoeHybridConfig(
+        vocab_size=300, hidden_size=40, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=16, shared_intermediate_size=20, num_local_experts=3, num_experts_per_tok=1,
+        layer_types=["full_attention", "linear_attention", "linear_attention"], position_embedding_type="rope",
+        mamba_n_heads=10, mamba_n_groups=2, mamba_d_state=6, mamba_d_conv=2, mamba_chunk_size=7,
+        mamba_proj_bias=True, mamba_conv_bias=False, attention_multiplier=0.1, embedding_multiplier=4.0,
+        residual_multiplier=0.4, logits_scaling=2.0, tie_word_embeddings=True, max_position_embeddings=256)
+    torch.manual_seed(11)
+    model = GraniteMoeHybridForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.rand(p.shape) * 7 + 1))
+            elif name.endswith(("norm.weight", ".D")):
+                p.copy_(1 + 0.3 * torch.randn(p.shape))
+            elif name.endswith(("bias", "embed_tokens.weight")):
+                p.copy_(0.5 * torch.randn(p.shape))
+            else:
+                p.copy_(torch.randn(p.shape) / p.shape[-1] ** 0.5)
+    folder = tmp_path_factory.mktemp("hf-hybrid")
+    model.save_pretrained(folder)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (30, 9)]
+    return folder, compute_goldens(model.eval(), prompts, NUM_TOKENS)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_parity_passes_on_a_checkpoint_hf_wrote_from_an_untuned_config(hf_written_checkpoint, tp):
+    folder, golden = hf_written_checkpoint
+    spread = torch.cat([g.logits for g in golden]).std()
+    assert spread > 1.0                                       # not near-uniform logits, where parity is trivial
+    outcome = parity(folder, golden, tp)
+    assert outcome.passed, (outcome.localisation, [s for s in outcome.prompts if not s["passed"]])
