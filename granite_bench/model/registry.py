@@ -320,6 +320,8 @@ def hybrid_parallel_problems(config: dict, dims: dict[str, int], tp: int) -> lis
     """TP over Mamba heads keeps whole B/C groups on a rank, so it must divide both heads and groups."""
     m = mamba_sizes(config, dims)
     problems = []
+    if "mamba" not in hybrid_layer_kinds(config.get("layer_types"), dims["layers"]):
+        return problems   # attention layers only (granite-4.0-micro): no Mamba head is sharded
     for key, value in (("mamba_n_heads", m["mamba_heads"]), ("mamba_n_groups", m["mamba_groups"])):
         if value % tp:
             problems.append(f"--tp {tp} does not divide {key} {value}: a rank must hold whole Mamba heads and "

@@ -45,6 +45,8 @@ def preset_config(preset: Preset, num_layers: int | None = None) -> PretrainedCo
     kwargs = dict(preset.config)
     if num_layers is not None:
         kwargs["num_hidden_layers"] = num_layers
+        if isinstance(kwargs.get("layer_types"), list):   # a per-layer list is cut with the layers
+            kwargs["layer_types"] = kwargs["layer_types"][:num_layers]
     try:
         return hf_config_class(preset.model_type)(**kwargs)
     except (TypeError, ValueError) as err:
