@@ -317,15 +317,19 @@ def hybrid_config_problems(config: dict, dims: dict[str, int]) -> list[str]:
 
 
 def hybrid_parallel_problems(config: dict, dims: dict[str, int], tp: int) -> list[str]:
-    """TP over Mamba heads keeps whole B/C groups on a rank, so it must divide both heads and groups."""
+    """TP over Mamba heads: tp must divide the heads, and either divide the groups (a rank holds whole groups) or
+    be a multiple of them (tp / groups ranks share one group's B/C); anything else would split a rank's heads
+    across groups."""
     m = mamba_sizes(config, dims)
     problems = []
     if "mamba" not in hybrid_layer_kinds(config.get("layer_types"), dims["layers"]):
         return problems   # attention layers only (granite-4.0-micro): no Mamba head is sharded
-    for key, value in (("mamba_n_heads", m["mamba_heads"]), ("mamba_n_groups", m["mamba_groups"])):
-        if value % tp:
-            problems.append(f"--tp {tp} does not divide {key} {value}: a rank must hold whole Mamba heads and "
-                            f"groups; choose a TP degree that divides it")
+    if m["mamba_heads"] % tp:
+        problems.append(f"--tp {tp} does not divide mamba_n_heads {m['mamba_heads']}: choose a TP degree that "
+                        f"divides it")
+    elif m["mamba_groups"] % tp and tp % m["mamba_groups"]:
+        problems.append(f"--tp {tp} splits the Mamba groups (mamba_n_groups {m['mamba_groups']}): choose a TP "
+                        f"degree that divides the groups or is a multiple of them")
     if dims["experts"] > 0 and dims["intermediate"] % tp:
         problems.append(f"--tp {tp} does not divide intermediate_size {dims['intermediate']}: choose a TP degree "
                         f"that divides it")

@@ -48,9 +48,16 @@ def test_layer_types_of_the_wrong_length_are_refused(hybrid_dir, tmp_path):
     one_line_refusal(["parity", *FAST, "--model", str(bad)], "layer_types lists 2 layers but num_hidden_layers is 4")
 
 
-def test_a_tp_degree_that_splits_a_mamba_group_is_refused(hybrid_dir):
-    one_line_refusal(["parity", *FAST, "--model", str(hybrid_dir), "--tp", "4"],
-                     "--tp 4 does not divide mamba_n_groups 2")
+def test_a_tp_degree_that_splits_a_mamba_group_is_refused(hybrid_dir, tmp_path):
+    """12 heads in 3 groups over 2 ranks: rank 0 would hold heads of groups 0 and 1."""
+    bad = edited_copy(hybrid_dir, tmp_path / "groups", mamba_n_heads=12, mamba_n_groups=3, mamba_expand=3)
+    one_line_refusal(["parity", *FAST, "--model", str(bad), "--tp", "2"],
+                     "--tp 2 splits the Mamba groups (mamba_n_groups 3)")
+
+
+def test_a_tp_degree_that_does_not_divide_the_mamba_heads_is_refused(hybrid_dir, tmp_path):
+    bad = edited_copy(hybrid_dir, tmp_path / "heads", mamba_n_heads=2, mamba_n_groups=1, mamba_d_head=64)
+    one_line_refusal(["parity", *FAST, "--model", str(bad), "--tp", "4"], "--tp 4 does not divide mamba_n_heads 2")
 
 
 def test_a_checkpoint_whose_conv_tensor_does_not_match_its_config_is_refused(hybrid_dir, tmp_path):
@@ -96,4 +103,5 @@ def test_registry_shapes_name_every_tensor_hf_writes_for_a_hybrid(tmp_path):
     assert {k: written[k] for k in written if k not in biases} == expected
     assert config_problems(architecture("granitemoehybrid"), data) == []
     assert parallel_problems(architecture("granitemoehybrid"), data, 2) == []
-    assert "mamba_n_groups 2" in parallel_problems(architecture("granitemoehybrid"), data, 4)[0]
+    assert parallel_problems(architecture("granitemoehybrid"), data, 4) == []      # 2 ranks per group
+    assert any("mamba_n_heads 8" in p for p in parallel_problems(architecture("granitemoehybrid"), data, 16))

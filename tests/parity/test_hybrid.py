@@ -47,8 +47,11 @@ def parity(model_dir, golden, tp: int = 1):
         runner.close()
 
 
-@pytest.mark.parametrize("name, tp", [("tiny-hybrid", 1), ("tiny-hybrid-dense", 1), ("tiny-hybrid", 2)])
+@pytest.mark.parametrize("name, tp", [("tiny-hybrid", 1), ("tiny-hybrid-dense", 1), ("tiny-hybrid", 2),
+                                      ("tiny-hybrid-dense", 2)])
 def test_hybrid_parity_passes_in_fp32(goldens, name, tp):
+    """tiny-hybrid at TP 2: a whole group per rank; tiny-hybrid-dense at TP 2: both ranks share its one group (B/C
+    copied, the gated norm's mean square all-reduced)."""
     model_dir, golden = goldens(name)
     outcome = parity(model_dir, golden, tp)
     assert outcome.passed, (outcome.localisation, [s for s in outcome.prompts if not s["passed"]])

@@ -13,8 +13,11 @@ Two paths, as in a Neuron port:
   last real token; the conv state is gathered at each row's own last real tokens.
 - token generation: one recurrent step per row, reading and writing the row's conv and SSM state in place.
 
-Tensor parallelism splits the heads: each rank holds heads / tp heads and n_groups / tp whole groups (their
-in_proj columns, conv channels, A/D/dt_bias, norm weights, out_proj rows); out_proj's all-reduce completes it.
+Tensor parallelism splits the heads: each rank holds heads / tp heads (their in_proj columns, conv channels,
+A/D/dt_bias, norm weights, out_proj rows); out_proj's all-reduce completes it. Where tp divides n_groups, a rank
+holds n_groups / tp whole groups. Where n_groups divides tp (Granite 4.0-H has one group), the tp / n_groups ranks
+of a group each hold a copy of its B/C and a slice of its heads, and the gated norm's per-group mean square is
+all-reduced over them (one [tokens, n_groups] fp32 all-reduce per Mamba layer).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from . import parallel_state as ps
-from .parallel_layers import ColumnParallelLinear, RowParallelLinear, divide
+from .parallel_layers import ColumnParallelLinear, RowParallelLinear, divide, reduce_from_tp_region
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class MambaShape:
     state: int          # d_state
     conv_kernel: int
     chunk: int
+    ranks_per_group: int = 1    # > 1: this many ranks share one group (B/C replicated, norm all-reduced)
+    group_index: int = 0        # the group this rank's heads belong to, when ranks share one
+    total_groups: int = 1
 
     @property
     def inner(self) -> int:             # this rank's slice of mamba_expand * hidden
@@ -52,11 +58,15 @@ class MambaShape:
         return self.inner + self.conv_channels + self.heads
 
     @classmethod
-    def of(cls, config, tp: int) -> "MambaShape":
-        heads = int(config.mamba_n_heads)
-        head_dim = int(config.mamba_d_head)
-        return cls(divide(heads, tp), head_dim, divide(int(config.mamba_n_groups), tp), int(config.mamba_d_state),
-                   int(config.mamba_d_conv), int(config.mamba_chunk_size))
+    def of(cls, config, tp: int, rank: int = 0) -> "MambaShape":
+        heads, head_dim, groups = int(config.mamba_n_heads), int(config.mamba_d_head), int(config.mamba_n_groups)
+        sizes = (divide(heads, tp), head_dim)
+        rest = (int(config.mamba_d_state), int(config.mamba_d_conv), int(config.mamba_chunk_size))
+        if groups % tp == 0:
+            return cls(*sizes, groups // tp, *rest, total_groups=groups)
+        ranks_per_group = divide(tp, groups)
+        return cls(*sizes, 1, *rest, ranks_per_group=ranks_per_group, group_index=rank // ranks_per_group,
+                   total_groups=groups)
 
 
 def heads_of_groups(bc: torch.Tensor, heads: int) -> torch.Tensor:
@@ -119,19 +129,33 @@ def recurrent_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
 
 class GatedGroupRMSNorm(nn.Module):
     """HF's `GraniteMoeHybridRMSNormGated`: y * silu(gate), then RMS-normalised per group of `group_size`
-    channels (fp32), times the weight. The gate is applied before the norm."""
+    channels (fp32), times the weight. The gate is applied before the norm.
 
-    def __init__(self, channels: int, group_size: int, eps: float, dtype: torch.dtype):
+    With `ranks_per_group` > 1 this rank holds a slice of one group (`group_index` of `total_groups`): its sum of
+    squares goes into that group's slot of a [..., total_groups] vector, all-reduced over the TP ranks."""
+
+    def __init__(self, channels: int, group_size: int, eps: float, dtype: torch.dtype, ranks_per_group: int = 1,
+                 group_index: int = 0, total_groups: int = 1):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels, dtype=dtype), requires_grad=False)
         self.group_size = group_size
         self.eps = eps
+        self.ranks_per_group, self.group_index, self.total_groups = ranks_per_group, group_index, total_groups
+
+    def mean_square(self, grouped: torch.Tensor) -> torch.Tensor:
+        """[..., g, channels of a group held here] fp32 -> the mean square of each whole group [..., g, 1]."""
+        if self.ranks_per_group == 1:
+            return grouped.pow(2).mean(-1, keepdim=True)
+        slot = nn.functional.one_hot(torch.tensor(self.group_index, device=grouped.device), self.total_groups)
+        partial = grouped.pow(2).sum(-1) * slot                                # [..., total_groups]
+        whole = reduce_from_tp_region(partial)[..., self.group_index:self.group_index + 1]
+        return (whole / (self.group_size * self.ranks_per_group)).unsqueeze(-1)
 
     def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """y (fp32), gate [..., C] -> fp32 [..., C]."""
         gated = y.float() * nn.functional.silu(gate.float())
         grouped = gated.unflatten(-1, (-1, self.group_size))
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        grouped = grouped * torch.rsqrt(self.mean_square(grouped) + self.eps)
         return self.weight.float() * grouped.flatten(-2)
 
 
@@ -140,9 +164,9 @@ class MambaMixer(nn.Module):
 
     def __init__(self, config, layer_idx: int, dtype: torch.dtype):
         super().__init__()
-        tp = ps.get_tensor_model_parallel_size()
+        tp, rank = ps.get_tensor_model_parallel_size(), ps.get_tensor_model_parallel_rank()
         self.layer_idx = layer_idx
-        self.shape = shape = MambaShape.of(config, tp)
+        self.shape = shape = MambaShape.of(config, tp, rank)
         limit = getattr(config, "time_step_limit", None) or (0.0, float("inf"))
         self.time_step_limit = (float(limit[0]), float(limit[1]))
         self.in_proj = ColumnParallelLinear(config.hidden_size, shape.projection * tp,
@@ -155,7 +179,8 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(shape.heads, dtype=dtype), requires_grad=False)
         self.dt_bias = nn.Parameter(torch.empty(shape.heads, dtype=dtype), requires_grad=False)
         group_size = shape.inner // shape.groups
-        self.norm = GatedGroupRMSNorm(shape.inner, group_size, config.rms_norm_eps, dtype)
+        self.norm = GatedGroupRMSNorm(shape.inner, group_size, config.rms_norm_eps, dtype, shape.ranks_per_group,
+                                      shape.group_index, shape.total_groups)
         self.out_proj = RowParallelLinear(shape.inner * tp, config.hidden_size, bias=bool(config.mamba_proj_bias),
                                           input_is_parallel=True, dtype=dtype)
 
@@ -242,16 +267,21 @@ class MambaMixer(nn.Module):
 
 def projection_rows(config, rank: int, tp: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of HF's in_proj ([gate | x | B | C | dt], all heads) that rank `rank` of `tp` holds, in its own order
-    [gate_r | x_r | B_r | C_r | dt_r], and the rows of HF's conv1d ([x | B | C]) it holds."""
+    [gate_r | x_r | B_r | C_r | dt_r], and the rows of HF's conv1d ([x | B | C]) it holds. B/C: the rank's own
+    groups, or a copy of the one group its heads read when ranks share a group."""
     heads, head_dim = int(config.mamba_n_heads), int(config.mamba_d_head)
     groups, state = int(config.mamba_n_groups), int(config.mamba_d_state)
     inner, bc = heads * head_dim, groups * state
-    per_inner, per_bc, per_heads = divide(inner, tp), divide(bc, tp), divide(heads, tp)
+    per_inner, per_heads = divide(inner, tp), divide(heads, tp)
+    shape = MambaShape.of(config, tp, rank)
+    per_bc = shape.groups * state
+    bc_block = rank if shape.ranks_per_group == 1 else shape.group_index   # which per_bc rows of B (and of C)
 
-    def part(start: int, size: int) -> torch.Tensor:
-        return torch.arange(start + rank * size, start + (rank + 1) * size)
+    def part(start: int, size: int, index: int = rank) -> torch.Tensor:
+        return torch.arange(start + index * size, start + (index + 1) * size)
 
-    x, B, C = part(inner, per_inner), part(2 * inner, per_bc), part(2 * inner + bc, per_bc)
+    x = part(inner, per_inner)
+    B, C = part(2 * inner, per_bc, bc_block), part(2 * inner + bc, per_bc, bc_block)
     rows = torch.cat([part(0, per_inner), x, B, C, part(2 * inner + 2 * bc, per_heads)])
     return rows, torch.cat([x, B, C]) - inner
 
