@@ -116,3 +116,29 @@ def test_parity_passes_on_a_checkpoint_hf_wrote_from_an_untuned_config(hf_writte
     assert spread > 1.0                                       # not near-uniform logits, where parity is trivial
     outcome = parity(folder, golden, tp)
     assert outcome.passed, (outcome.localisation, [s for s in outcome.prompts if not s["passed"]])
+
+
+FAST = ["--batch-size", "2", "--seq-len", "96", "--buckets", "16,32,64", "--num-tokens", "4", "--no-save"]
+
+
+def test_ssm_state_dtype_bfloat16_shows_in_fp32_parity_at_decode_and_names_the_first_mamba_layer(tmp_path):
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    prompts = tmp_path / "p.json"
+    prompts.write_text("[[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [30, 31, 32]]")
+    argv = ["parity", *FAST, "--model", "tiny-hybrid", "--prompts", str(prompts)]
+    clean = CliRunner().invoke(app, argv)
+    assert clean.exit_code == 0, clean.output
+    bf16_state = CliRunner().invoke(app, [*argv, "--ssm-state-dtype", "bfloat16"])
+    assert bf16_state.exit_code == 1, bf16_state.output
+    assert "(token_generation); first out of tolerance: layer 0 mamba" in bf16_state.output
+
+
+def test_ssm_state_dtype_is_refused_for_a_model_without_ssm_state():
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    result = CliRunner().invoke(app, ["parity", *FAST, "--model", "tiny-gqa", "--ssm-state-dtype", "bfloat16"])
+    assert result.exit_code == 2
+    assert "--ssm-state-dtype applies to hybrid (Mamba) models only" in result.output
