@@ -2,8 +2,9 @@
 one plausible porting mistake into the model code while its context is open. Kept apart from `SEEDED_BUGS`
 because they only act on `granitemoehybrid` models (the bug matrix runs the dense canary).
 
-`sub_block` says where per-layer localisation must place each one on a hybrid whose first layer is Mamba (the
-first attention layer for the attention bug)."""
+`sub_block` says where per-layer localisation must place each one on a hybrid whose first layer is Mamba: the
+Mamba bugs in its mixer's gated norm output (the first point inside the mixer HF lets a hook see), the attention
+bug in the first attention layer's residual stream."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .seeded_bugs import SeededBug
 @dataclass(frozen=True)
 class HybridBug:
     bug: SeededBug
-    sub_block: str        # "mamba" (the first Mamba layer) or "attention" (the first attention layer)
+    sub_block: str        # "gated_norm" (inside the first Mamba layer) or "attention" (the first attention layer)
 
 
 def groups_tiled_with_repeat():
@@ -57,8 +58,8 @@ def dt_bias_dropped():
 
 def d_skip_dropped():
     """The scan's output lacks the D * x skip term."""
-    def output(self, y, x, gate, dtype):
-        return self.out_proj(self.norm(y.flatten(-2), gate).to(dtype))
+    def output(self, y, x, gate):
+        return self.norm(y.flatten(-2), gate)
 
     return mock.patch.object(mamba.MambaMixer, "output", output)
 
@@ -105,12 +106,12 @@ def _bug(patch: Callable, bug_class: str, sub_block: str, in_context_encoding: b
 
 
 HYBRID_SEEDED_BUGS: dict[str, HybridBug] = {b.bug.name: b for b in [
-    _bug(groups_tiled_with_repeat, "Mamba group mapping", "mamba"),
-    _bug(gate_applied_after_norm, "gated norm order", "mamba"),
-    _bug(dt_bias_dropped, "Mamba time step", "mamba"),
-    _bug(d_skip_dropped, "Mamba D skip", "mamba"),
+    _bug(groups_tiled_with_repeat, "Mamba group mapping", "gated_norm"),
+    _bug(gate_applied_after_norm, "gated norm order", "gated_norm"),
+    _bug(dt_bias_dropped, "Mamba time step", "gated_norm"),
+    _bug(d_skip_dropped, "Mamba D skip", "gated_norm"),
     _bug(nope_layer_given_rope, "NoPE", "attention"),
-    _bug(padding_written_into_state, "recurrent state padding", "mamba", in_context_encoding=False),
-    _bug(conv_state_shifted_by_one, "conv state", "mamba", in_context_encoding=False),
-    _bug(ssm_state_kept_in_bf16, "SSM state dtype", "mamba", in_context_encoding=False),
+    _bug(padding_written_into_state, "recurrent state padding", "gated_norm", in_context_encoding=False),
+    _bug(conv_state_shifted_by_one, "conv state", "gated_norm", in_context_encoding=False),
+    _bug(ssm_state_kept_in_bf16, "SSM state dtype", "gated_norm", in_context_encoding=False),
 ]}

@@ -240,6 +240,7 @@ def parallel_problems(arch: Architecture, config: dict, tp: int, ep: int = 1) ->
 # layer_types names (transformers 5 renames mamba -> linear_attention, attention -> full_attention on load)
 HYBRID_LAYER_NAMES = {"mamba": "mamba", "linear_attention": "mamba", "attention": "attention",
                       "full_attention": "attention"}
+MAMBA_GATED_NORM = SubBlock("gated_norm", "mamba.norm", "output")              # inside the mixer, before out_proj
 MAMBA_SUB_BLOCK = SubBlock("mamba", "post_attention_layernorm", "input", requires="mamba")
 HYBRID_ATTENTION = SubBlock("attention", "post_attention_layernorm", "input", requires="self_attn")
 MAMBA_TENSORS = {
@@ -257,7 +258,7 @@ ARCHITECTURES["granitemoehybrid"] = Architecture(
     converter="granite_bench.model.modeling_granitemoehybrid:convert_hf_state_dict",
     hf_class="GraniteMoeHybridForCausalLM", hf_config_class="GraniteMoeHybridConfig",
     description="Granite 4.0 hybrid: Mamba2 and attention layers, shared MLP, optional routed experts",
-    sub_blocks=(MAMBA_SUB_BLOCK, HYBRID_ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+    sub_blocks=(MAMBA_GATED_NORM, MAMBA_SUB_BLOCK, HYBRID_ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
     layer_tensors={**HYBRID_LAYER_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
     kind_tensors={"mamba": MAMBA_TENSORS, "attention": HYBRID_ATTENTION_TENSORS},
     tp_divides=("hidden", "shared"), hybrid=True,

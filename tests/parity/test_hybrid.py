@@ -60,15 +60,15 @@ def test_hybrid_parity_passes_in_fp32(goldens, name, tp):
 
 @pytest.mark.parametrize("bug", sorted(HYBRID_SEEDED_BUGS))
 def test_seeded_hybrid_bug_fails_parity_and_is_localised_to_its_sub_block(goldens, bug):
-    """tiny-hybrid's layers are mamba, attention, mamba, mamba: Mamba bugs show first in layer 0's mixer, the RoPE
-    bug in layer 1's attention."""
+    """tiny-hybrid's layers are mamba, attention, mamba, mamba: Mamba bugs show first in layer 0's mixer (its gated
+    norm output), the RoPE bug in layer 1's attention."""
     model_dir, golden = goldens("tiny-hybrid")
     seeded = HYBRID_SEEDED_BUGS[bug]
     with seeded.bug.patch():
         outcome = parity(model_dir, golden)
     assert not outcome.passed
     where = outcome.localisation
-    expected_layer = 0 if seeded.sub_block == "mamba" else 1
+    expected_layer = 0 if seeded.sub_block == "gated_norm" else 1
     assert (where["layer"], where["sub_block"]) == (expected_layer, seeded.sub_block), where
     failed = [row for row in outcome.positions if not row["passed"]]
     phases = {row["phase"] for row in failed}
@@ -132,7 +132,7 @@ def test_ssm_state_dtype_bfloat16_shows_in_fp32_parity_at_decode_and_names_the_f
     assert clean.exit_code == 0, clean.output
     bf16_state = CliRunner().invoke(app, [*argv, "--ssm-state-dtype", "bfloat16"])
     assert bf16_state.exit_code == 1, bf16_state.output
-    assert "(token_generation); first out of tolerance: layer 0 mamba" in bf16_state.output
+    assert "(token_generation); first out of tolerance: layer 0 gated_norm" in bf16_state.output
 
 
 def test_ssm_state_dtype_is_refused_for_a_model_without_ssm_state():
@@ -142,3 +142,25 @@ def test_ssm_state_dtype_is_refused_for_a_model_without_ssm_state():
     result = CliRunner().invoke(app, ["parity", *FAST, "--model", "tiny-gqa", "--ssm-state-dtype", "bfloat16"])
     assert result.exit_code == 2
     assert "--ssm-state-dtype applies to hybrid (Mamba) models only" in result.output
+
+
+def test_tp2_localisation_captures_match_tp1_including_the_gathered_gated_norm(goldens):
+    """At TP 2 each rank holds half of a Mamba layer's channels: the gated norm capture is gathered, so every
+    sub-block localisation compares has the reference's width and the single-process values."""
+    model_dir, golden = goldens("tiny-hybrid")
+    prompts = [g.prompt for g in golden]
+    captured = {}
+    for tp in (1, 2):
+        runner = build_runner(str(model_dir), neuron_config=neuron_config(tp))
+        try:
+            _, captured[tp] = runner.context_encode(prompts, capture_hidden=True, capture_position=7)
+        finally:
+            runner.close()
+    names = [(layer, sub) for layer, sub, _ in captured[1]]
+    assert names == [(layer, sub) for layer, sub, _ in captured[2]]
+    assert (0, "gated_norm") in names and (1, "attention") in names and (0, "mamba") in names
+    for (layer, sub, one), (_, _, two) in zip(captured[1], captured[2]):
+        assert one.shape == two.shape, (layer, sub)
+        torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4 * float(one.abs().max()))
+    width = {sub: hidden.shape[-1] for layer, sub, hidden in captured[2] if layer == 0}
+    assert width["gated_norm"] == 2 * width["mamba"]       # mamba_expand 2: every rank's channels

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from . import parallel_state as ps
-from .parallel_layers import ColumnParallelLinear, RowParallelLinear, divide, reduce_from_tp_region
+from .parallel_layers import (ColumnParallelLinear, RowParallelLinear, divide, gather_from_tp_region,
+                              reduce_from_tp_region)
 
 
 @dataclass(frozen=True)
@@ -227,17 +228,22 @@ class MambaMixer(nn.Module):
             out = out + self.conv_bias
         return nn.functional.silu(out)
 
-    def output(self, y: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Scan output y [B, L, heads, P] (fp32) + D skip, gated norm, out_proj -> [B, L, hidden]."""
+    def output(self, y: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """Scan output y [B, L, heads, P] (fp32) + D skip, then the gated norm -> fp32 [B, L, inner]."""
         y = y + x.float() * self.D.float()[:, None]
-        return self.out_proj(self.norm(y.flatten(-2), gate).to(dtype))
+        return self.norm(y.flatten(-2), gate)
 
     # -- the two graphs -----------------------------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, step, cache) -> torch.Tensor:
-        """hidden [B, L, H] -> [B, L, H]: context encoding when `step.positions` is None, else one token per row."""
+        """hidden [B, L, H] -> [B, L, H]: context encoding when `step.positions` is None, else one token per row.
+        Localisation sees the gated norm's output (all ranks' channels) as sub-block "gated_norm"."""
         if step.positions is None:
-            return self.prefill(hidden, step.attention_mask, cache)
-        return self.decode(hidden, cache)
+            normed = self.prefill(hidden, step.attention_mask, cache)
+        else:
+            normed = self.decode(hidden, cache)
+        if step.capture is not None:   # every TP rank captures, so every rank joins the gather
+            step.record(self.layer_idx, "gated_norm", gather_from_tp_region(normed))
+        return self.out_proj(normed.to(hidden.dtype))
 
     def prefill(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None, cache) -> torch.Tensor:
         batch, length, _ = hidden.shape
@@ -251,7 +257,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y, final = chunked_scan(x, dt, A, B, C, self.shape.chunk)
         ssm_state.copy_(final.to(ssm_state.dtype))
-        return self.output(y, x, gate, hidden.dtype)
+        return self.output(y, x, gate)
 
     def decode(self, hidden: torch.Tensor, cache) -> torch.Tensor:
         gate, xbc, dt = self.split_projection(hidden)                      # [B, 1, ...]
@@ -260,7 +266,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y, state = recurrent_step(x, self.time_steps(dt[:, 0]), A, B, C, ssm_state)
         ssm_state.copy_(state.to(ssm_state.dtype))
-        return self.output(y.unsqueeze(1), x.unsqueeze(1), gate, hidden.dtype)
+        return self.output(y.unsqueeze(1), x.unsqueeze(1), gate)
 
 
 # -- checkpoint conversion ----------------------------------------------------------------------------------------
