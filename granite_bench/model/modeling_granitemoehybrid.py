@@ -113,19 +113,15 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp:
     experts = int(getattr(config, "num_local_experts", 0) or 0)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        index = int(src.rsplit(".", 1)[1])
-        if kinds[index] == "mamba":
-            out = {f"mamba.{k}": v for k, v in convert_mamba(hf, f"{src}.mamba", config, rank, tp).items()}
+        if kinds[int(src.rsplit(".", 1)[1])] == "mamba":
+            parts = {"mamba": convert_mamba(hf, f"{src}.mamba", config, rank, tp)}
         else:
-            out = {f"self_attn.{k}": v
-                   for k, v in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
+            parts = {"self_attn": convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv)}
         if experts:
-            out.update({f"block_sparse_moe.{k}": v
-                        for k, v in convert_moe(hf, f"{src}.block_sparse_moe", rank, tp, ep).items()})
-        out.update({f"shared_mlp.{k}": v
-                    for k, v in convert_fused_gated_mlp(hf, f"{src}.shared_mlp", rank, tp).items()})
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
-        return out
+            parts["block_sparse_moe"] = convert_moe(hf, f"{src}.block_sparse_moe", rank, tp, ep)
+        parts["shared_mlp"] = convert_fused_gated_mlp(hf, f"{src}.shared_mlp", rank, tp)
+        parts.update({norm: {"weight": hf[f"{src}.{norm}.weight"]}
+                      for norm in ("input_layernorm", "post_attention_layernorm")})
+        return {f"{module}.{name}": tensor for module, tensors in parts.items() for name, tensor in tensors.items()}
 
     return convert_model(hf, config, rank, tp, dtype, convert_layer)
