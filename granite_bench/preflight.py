@@ -139,6 +139,8 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
         if layers > depth:
             raise BadInput(f"--layers {layers} is more than the {depth} layers of '{model}': choose 1..{depth}")
         config["num_hidden_layers"] = layers
+        if isinstance(config.get("layer_types"), list):   # a per-layer list is cut with the layers
+            config["layer_types"] = config["layer_types"][:layers]
     return config, None
 
 

@@ -105,3 +105,15 @@ def test_registry_shapes_name_every_tensor_hf_writes_for_a_hybrid(tmp_path):
     assert parallel_problems(architecture("granitemoehybrid"), data, 2) == []
     assert parallel_problems(architecture("granitemoehybrid"), data, 4) == []      # 2 ranks per group
     assert any("mamba_n_heads 8" in p for p in parallel_problems(architecture("granitemoehybrid"), data, 16))
+
+
+def test_layers_cut_a_hybrid_presets_layer_types_with_its_layers():
+    from granite_bench import preflight
+    from granite_bench.reference.presets import load_preset
+    from granite_bench.reference.weights import preset_config
+
+    config, _ = preflight.model_config("granite-4.0-h-tiny", 6)
+    assert config["layer_types"] == ["mamba"] * 5 + ["attention"]
+    preflight.check_model(config, 1, where="granite-4.0-h-tiny")      # no "lists 40 layers" refusal
+    assert preset_config(load_preset("granite-4.0-h-tiny"), 6).layer_types == ["linear_attention"] * 5 + [
+        "full_attention"]
