@@ -334,3 +334,11 @@ def hybrid_parallel_problems(config: dict, dims: dict[str, int], tp: int) -> lis
         problems.append(f"--tp {tp} does not divide intermediate_size {dims['intermediate']}: choose a TP degree "
                         f"that divides it")
     return problems
+
+
+def hf_generate_can_cache(arch: Architecture, config: dict) -> bool:
+    """Whether HF's `generate` can keep its cache for this config: transformers' hybrid cache asks an attention
+    layer for the sequence length, so a hybrid cut to Mamba layers only must generate without it."""
+    if not arch.hybrid:
+        return True
+    return "attention" in hybrid_layer_kinds(config.get("layer_types"), int(config.get("num_hidden_layers", 32)))

@@ -164,3 +164,16 @@ def test_tp2_localisation_captures_match_tp1_including_the_gathered_gated_norm(g
         torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-4 * float(one.abs().max()))
     width = {sub: hidden.shape[-1] for layer, sub, hidden in captured[2] if layer == 0}
     assert width["gated_norm"] == 2 * width["mamba"]       # mamba_expand 2: every rank's channels
+
+
+def test_parity_runs_on_a_cut_with_mamba_layers_only(tmp_path):
+    """tiny-hybrid's first layer alone: HF's generate cannot keep its cache without an attention layer, so the
+    reference generates without one; parity passes and the run ends normally (no traceback)."""
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    prompts = tmp_path / "p.json"
+    prompts.write_text("[[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [30, 31, 32]]")
+    result = CliRunner().invoke(app, ["parity", *FAST, "--model", "tiny-hybrid", "--layers", "1", "--prompts",
+                                      str(prompts)])
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
