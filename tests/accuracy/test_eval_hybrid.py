@@ -7,7 +7,6 @@ import json
 import logging
 import shutil
 
-import pytest
 import torch
 import transformers
 
@@ -58,23 +57,16 @@ def hybrid_canary(out):
     return out
 
 
-@pytest.fixture(scope="module")
-def outcome(tmp_path_factory):
-    model_dir = hybrid_canary(tmp_path_factory.mktemp("canary-hybrid"))
-    return run_eval(str(model_dir), ["canary_recall", "canary_copy"], dtype="float32", limit=16, batch_size=8,
-                    seq_len=128)
-
-
-def test_hybrid_eval_agrees_with_hf_hybrid_sample_by_sample(outcome):
-    summary = outcome.summary.set_index("task")
-    assert outcome.passed, summary["failures"].to_dict()
-    assert summary.loc["canary_recall", "argmax_agreement"] == 1.0
-    assert summary.loc["canary_copy", "generation_agreement"] == 1.0
+def test_hybrid_eval_agrees_with_hf_sample_by_sample_far_above_chance(tmp_path):
+    """Every sample's log-likelihood and generation agree with HF's hybrid; both sides score far above chance
+    (recall: 10 choices, chance 0.1; copy: chance ~0)."""
+    result = run_eval(str(hybrid_canary(tmp_path)), ["canary_recall", "canary_copy"], dtype="float32", limit=16,
+                      batch_size=8, seq_len=128)
+    summary = result.summary.set_index("task")
+    assert result.passed, summary["failures"].to_dict()
     assert summary["max_abs_delta_loglik"].max() < 1e-4
-
-
-def test_hybrid_canary_scores_far_above_chance_on_both_sides(outcome):
-    summary = outcome.summary.set_index("task")
-    for side in ("impl_value", "ref_value"):
-        assert summary.loc["canary_recall", side] >= 0.8       # 10 choices: chance is 0.1
-        assert summary.loc["canary_copy", side] >= 0.5         # chance is ~0
+    agreement = {"canary_recall": "argmax_agreement", "canary_copy": "generation_agreement"}
+    floors = {"canary_recall": 0.8, "canary_copy": 0.5}
+    for task, column in agreement.items():
+        assert summary.loc[task, column] == 1.0, task
+        assert min(summary.loc[task, "impl_value"], summary.loc[task, "ref_value"]) >= floors[task], task
