@@ -177,3 +177,23 @@ def test_parity_runs_on_a_cut_with_mamba_layers_only(tmp_path):
     result = CliRunner().invoke(app, ["parity", *FAST, "--model", "tiny-hybrid", "--layers", "1", "--prompts",
                                       str(prompts)])
     assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_long_hybrid_suite_passes_and_catches_padding_leaking_into_the_shorter_rows_state(monkeypatch):
+    """suites/parity/hybrid-long.yaml: 4,500 tokens (282 chunks) beside 1,000 padded to the same bucket, 64 decode
+    steps. Clean: PASS. With the padding written into the state (both rows are padded: 108 and 3,608 positions) the
+    decode after the prompt fails, from its first step, in layer 0's Mamba mixer."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    suite = Path(__file__).resolve().parents[2] / "suites" / "parity" / "hybrid-long.yaml"
+    clean = CliRunner().invoke(app, ["parity", "--suite", str(suite), "--no-save"])
+    assert clean.exit_code == 0 and "PASS" in clean.output, clean.output
+    with HYBRID_SEEDED_BUGS["padding_written_into_state"].bug.patch():
+        leaky = CliRunner().invoke(app, ["parity", "--suite", str(suite), "--no-save"])
+    assert leaky.exit_code == 1, leaky.output
+    assert ("first failing: prompt 0 position 4500 (token_generation); first out of tolerance: layer 0 gated_norm"
+            in leaky.output), leaky.output
