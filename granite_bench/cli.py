@@ -147,15 +147,32 @@ def parity(
                                                          "beyond it stream from disk)."),
     ssm_state_dtype: str = typer.Option("float32", "--ssm-state-dtype", help="dtype the Mamba SSM state is kept in "
                                                                            "between steps (hybrid models)."),
+    endpoint: Optional[str] = typer.Option(None, help="Judge what an OpenAI-compatible server at this URL serves "
+                                                      "(vLLM's prompt_logprobs/logprobs) instead of the implementation."),
+    top_k: int = typer.Option(20, help="With --endpoint: log-probabilities asked per position."),
+    served_model_name: Optional[str] = typer.Option(None, help="With --endpoint: the model name to send."),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
                            compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep,
                            ssm_state_dtype)
+        if endpoint is not None:
+            from .serve.command import endpoint_parity_args
+            endpoint_args = endpoint_parity_args(args, endpoint, top_k, served_model_name)
     except BadInput as err:
         fail(err)
     quiet_transformers()
+    if endpoint is not None:
+        from .serve.load_command import EndpointError
+        from .serve.parity_command import run_endpoint_parity
+        try:
+            passed = run_endpoint_parity(endpoint_args, console)
+        except KeyboardInterrupt:
+            interrupted("parity")
+        except (EndpointError, *bad_input_types()) as err:
+            fail(err)
+        raise typer.Exit(0 if passed else 1)
     try:
         from .parity.command import ParityArgs, run_parity_command
         passed = run_parity_command(ParityArgs(**args), console, progress_bar)
@@ -219,6 +236,12 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")
+    if goldens is not None:  # corrupt goldens are refused before torch loads (standard library only)
+        from .reference.golden_files import GoldenError, verify_golden_set
+        try:
+            verify_golden_set(goldens)
+        except GoldenError as err:
+            raise BadInput(str(err)) from None
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
@@ -253,6 +276,11 @@ def reference(
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
         if out is not None:
             preflight.output_dir(out)
+            from .reference.golden_files import GoldenError, check_goldens_target  # standard library only
+            try:
+                check_goldens_target(out)
+            except GoldenError as err:
+                raise BadInput(str(err)) from None
         if framework_dtype is not None and preflight.dtype_name(framework_dtype, "--framework-dtype") == "float32":
             raise BadInput("--framework-dtype float32 is the reference itself: give bfloat16 or float16")
     except BadInput as err:
@@ -405,12 +433,16 @@ def compare(
                                             "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    from .gate.sides import check_stored_specs   # no torch: stored runs are checked before transformers loads
+    from .gate.verdict import CompareError as StoredRunError
+    from .results.store import ResultStore
     try:
         for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-    except BadInput as err:
+        check_stored_specs(ResultStore(results_dir), [baseline, candidate])
+    except (BadInput, StoredRunError) as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError
@@ -438,6 +470,8 @@ def compare(
     except (CompareError, TreeError) as err:
         fail(err)
     render(console, comparison)
+    for message in comparison.warnings:
+        warn(message)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 
@@ -645,6 +679,91 @@ def eval_(
     except OSError as err:
         fail(os_error_message(err, results_dir if save else None), code=1)
     raise typer.Exit(0 if passed else 1)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("tiny-gqa", help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    batch_size: int = typer.Option(8, help="Compiled batch size: concurrent requests are batched up to it."),
+    seq_len: int = typer.Option(256, help="Static KV-cache length (prompt + max_tokens of a request)."),
+    buckets: Optional[str] = typer.Option(None, help="Context-encoding buckets, e.g. 32,64,128."),
+    tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
+    compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
+    gather_ms: float = typer.Option(5.0, help="How long a batch waits for more requests before it starts."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send (default: --model)."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+):
+    """The implementation behind an OpenAI-compatible API (completions, chat, logprobs, prompt_logprobs): greedy,
+    static batching; what `load` and `parity --endpoint` can be pointed at. Not a vLLM replacement."""
+    try:
+        from .serve.command import serve_args
+        args = serve_args(model, host, port, dtype, batch_size, seq_len, parse_int_list(buckets, "--buckets"), tp,
+                          device, compile, gather_ms, served_model_name, layers)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
+    try:
+        from .serve.server import build_app, run_server
+        server_app, runner = build_app(args)
+    except bad_input_types() as err:
+        fail(err)
+    try:
+        console.print(f"serving {args.served_model_name or args.model} on http://{args.host}:{args.port} "
+                      f"(batch {args.batch_size}, seq_len {args.seq_len}, {args.dtype}, {args.device})", markup=False)
+        run_server(server_app, args.host, args.port)
+    finally:
+        runner.close()
+
+
+@app.command()
+def load(
+    endpoint: str = typer.Option(..., help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000."),
+    model: Optional[str] = typer.Option(None, help="Local preset or checkpoint of the served model: token-id "
+                                                   "prompts from its vocabulary, its tokenizer to count tokens."),
+    served_model_name: Optional[str] = typer.Option(None, help="Model name to send (default: /v1/models' first)."),
+    api: str = typer.Option("completions", help="completions | chat."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed-loop levels: requests in flight, e.g. 1,4,16."),
+    rates: Optional[str] = typer.Option(None, help="Open-loop levels: requests per second, e.g. 1,2,4,inf."),
+    requests: Optional[int] = typer.Option(None, help="Requests per level (default 4 x concurrency, >= 16; 32)."),
+    duration: Optional[float] = typer.Option(None, help="Seconds per level instead of a request count."),
+    input_len: int = typer.Option(32, help="Prompt tokens (words for text prompts)."),
+    output_len: int = typer.Option(16, help="Tokens generated per request (ignore_eos)."),
+    slo: Optional[str] = typer.Option(None, help="Goodput SLOs in ms, e.g. ttft=500,tpot=50 (also itl, e2e)."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape of the arrival gaps (1 = Poisson, < 1 burstier)."),
+    seed: int = typer.Option(0, help="Seed of prompts and arrival times."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may take before it counts as failed."),
+    stop_at_saturation: bool = typer.Option(True, "--stop-at-saturation/--full-sweep",
+                                            help="Stop once throughput stops growing while latency climbs."),
+    ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="Ask for exactly --output-len tokens."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+):
+    """Load sweep against an OpenAI-compatible endpoint: TTFT, ITL, TPOT, E2E percentiles and throughput per level."""
+    try:
+        from .serve.command import load_args
+        args = load_args(endpoint, model, served_model_name, api, parse_int_list(concurrency, "--concurrency"),
+                         rates, requests, duration, input_len, output_len, slo, burstiness, seed,
+                         results_dir if save else None, timeout, stop_at_saturation, ignore_eos)
+    except BadInput as err:
+        fail(err)
+    from .serve.load_command import EndpointError, LoadInterrupted, render, run_load
+    try:
+        rows, paths = run_load(args, progress_bar, lambda text: console.print(text, markup=False))
+    except EndpointError as err:
+        fail(err)
+    except LoadInterrupted as stopped:
+        render(console, stopped.kept, args.slo)
+        interrupted("load", f"{len(stopped.kept)} finished level(s) stored in {', '.join(map(str, stopped.paths))}"
+                    if stopped.paths else "no level had finished; nothing was written")
+    render(console, rows, args.slo)
+    if paths:
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
+    if any(row["requests_ok"] == 0 for row in rows):
+        fail(f"every request of a level failed: {rows[-1]['first_error']}", code=1)
 
 
 def main():  # pragma: no cover - console entry point

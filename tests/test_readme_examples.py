@@ -64,6 +64,8 @@ def stubbed_runs(monkeypatch):
     monkeypatch.setattr(eval_command, "run_eval_command", lambda args, *a: calls.append(args) or True)
 
     class Comparison:
+        warnings: list = []
+
         def fails(self, fail_on):
             return False
 

@@ -165,8 +165,9 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
         if impl != IMPL:
             from .hf_baseline import HF_ATTENTION, HF_EXPERTS, HF_IMPLEMENTATIONS
             rows[impl].update(hf_attn_implementation=HF_ATTENTION,
-                              hf_cache_implementation=HF_IMPLEMENTATIONS.get(impl) or "dynamic",
-                              hf_experts_implementation=HF_EXPERTS.get(impl) if shape.experts else None)
+                              hf_cache_implementation=HF_IMPLEMENTATIONS.get(impl) or "dynamic")
+            if shape.experts:   # text column, MoE models only (an all-missing column would read as numeric)
+                rows[impl]["hf_experts_implementation"] = HF_EXPERTS[impl]
     if IMPL in rows:
         ours = rows[IMPL]
         ours["compile_seconds_total"] = float(sum(ctx.compile_seconds.values()))

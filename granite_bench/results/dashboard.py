@@ -21,6 +21,7 @@ import pandas as pd
 
 from granite_bench.results.changepoints import DEFAULT_ALPHA as CHANGE_POINT_ALPHA
 from granite_bench.results.changepoints import e_divisive
+from granite_bench.results.load_panel import load_sweep_panel
 from granite_bench.results.store import ResultStore
 
 ASSETS = Path(__file__).resolve().with_name("dashboard_assets")
@@ -355,6 +356,7 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
         data["bug_matrix_html"] = bug_matrix_table(_read(store, "bug_matrix"))
         data["bisect_html"] = bisect_steps_panel(_read(store, "bisect_steps"))
         data["ceiling_suspect_html"] = ceiling_suspect_panel(perf)
+        data["load_html"] = load_sweep_panel(_read(store, "load_points"))
     data["skipped"] = sorted(set(store.skip_log.values()))
     return data
 
@@ -389,6 +391,7 @@ def render_page(data: dict) -> str:
     bug_matrix = data.pop("bug_matrix_html", "")  # already HTML (escaped); not part of the script's data
     bisect = data.pop("bisect_html", "")
     ceiling_suspects = data.pop("ceiling_suspect_html", "")
+    load_sweeps = data.pop("load_html", "")
     counts = expected_marks(data)
     trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
                          f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
@@ -406,6 +409,7 @@ def render_page(data: dict) -> str:
                            n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
                            n_comparison=counts["comparison"], n_gate_power=counts["gate-power"],
                            bug_matrix=bug_matrix, bisect=bisect, ceiling_suspects=ceiling_suspects,
+                           load_sweeps=load_sweeps,
                            data=payload)
 
 

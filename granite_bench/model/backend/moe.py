@@ -78,6 +78,15 @@ class FusedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(local, 2 * inter, hidden_size, dtype=dtype), requires_grad=False)
         self.down_proj = nn.Parameter(torch.empty(local, hidden_size, inter, dtype=dtype), requires_grad=False)
 
+    def use_input_major_layout(self) -> None:
+        """Keep every expert's values and shapes but lay each [out, in] matrix out [in, out] in memory. On CPU in
+        fp32 a one-row product streams such a matrix about twice as fast for down_proj's short rows (512:
+        9.6 -> 18.9 GB/s, CPU time, AMD EPYC) and 1.4x for gate_up_proj's (1536), while a 128-token matmul
+        keeps its speed (down) or loses ~17% (gate_up); decode is what is memory-bound. bf16 gains nothing this
+        way, so only fp32 uses it (as the LM head)."""
+        for param in (self.gate_up_proj, self.down_proj):
+            param.data = param.data.transpose(1, 2).contiguous().transpose(1, 2)
+
     def forward(self, x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/index [T, k] -> [T, H]: sum over each token's k experts of weight · expert(x)."""
         if torch.compiler.is_compiling():   # a static graph: no data-dependent choice of experts
