@@ -169,6 +169,8 @@ def parity(
                                                       "reference model is not loaded."),
     max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
                                                          "beyond it stream from disk)."),
+    ssm_state_dtype: str = typer.Option("float32", "--ssm-state-dtype", help="dtype the Mamba SSM state is kept in "
+                                                                           "between steps (hybrid models)."),
     endpoint: Optional[str] = typer.Option(None, help="Judge what an OpenAI-compatible server at this URL serves "
                                                       "(vLLM's prompt_logprobs/logprobs) instead of the implementation."),
     top_k: int = typer.Option(20, help="With --endpoint: log-probabilities asked per position."),
@@ -179,7 +181,8 @@ def parity(
     try:
         out = report_console(table_format)
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
-                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep)
+                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep,
+                           ssm_state_dtype)
         if endpoint is not None:
             from .serve.command import endpoint_parity_args
             endpoint_args = endpoint_parity_args(args, endpoint, top_k, served_model_name)
@@ -220,7 +223,7 @@ def os_error_message(err: OSError, results_dir: Path | None) -> str:
 
 
 def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
-                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1):
+                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1, ssm_state_dtype="float32"):
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
@@ -244,6 +247,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     config, folder = preflight.model_config(model, layers)
     preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
     dims = preflight.check_model(config, tp, where=str(folder or model), ep=moe_ep)
+    ssm_state_dtype = preflight.ssm_state_dtype(ssm_state_dtype, config)
     if folder is not None:
         preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
@@ -272,7 +276,7 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
-                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep)
+                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep, ssm_state_dtype=ssm_state_dtype)
 
 
 @app.command()

@@ -57,6 +57,16 @@ def dtype_name(dtype: str, option: str = "--dtype") -> str:
         raise BadInput(f"unknown {option} {dtype!r}: use float32, bfloat16 or float16") from None
 
 
+def ssm_state_dtype(dtype: str, config: dict) -> str:
+    """--ssm-state-dtype: a dtype name, and only for an architecture that keeps an SSM state."""
+    from .model.registry import architecture
+    name = dtype_name(dtype, "--ssm-state-dtype")
+    if name != "float32" and not architecture(config.get("model_type", "granite")).hybrid:
+        raise BadInput(f"--ssm-state-dtype applies to hybrid (Mamba) models only; {config.get('model_type')} keeps "
+                       f"no SSM state: drop it")
+    return name
+
+
 def device_name(device: str) -> str:
     if device not in ("cpu", "cuda", "neuron"):
         raise BadInput(f"unknown --device {device!r}: use cpu, cuda or neuron")
@@ -136,6 +146,8 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
         if layers > depth:
             raise BadInput(f"--layers {layers} is more than the {depth} layers of '{model}': choose 1..{depth}")
         config["num_hidden_layers"] = layers
+        if isinstance(config.get("layer_types"), list):   # a per-layer list is cut with the layers
+            config["layer_types"] = config["layer_types"][:layers]
     return config, None
 
 

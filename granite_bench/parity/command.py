@@ -36,6 +36,7 @@ class ParityArgs:
     goldens: Path | None = None        # a golden directory (`granite-bench reference --out`): no reference model
     max_memory: str | None = None      # memory budget of the HF reference when it has to run (accelerate offload)
     moe_ep: int = 1                    # expert-parallel degree among the TP ranks (MoE models)
+    ssm_state_dtype: str = "float32"   # the Mamba SSM state's dtype between steps (hybrid models)
 
 
 def check_lengths(prompts: list[list[int]], neuron_config, num_tokens: int) -> None:
@@ -79,7 +80,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     # the folder resolved above (a preset already cut to --layers): the same files the goldens describe
     runner = build_runner(str(model_dir), dtype=args.dtype, device=args.device, tp_degree=args.tp,
                           batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile,
-                          moe_ep_degree=args.moe_ep)
+                          moe_ep_degree=args.moe_ep, ssm_state_dtype=args.ssm_state_dtype)
     try:
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts))

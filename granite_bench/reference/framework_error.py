@@ -42,7 +42,7 @@ def measure(model, goldens: list[PromptGolden], profile) -> list[dict]:
     from .hf_reference import greedy_tokens
     out = []
     for g in goldens:
-        logits = model(torch.tensor([g.prompt + g.tokens])).logits[0].float()  # [L + T, V]
+        logits = model(torch.tensor([g.prompt + g.tokens]), use_cache=False).logits[0].float()  # [L + T, V]
         metrics = position_metrics(g.logits, logits, profile)
         names = [f"err_{k}" for k in metrics["tol_keys"]] + ["max_abs_err"]
         row = {name: [float(v) for v in metrics[name]] for name in names}

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from ..model.registry import architecture
+from ..model.registry import architecture, hf_generate_can_cache
 from .hf_classes import hf_model_class
 
 
@@ -95,10 +95,14 @@ def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memo
 
 @torch.no_grad()
 def greedy_tokens(model: PreTrainedModel, prompt: list[int], num_tokens: int) -> list[int]:
-    """N greedy tokens for one prompt (no early stop, HF's default cache)."""
+    """N greedy tokens for one prompt (no early stop, HF's default cache; none for a hybrid cut to Mamba layers
+    only, which transformers' cache cannot serve)."""
     ids = torch.tensor([prompt])
+    config = model.config.to_dict()
+    use_cache = hf_generate_can_cache(architecture(config.get("model_type")), config)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=num_tokens,
-                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                         use_cache=use_cache)
     return out[0, len(prompt):].tolist()
 
 
@@ -114,11 +118,13 @@ def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
         for sub in sub_blocks:
             try:
                 module = layer.get_submodule(sub.hf_module) if sub.hf_module else layer
+                if sub.requires:
+                    layer.get_submodule(sub.requires)
             except AttributeError:
                 continue   # this layer has no such block (a shared MLP of size 0, a layer of another kind)
             hooks.append(capture_hook(module, idx, sub, captured))
     try:
-        logits = model(torch.tensor([tokens])).logits[0]
+        logits = model(torch.tensor([tokens]), use_cache=False).logits[0]   # one full forward: no cache
     finally:
         for hook in hooks:
             hook.remove()
