@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..model.registry import architecture
-from .hf_classes import hf_model_class
+from .hf_classes import checkpoint_architecture, hf_model_class
 
 
 class MemoryBudgetError(ValueError):
@@ -19,9 +19,12 @@ class MemoryBudgetError(ValueError):
 LONG_CONTEXT_TOKENS = 2048  # above this many tokens the reference uses SDPA, never an [L, L] score matrix per head
 
 
-def attention_for_length(tokens: int) -> str:
-    """HF attention implementation of the reference for sequences of `tokens`: eager (the plain softmax(QK^T)V
+def attention_for_length(tokens: int, forced: str | None = None) -> str:
+    """HF attention implementation of the reference for sequences of `tokens`: the architecture's `forced` one when
+    the registry names it (the sliding-window Granites support eager only), else eager (the plain softmax(QK^T)V
     formula) for short ones, SDPA for long ones, where eager's fp32 [heads, L, L] scores would take GBs."""
+    if forced:
+        return forced
     return "sdpa" if tokens > LONG_CONTEXT_TOKENS else "eager"
 
 
@@ -70,6 +73,8 @@ def offload_device_map(model_dir: Path, max_memory: int, dtype: torch.dtype = to
             f"give at least {human_size(needed)}")
     in_memory = min(config.num_hidden_layers, int((max_memory - resident_bytes) // layer_bytes))
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    if hasattr(empty.model, "rotary_embs"):   # per-layer RoPE bases (sliding-window Granites): one table per base
+        device_map["model.rotary_embs"] = "cpu"
     device_map.update({f"model.layers.{i}": "cpu" if i < in_memory else "disk"
                        for i in range(config.num_hidden_layers)})
     return device_map
@@ -81,6 +86,7 @@ def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memo
     dtype, see framework_error.py). With `max_memory`, accelerate keeps only what fits in memory
     and streams the other decoder layers from the checkpoint files layer by layer (see offload_device_map)."""
     model_class = hf_model_class(model_dir)
+    attn_implementation = checkpoint_architecture(model_dir).hf_attn_implementation or attn_implementation
     if max_memory is None:
         model = model_class.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
         return model.eval()
