@@ -92,3 +92,19 @@ def test_parity_refuses_a_checkpoint_with_a_bad_window_before_loading(tmp_path):
     result = parity("--model", str(tmp_path), "--no-save")
     assert result.exit_code == 2, result.output
     assert "sliding_window -3 must be a positive integer" in result.output
+
+
+def test_parity_refuses_sinks_whose_shape_disagrees_with_the_heads(tmp_path):
+    """A checkpoint written by HF whose layer-1 sinks hold 3 values for 4 heads: one line, exit 2."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GraniteSWAConfig, GraniteSWAForCausalLM
+
+    config = GraniteSWAConfig(**{k: v for k, v in GOOD.items() if k != "model_type"}, intermediate_size=32,
+                              num_key_value_heads=2, vocab_size=64, bos_token_id=1, eos_token_id=2)
+    GraniteSWAForCausalLM(config).save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.layers.1.self_attn.sinks"] = torch.zeros(3)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    result = parity("--model", str(tmp_path), "--no-save")
+    assert result.exit_code == 2, result.output
+    assert "tensor model.layers.1.self_attn.sinks" in result.output and "[3]" in result.output, result.output
