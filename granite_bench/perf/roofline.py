@@ -203,6 +203,14 @@ def moe_sizes(hf_config) -> dict:
             "shared": int(getattr(hf_config, "shared_intermediate_size", 0) or 0)}
 
 
+def window_sizes(hf_config) -> dict[str, int]:
+    """Layers with a sliding-window KV cache and their window (zeros when the config has none)."""
+    window = int(getattr(hf_config, "sliding_window", 0) or 0)
+    kinds = getattr(hf_config, "layer_types", None) or []
+    sliding = sum(kind == "sliding_attention" for kind in kinds) if window else 0
+    return {"sliding_layers": sliding, "window": window}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes the byte and FLOP counts need, for one TP degree (sums over all ranks)."""
@@ -219,6 +227,8 @@ class ModelShape:
     experts: int = 0       # routed experts per layer (0: a dense MLP of `intermediate`)
     top_k: int = 1         # experts each token uses
     shared: int = 0        # intermediate size of a shared MLP beside the experts
+    sliding_layers: int = 0   # layers whose KV cache is a window of `window` positions (sliding-window attention)
+    window: int = 0
 
     @classmethod
     def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
@@ -228,7 +238,8 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=-(-vocab // tp_degree) * tp_degree,
                    q_heads=plan.q_heads_per_rank * tp_degree, kv_heads=plan.kv_heads_per_rank * tp_degree,
                    head_dim=plan.head_dim, attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
+                   **window_sizes(hf_config))
 
     @classmethod
     def hf(cls, hf_config) -> "ModelShape":
@@ -237,7 +248,8 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=hf_config.vocab_size,
                    q_heads=hf_config.num_attention_heads, kv_heads=hf_config.num_key_value_heads,
                    head_dim=head_dim_of(hf_config), attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
+                   **window_sizes(hf_config))
 
     def active_experts(self, tokens: int) -> float:
         """Distinct experts `tokens` tokens choose in one layer: exactly top_k for one token; for more, the expected
@@ -269,7 +281,9 @@ class ModelShape:
         return layers + self.hidden + self.vocab_padded * self.hidden + batch * self.hidden
 
     def kv_elements_read(self, batch: int, kv_len: int) -> int:
-        return self.layers * 2 * batch * self.kv_heads * kv_len * self.head_dim
+        """K and V a decode step reads: kv_len positions in a full layer, at most `window` in a sliding one."""
+        positions = (self.layers - self.sliding_layers) * kv_len + self.sliding_layers * min(kv_len, self.window)
+        return 2 * batch * self.kv_heads * positions * self.head_dim
 
     def decode_bytes(self, batch: int, kv_len: float, itemsize: int) -> float:
         return (self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize
