@@ -108,3 +108,16 @@ def test_parity_refuses_sinks_whose_shape_disagrees_with_the_heads(tmp_path):
     result = parity("--model", str(tmp_path), "--no-save")
     assert result.exit_code == 2, result.output
     assert "tensor model.layers.1.self_attn.sinks" in result.output and "[3]" in result.output, result.output
+
+
+def test_reference_of_a_sliding_window_checkpoint_is_eager_even_for_long_prompts():
+    """HF supports only eager attention for these models: the goldens' key says so past the SDPA threshold, and the
+    reference loads eager whatever it is asked."""
+    from granite_bench.reference.goldens import golden_request
+    from granite_bench.reference.hf_reference import LONG_CONTEXT_TOKENS, load_reference
+    from granite_bench.reference.weights import resolve_model_dir
+
+    model_dir = resolve_model_dir("tiny-swa")
+    _, key = golden_request(model_dir, [[5] * (LONG_CONTEXT_TOKENS + 100)], 4)
+    assert key["attn_implementation"] == "eager"
+    assert load_reference(model_dir, attn_implementation="sdpa").config._attn_implementation == "eager"
