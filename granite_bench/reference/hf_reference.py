@@ -17,6 +17,7 @@ class MemoryBudgetError(ValueError):
 
 
 LONG_CONTEXT_TOKENS = 2048  # above this many tokens the reference uses SDPA, never an [L, L] score matrix per head
+EAGER_CHUNK_TOKENS = 1024   # where eager is forced (no SDPA), a longer sequence is fed in chunks of this many tokens
 
 
 def attention_for_length(tokens: int, forced: str | None = None) -> str:
@@ -99,13 +100,42 @@ def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memo
     return model.eval()
 
 
+def reference_chunk(model: PreTrainedModel, length: int) -> int | None:
+    """How many tokens the reference feeds at once for a sequence of `length`: all of them (None), unless its
+    attention is eager (forced by the architecture) and the sequence is long, where eager's fp32 [heads, L, L] scores
+    would not fit: then chunks through HF's own cache, each attending to everything before it."""
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    return EAGER_CHUNK_TOKENS if eager and length > LONG_CONTEXT_TOKENS else None
+
+
 @torch.no_grad()
 def greedy_tokens(model: PreTrainedModel, prompt: list[int], num_tokens: int) -> list[int]:
-    """N greedy tokens for one prompt (no early stop, HF's default cache)."""
+    """N greedy tokens for one prompt (no early stop, HF's default cache; a long prompt of an eager-only reference
+    prefilled in chunks by HF's own `prefill_chunk_size`)."""
     ids = torch.tensor([prompt])
+    chunk = reference_chunk(model, len(prompt))
+    extra = {"prefill_chunk_size": chunk} if chunk else {}
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=num_tokens,
-                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, **extra)
     return out[0, len(prompt):].tolist()
+
+
+@torch.no_grad()
+def reference_logits(model: PreTrainedModel, tokens: list[int]) -> torch.Tensor:
+    """Logits [L, V] of every position: one forward, or chunks through HF's cache (see reference_chunk)."""
+    ids = torch.tensor([tokens])
+    chunk = reference_chunk(model, len(tokens))
+    if chunk is None:
+        return model(ids).logits[0]
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    parts = []
+    for start in range(0, len(tokens), chunk):
+        stop = min(start + chunk, len(tokens))
+        out = model(ids[:, start:stop], cache=cache, use_cache=True,
+                    position_ids=torch.arange(start, stop)[None])
+        parts.append(out.logits[0])
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -124,11 +154,20 @@ def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
                 continue   # this layer has no such block (a shared MLP of size 0, a layer of another kind)
             hooks.append(capture_hook(module, idx, sub, captured))
     try:
-        logits = model(torch.tensor([tokens])).logits[0]
+        logits = reference_logits(model, tokens)
     finally:
         for hook in hooks:
             hook.remove()
-    return logits.float(), captured
+    return logits.float(), join_chunks(captured)
+
+
+def join_chunks(captured: list) -> list:
+    """[(layer, sub-block, Tensor[c, X])] of one forward per chunk -> one entry per (layer, sub-block) over all the
+    positions, in execution order (unchanged for a single forward)."""
+    joined: dict[tuple, list] = {}
+    for layer, name, tensor in captured:
+        joined.setdefault((layer, name), []).append(tensor)
+    return [(layer, name, parts[0] if len(parts) == 1 else torch.cat(parts)) for (layer, name), parts in joined.items()]
 
 
 def capture_hook(module: torch.nn.Module, layer: int, sub, captured: list):

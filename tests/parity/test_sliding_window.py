@@ -121,3 +121,25 @@ def test_reference_of_a_sliding_window_checkpoint_is_eager_even_for_long_prompts
     _, key = golden_request(model_dir, [[5] * (LONG_CONTEXT_TOKENS + 100)], 4)
     assert key["attn_implementation"] == "eager"
     assert load_reference(model_dir, attn_implementation="sdpa").config._attn_implementation == "eager"
+
+
+def test_a_long_sequence_of_an_eager_only_reference_runs_in_chunks_with_the_same_logits_tokens_and_streams(
+        monkeypatch):
+    """Chunks of 16 through HF's own cache (sliding layers keep their window across chunks) against one forward."""
+    from granite_bench.reference import hf_reference
+    from granite_bench.reference.weights import resolve_model_dir
+
+    model = hf_reference.load_reference(resolve_model_dir("tiny-swa"))
+    tokens = torch.randint(3, 2048, (70,), generator=torch.Generator().manual_seed(5)).tolist()
+    whole_logits, whole_streams = hf_reference.forward_with_hidden_states(model, tokens)
+    whole_greedy = hf_reference.greedy_tokens(model, tokens[:50], 8)
+    monkeypatch.setattr(hf_reference, "LONG_CONTEXT_TOKENS", 20)
+    monkeypatch.setattr(hf_reference, "EAGER_CHUNK_TOKENS", 16)
+    assert hf_reference.reference_chunk(model, 70) == 16
+    logits, streams = hf_reference.forward_with_hidden_states(model, tokens)
+    torch.testing.assert_close(logits, whole_logits, atol=2e-5, rtol=0)
+    assert [(l, n) for l, n, _ in streams] == [(l, n) for l, n, _ in whole_streams]
+    for (_, _, chunked), (_, _, whole) in zip(streams, whole_streams):
+        assert chunked.shape == whole.shape == (70, 128)
+        torch.testing.assert_close(chunked, whole, atol=2e-5, rtol=1e-5)
+    assert hf_reference.greedy_tokens(model, tokens[:50], 8) == whole_greedy
