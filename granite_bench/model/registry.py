@@ -159,9 +159,10 @@ def window_problems(config: dict) -> list[str]:
     problems = []
     window = config.get("sliding_window", 128)
     kinds = config.get("layer_types")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        if window is not None or (isinstance(kinds, list) and "sliding_attention" in kinds) or kinds is None:
-            problems.append(f"sliding_window {window!r} must be a positive integer")
+    no_sliding_layer = isinstance(kinds, list) and "sliding_attention" not in kinds   # then a null window is fine
+    bad_window = isinstance(window, bool) or not isinstance(window, int) or window < 1
+    if bad_window and not (window is None and no_sliding_layer):
+        problems.append(f"sliding_window {window!r} must be a positive integer")
     if kinds is not None:
         if not isinstance(kinds, list) or len(kinds) != layers:
             problems.append(f"layer_types must list one kind per layer ({layers}), got "
