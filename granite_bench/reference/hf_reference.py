@@ -158,7 +158,8 @@ def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
     finally:
         for hook in hooks:
             hook.remove()
-    return logits.float(), join_chunks(captured)
+    chunked = reference_chunk(model, len(tokens)) is not None
+    return logits.float(), join_chunks(captured) if chunked else captured
 
 
 def join_chunks(captured: list) -> list:
