@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 from .backend.attention import HeadLayout
-from .backend.checkpoint import convert_attention, convert_gated_mlp, convert_model
+from .backend.checkpoint import convert_gated_mlp, convert_model
 from .backend.decoder import head_plan
 from .backend.mlp import GatedMLP
 from .backend.norms import RMSNorm
 from .backend.sliding_attention import SlidingWindowAttention
 from .backend.step import DecodeStep
-from .backend.window_decoder import NeuronGraniteSWABase, convert_sinks
+from .backend.window_decoder import NeuronGraniteSWABase, convert_window_attention
 from .config import NeuronConfig
 
 
@@ -27,7 +27,8 @@ class GraniteSWADecoderLayer(nn.Module):
         dtype = neuron_config.dtype
         self.layer_idx = layer_idx
         self.self_attn = SlidingWindowAttention(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, dtype, bool(getattr(config, "mlp_bias", False)))
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, dtype,
+                            bool(getattr(config, "mlp_bias", False)))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.residual_multiplier = float(config.residual_multiplier)
@@ -54,8 +55,7 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp:
     plan = head_plan(config, tp, ep)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        attn = {**convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv),
-                **convert_sinks(hf, f"{src}.self_attn", plan, rank)}
+        attn = convert_window_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv)
         out = {f"self_attn.{k}": v for k, v in attn.items()}
         out.update({f"mlp.{k}": v for k, v in convert_gated_mlp(hf, f"{src}.mlp", rank, tp).items()})
         for norm in ("input_layernorm", "post_attention_layernorm"):

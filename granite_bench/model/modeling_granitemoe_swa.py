@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from .backend.attention import HeadLayout
-from .backend.checkpoint import convert_attention, convert_fused_gated_mlp, convert_model
+from .backend.checkpoint import convert_fused_gated_mlp, convert_model
 from .backend.decoder import head_plan
 from .backend.mlp import GatedMLP
 from .backend.moe import GraniteMoE, convert_moe
 from .backend.norms import RMSNorm
 from .backend.sliding_attention import SlidingWindowAttention
 from .backend.step import DecodeStep
-from .backend.window_decoder import NeuronGraniteSWABase, convert_sinks
+from .backend.window_decoder import NeuronGraniteSWABase, convert_window_attention
 from .config import NeuronConfig
 
 
@@ -64,8 +64,7 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp:
     shared = int(getattr(config, "shared_intermediate_size", 0) or 0)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        attn = {**convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv),
-                **convert_sinks(hf, f"{src}.self_attn", plan, rank)}
+        attn = convert_window_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv)
         out = {f"self_attn.{k}": v for k, v in attn.items()}
         out.update({f"block_sparse_moe.{k}": v
                     for k, v in convert_moe(hf, f"{src}.block_sparse_moe", rank, tp, ep).items()})

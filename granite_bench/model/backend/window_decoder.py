@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .checkpoint import select_heads
+from .checkpoint import convert_attention, select_heads
 from .decoder import NeuronGraniteBase
 from .head_sharding import HeadPlan
 from .sliding_attention import PerThetaRotary, layer_kinds
@@ -29,3 +29,9 @@ class NeuronGraniteSWABase(NeuronGraniteBase):
 def convert_sinks(hf: Mapping[str, torch.Tensor], prefix: str, plan: HeadPlan, rank: int) -> dict[str, torch.Tensor]:
     """HF `self_attn.sinks` [heads] -> this rank's query heads' sinks (0 for a padded head, which has no output)."""
     return {"sinks": select_heads(hf[f"{prefix}.sinks"], plan.q_heads[rank], 1, 0)}
+
+
+def convert_window_attention(hf: Mapping[str, torch.Tensor], prefix: str, plan: HeadPlan, rank: int,
+                             fused_qkv: bool) -> dict[str, torch.Tensor]:
+    """HF `self_attn` under `prefix` -> this rank's (fused) projections and its heads' sinks."""
+    return {**convert_attention(hf, prefix, plan, rank, fused_qkv), **convert_sinks(hf, prefix, plan, rank)}
