@@ -116,17 +116,16 @@ def test_token_generation_across_ring_wraps_matches_hf_for_right_padded_rows(lay
                 torch.testing.assert_close(out[row, 0], expected[row][0, n + t], atol=ATOL, rtol=0)
 
 
-def test_sliding_layer_cache_is_a_ring_of_w_slots_whatever_the_sequence_length():
-    small = WindowedKVCache(KINDS, WINDOW, 1, KV_HEADS, 256, HEAD_DIM, torch.bfloat16)
-    large = WindowedKVCache(KINDS, WINDOW, 1, KV_HEADS, 32768, HEAD_DIM, torch.bfloat16)
-    per_slot = 2 * KV_HEADS * HEAD_DIM * 2
-    for cache, length in ((small, 256), (large, 32768)):
-        kinds = cache.kv_bytes_per_layer_kind()
-        assert kinds["sliding_attention"] == {"layers": 2, "slots": WINDOW, "bytes_per_slot": per_slot,
-                                              "bytes": 2 * WINDOW * per_slot}
-        assert kinds["full_attention"] == {"layers": 1, "slots": length, "bytes_per_slot": per_slot,
-                                           "bytes": length * per_slot}
-        assert cache.caches(0)[0].shape[2] == WINDOW and cache.caches(2)[0].shape[2] == length
+@pytest.mark.parametrize("length", [4096, 32768, 131072])
+def test_sliding_layer_cache_is_a_ring_of_w_slots_whatever_the_sequence_length(length):
+    per_slot = 2 * KV_HEADS * HEAD_DIM * 2          # K and V, bf16, batch 1
+    cache = WindowedKVCache(KINDS, WINDOW, 1, KV_HEADS, length, HEAD_DIM, torch.bfloat16)
+    kinds = cache.kv_bytes_per_layer_kind()
+    assert kinds["sliding_attention"] == {"layers": 2, "slots": WINDOW, "bytes_per_slot": per_slot,
+                                          "bytes": 2 * WINDOW * per_slot}
+    assert kinds["full_attention"] == {"layers": 1, "slots": length, "bytes_per_slot": per_slot,
+                                       "bytes": length * per_slot}
+    assert cache.caches(0)[0].shape[2] == WINDOW and cache.caches(2)[0].shape[2] == length
 
 
 def test_held_positions_of_a_ring_are_the_last_w_positions_and_empty_slots_before_the_first_wrap():
