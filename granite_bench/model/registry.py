@@ -90,6 +90,7 @@ class Architecture:
     # per layer kind ("mamba" / "attention" of a hybrid's layer_types) -> extra HF tensor name -> shape template
     kind_tensors: dict = field(default_factory=dict)
     hybrid: bool = False                # Mamba + attention layers (checks below, in the hybrid block)
+    sliding_window: bool = False        # per-layer sliding window / full attention, sinks, per-layer RoPE base
 
 
 MOE_CHECKPOINT_NAMES = (
@@ -127,6 +128,63 @@ ARCHITECTURES: dict[str, Architecture] = {
         tp_divides=("hidden", "intermediate", "shared"), moe=True,
         checkpoint_names=MOE_CHECKPOINT_NAMES),
 }
+
+
+# -- sliding-window Granite ("swash": granite_swa, granitemoe_swa) ----------------------------------------------------
+SINK_TENSORS = {"self_attn.sinks": ("heads",)}
+LAYER_KINDS = ("full_attention", "sliding_attention")
+
+ARCHITECTURES.update({
+    "granite_swa": Architecture(
+        model_type="granite_swa",
+        model_class="granite_bench.model.modeling_granite_swa:NeuronGraniteSWAForCausalLM",
+        converter="granite_bench.model.modeling_granite_swa:convert_hf_state_dict",
+        hf_class="GraniteSWAForCausalLM", hf_config_class="GraniteSWAConfig",
+        description="sliding-window Granite with attention sinks and per-layer RoPE (swash dense)",
+        sub_blocks=(ATTENTION, LAYER_OUT),
+        layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **DENSE_MLP_TENSORS},
+        hf_attn_implementation="eager", sliding_window=True),
+    "granitemoe_swa": Architecture(
+        model_type="granitemoe_swa",
+        model_class="granite_bench.model.modeling_granitemoe_swa:NeuronGraniteMoeSWAForCausalLM",
+        converter="granite_bench.model.modeling_granitemoe_swa:convert_hf_state_dict",
+        hf_class="GraniteMoeSWAForCausalLM", hf_config_class="GraniteMoeSWAConfig",
+        description="sliding-window Granite MoE with attention sinks and per-layer RoPE (swash MoE)",
+        sub_blocks=(ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+        layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
+        tp_divides=("hidden", "intermediate", "shared"), moe=True,
+        hf_attn_implementation="eager", sliding_window=True),   # save_pretrained keeps the in-memory expert names
+})
+
+
+def window_problems(config: dict) -> list[str]:
+    """What in a sliding-window config.json cannot run: `sliding_window` < 1, `layer_types` of the wrong length or
+    with unknown kinds, `layer_rope_theta` of the wrong length or negative."""
+    layers = int(config.get("num_hidden_layers", 32))
+    problems = []
+    window = config.get("sliding_window", 128)
+    kinds = config.get("layer_types")
+    no_sliding_layer = isinstance(kinds, list) and "sliding_attention" not in kinds   # then a null window is fine
+    bad_window = isinstance(window, bool) or not isinstance(window, int) or window < 1
+    if bad_window and not (window is None and no_sliding_layer):
+        problems.append(f"sliding_window {window!r} must be a positive integer")
+    if kinds is not None:
+        if not isinstance(kinds, list) or len(kinds) != layers:
+            problems.append(f"layer_types must list one kind per layer ({layers}), got "
+                            f"{len(kinds) if isinstance(kinds, list) else kinds!r}")
+        else:
+            unknown = sorted({str(k) for k in kinds if k not in LAYER_KINDS})
+            if unknown:
+                problems.append(f"layer_types has unknown kind {unknown[0]!r} (known: {', '.join(LAYER_KINDS)})")
+    thetas = config.get("layer_rope_theta")
+    if thetas is not None:
+        if not isinstance(thetas, list) or len(thetas) != layers:
+            problems.append(f"layer_rope_theta must list one RoPE base per layer ({layers}), got "
+                            f"{len(thetas) if isinstance(thetas, list) else thetas!r}")
+        elif any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 for t in thetas):
+            bad = next(t for t in thetas if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0)
+            problems.append(f"layer_rope_theta has {bad!r}: each base must be a number >= 0 (0 = NoPE)")
+    return problems
 
 
 def supported() -> list[str]:
@@ -203,6 +261,8 @@ def config_problems(arch: Architecture, config: dict) -> list[str]:
         problems.append(f"shared_intermediate_size {dims['shared']} must be 0 (none) or positive")
     if arch.hybrid:
         problems += hybrid_config_problems(config, dims)
+    if arch.sliding_window:
+        problems.extend(window_problems(config))
     return problems
 
 

@@ -221,6 +221,14 @@ def hybrid_sizes(hf_config) -> dict:
             "conv_state": channels * (m["mamba_conv"] - 1)}
 
 
+def window_sizes(hf_config) -> dict[str, int]:
+    """Layers with a sliding-window KV cache and their window (zeros when the config has none)."""
+    window = int(getattr(hf_config, "sliding_window", 0) or 0)
+    kinds = getattr(hf_config, "layer_types", None) or []
+    sliding = sum(kind == "sliding_attention" for kind in kinds) if window else 0
+    return {"sliding_layers": sliding, "window": window}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes the byte and FLOP counts need, for one TP degree (sums over all ranks)."""
@@ -241,6 +249,8 @@ class ModelShape:
     mamba_params: int = 0  # one Mamba2 mixer's weights
     ssm_state: int = 0     # one Mamba layer's SSM state elements per row (fp32)
     conv_state: int = 0    # one Mamba layer's conv state elements per row (model dtype)
+    sliding_layers: int = 0   # layers whose KV cache is a window of `window` positions (sliding-window attention)
+    window: int = 0
 
     @classmethod
     def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
@@ -251,7 +261,7 @@ class ModelShape:
                    q_heads=plan.q_heads_per_rank * tp_degree, kv_heads=plan.kv_heads_per_rank * tp_degree,
                    head_dim=plan.head_dim, attention_bias=bool(getattr(hf_config, "attention_bias", False)),
                    mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
-                   **hybrid_sizes(hf_config))
+                   **hybrid_sizes(hf_config), **window_sizes(hf_config))
 
     @classmethod
     def hf(cls, hf_config) -> "ModelShape":
@@ -261,7 +271,7 @@ class ModelShape:
                    q_heads=hf_config.num_attention_heads, kv_heads=hf_config.num_key_value_heads,
                    head_dim=head_dim_of(hf_config), attention_bias=bool(getattr(hf_config, "attention_bias", False)),
                    mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
-                   **hybrid_sizes(hf_config))
+                   **hybrid_sizes(hf_config), **window_sizes(hf_config))
 
     def attention_params(self) -> int:
         """One attention mixer's weights (Q/K/V and O projections, their biases)."""
@@ -307,8 +317,11 @@ class ModelShape:
         return layers + self.hidden + self.vocab_padded * self.hidden + batch * self.hidden
 
     def kv_elements_read(self, batch: int, kv_len: int) -> int:
-        """K and V of the attention layers (a hybrid's Mamba layers keep no KV)."""
-        return (self.layers - self.mamba_layers) * 2 * batch * self.kv_heads * kv_len * self.head_dim
+        """K and V a decode step reads: kv_len positions in a full attention layer, at most `window` in a sliding
+        one, none in a hybrid's Mamba layers."""
+        full = self.layers - self.mamba_layers - self.sliding_layers
+        positions = full * kv_len + self.sliding_layers * min(kv_len, self.window)
+        return 2 * batch * self.kv_heads * positions * self.head_dim
 
     def decode_bytes(self, batch: int, kv_len: float, itemsize: int) -> float:
         return ((self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize

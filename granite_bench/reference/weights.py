@@ -36,6 +36,12 @@ DEFAULT_INIT = {
 }
 
 
+# Attention sinks (sliding-window Granites; HF initialises them to zero): drawn around the log-sum-exp of a
+# window's scores (log 16 + 1/2 for W 16, unit-spread scores), so some heads' sinks take most of the attention and
+# some almost none.
+SINK_MEAN, SINK_STD = 3.0, 1.5
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("GRANITE_BENCH_CACHE", Path.home() / ".cache" / "granite-bench"))
 
@@ -118,6 +124,8 @@ def seeded_parameters(config: PretrainedConfig, init: dict):
             yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * init["embedding_std"]
         elif name.endswith(".bias"):
             yield name, torch.zeros(shape)
+        elif name.endswith(".self_attn.sinks"):
+            yield name, SINK_MEAN + SINK_STD * torch.randn(shape, generator=gen, dtype=torch.float32)
         else:
             gain = gains["qk_gain"] if (".q_proj." in name or ".k_proj." in name) else init["linear_gain"]
             # std gain / sqrt(fan_in): the last dimension of [out, in] and of fused experts [E, out, in]

@@ -172,3 +172,16 @@ def test_a_hybrids_weights_read_per_step_are_its_parameters_and_its_kv_and_state
     ssm = config.mamba_n_heads * config.mamba_d_head * config.mamba_d_state
     conv = (2 * config.hidden_size + 2 * config.mamba_n_groups * config.mamba_d_state) * (config.mamba_d_conv - 1)
     assert shape.state_bytes_per_step(1, 2) == mamba * 2 * (ssm * 4 + conv * 2)
+
+
+def test_a_sliding_layer_reads_at_most_its_window_of_kv_whatever_the_context():
+    from transformers import GraniteSWAConfig
+
+    config = GraniteSWAConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                              sliding_window=16, vocab_size=100, bos_token_id=1, eos_token_id=2)   # 1 full, 3 sliding
+    shape = ModelShape.of(config)
+    assert (shape.sliding_layers, shape.window) == (3, 16)
+    per_position = 2 * 2 * 16          # k and v, 2 KV heads, head_dim 16, batch 1
+    assert shape.kv_elements_read(1, 10) == 4 * 10 * per_position
+    assert shape.kv_elements_read(1, 4096) == (4096 + 3 * 16) * per_position
+    assert shape.kv_elements_read(1, 32768) - shape.kv_elements_read(1, 4096) == (32768 - 4096) * per_position
