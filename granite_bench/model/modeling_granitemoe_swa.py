@@ -8,46 +8,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from .backend.attention import HeadLayout
-from .backend.checkpoint import convert_fused_gated_mlp, convert_model
-from .backend.decoder import head_plan
+from .backend.checkpoint import convert_attention_and_norms, convert_fused_gated_mlp, convert_model
+from .backend.decoder import GraniteDecoderLayerBase, head_plan
 from .backend.mlp import GatedMLP
-from .backend.moe import GraniteMoE, convert_moe
-from .backend.norms import RMSNorm
+from .backend.moe import GraniteMoE, convert_moe, experts_plus_shared
 from .backend.sliding_attention import SlidingWindowAttention
 from .backend.step import DecodeStep
 from .backend.window_decoder import NeuronGraniteSWABase, convert_window_attention
 from .config import NeuronConfig
 
 
-class GraniteMoeSWADecoderLayer(nn.Module):
-    def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
-        super().__init__()
-        dtype = neuron_config.dtype
-        self.layer_idx = layer_idx
-        self.self_attn = SlidingWindowAttention(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
-        self.block_sparse_moe = GraniteMoE(config, dtype, neuron_config.moe_ep_degree)
-        shared = int(getattr(config, "shared_intermediate_size", 0) or 0)
-        self.shared_mlp = GatedMLP(config.hidden_size, shared, dtype) if shared else None
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.residual_multiplier = float(config.residual_multiplier)
+class GraniteMoeSWADecoderLayer(GraniteDecoderLayerBase):
+    attention_class = SlidingWindowAttention
 
-    def forward(self, hidden: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        attn_out = self.self_attn(self.input_layernorm(hidden), step, step.cache)
-        hidden = hidden + attn_out * self.residual_multiplier  # Granite: scaled attention branch
-        step.record(self.layer_idx, "attention", hidden)
-        normed = self.post_attention_layernorm(hidden)
-        branch = self.block_sparse_moe(normed, step, self.layer_idx)
-        if self.shared_mlp is not None:
-            shared_out = self.shared_mlp(normed)
-            step.record(self.layer_idx, "shared_mlp", shared_out)
-            branch = branch + shared_out
-        hidden = hidden + branch * self.residual_multiplier  # Granite: scaled experts (+ shared) branch
-        step.record(self.layer_idx, "mlp", hidden)
-        return hidden
+    def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
+        super().__init__(config, layout, layer_idx, neuron_config)
+        self.block_sparse_moe = GraniteMoE(config, neuron_config.dtype, neuron_config.moe_ep_degree)
+        shared = int(getattr(config, "shared_intermediate_size", 0) or 0)
+        self.shared_mlp = GatedMLP(config.hidden_size, shared, neuron_config.dtype) if shared else None
+
+    def feed_forward(self, normed: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        return experts_plus_shared(self.block_sparse_moe, self.shared_mlp, normed, step, self.layer_idx)
 
 
 class NeuronGraniteMoeSWAForCausalLM(NeuronGraniteSWABase):
@@ -64,15 +47,12 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp:
     shared = int(getattr(config, "shared_intermediate_size", 0) or 0)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        attn = convert_window_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv)
-        out = {f"self_attn.{k}": v for k, v in attn.items()}
+        out = convert_attention_and_norms(hf, src, plan, rank, fused_qkv, attention=convert_window_attention)
         out.update({f"block_sparse_moe.{k}": v
                     for k, v in convert_moe(hf, f"{src}.block_sparse_moe", rank, tp, ep).items()})
         if shared:
             out.update({f"shared_mlp.{k}": v
                         for k, v in convert_fused_gated_mlp(hf, f"{src}.shared_mlp", rank, tp).items()})
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
         return out
 
     return convert_model(hf, config, rank, tp, dtype, convert_layer)
