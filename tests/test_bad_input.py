@@ -140,7 +140,7 @@ CASES = [
     ("parity tensor of the wrong shape", ["parity", *FAST, "--model", "{ckpt:wrong-shape}"], 2,
      "tensor model.layers.0.mlp.gate_proj.weight in"),
     ("parity not a granite config", ["parity", *FAST, "--model", "{ckpt:not-granite}"], 2,
-     "model_type 'llama' is not supported; granite-bench runs granite, granitemoe"),
+     "model_type 'llama' is not supported; granite-bench runs granite, granite_swa, granitemoe"),
     ("parity --layers on a checkpoint folder", ["parity", *FAST, "--model", "{ckpt:yarn}", "--layers", "2"], 2,
      "--layers applies to presets only"),
     ("parity results dir is a file", ["parity", *FAST, "--results-dir", "{file}"], 2, "is an existing file: give a folder"),
