@@ -12,6 +12,7 @@ import torch
 from ..model.auto import build_model, convert_checkpoint
 from ..model.backend import parallel_state as ps
 from ..model.backend.checkpoint import load_hf_state_dict
+from ..model.backend.single_row import choose_for_model
 from ..model.config import BucketError, NeuronConfig, pick_bucket
 from .errors import InputError
 from .generation import GenerationResult, greedy_generate
@@ -47,6 +48,8 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
     model.reset_static_buffers(device)
     if device == "cpu" and neuron_config.dtype == torch.float32:
         model.lm_head.use_input_major_layout()
+    if device == "cpu":
+        choose_for_model(model)   # the one-row bf16/fp16 kernel, measured here before any graph is compiled
     return model.eval()
 
 
