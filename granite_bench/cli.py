@@ -215,6 +215,12 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")
+    if goldens is not None:  # corrupt goldens are refused before torch loads (standard library only)
+        from .reference.golden_files import GoldenError, verify_golden_set
+        try:
+            verify_golden_set(goldens)
+        except GoldenError as err:
+            raise BadInput(str(err)) from None
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
@@ -249,6 +255,11 @@ def reference(
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
         if out is not None:
             preflight.output_dir(out)
+            from .reference.golden_files import GoldenError, check_goldens_target  # standard library only
+            try:
+                check_goldens_target(out)
+            except GoldenError as err:
+                raise BadInput(str(err)) from None
         if framework_dtype is not None and preflight.dtype_name(framework_dtype, "--framework-dtype") == "float32":
             raise BadInput("--framework-dtype float32 is the reference itself: give bfloat16 or float16")
     except BadInput as err:
@@ -401,12 +412,16 @@ def compare(
                                             "('deterministic'; timings still measured and shown)."),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
+    from .gate.sides import check_stored_specs   # no torch: stored runs are checked before transformers loads
+    from .gate.verdict import CompareError as StoredRunError
+    from .results.store import ResultStore
     try:
         for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
             preflight.positive(value, option)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
-    except BadInput as err:
+        check_stored_specs(ResultStore(results_dir), [baseline, candidate])
+    except (BadInput, StoredRunError) as err:
         fail(err)
     quiet_transformers()
     from .gate.ab import TreeError
@@ -434,6 +449,8 @@ def compare(
     except (CompareError, TreeError) as err:
         fail(err)
     render(console, comparison)
+    for message in comparison.warnings:
+        warn(message)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from importlib import metadata
 from pathlib import Path
@@ -30,3 +31,12 @@ def code_fingerprint(*relative_paths: str, versions_of: tuple[str, ...] = ()) ->
             found = "absent"
         digest.update(f"\0{dist}={found}".encode())
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def package_code_fingerprint() -> str:
+    """code_fingerprint over every Python file of the package (and the torch and transformers versions): the code
+    that measured a result, committed or not. Any edit anywhere in the package gives a new one."""
+    names = sorted(str(p.relative_to(PACKAGE_DIR)) for p in PACKAGE_DIR.rglob("*.py")
+                   if "__pycache__" not in p.parts)
+    return code_fingerprint(*names, versions_of=("torch", "transformers"))

@@ -15,7 +15,7 @@ from unittest import mock
 import torch
 
 from ..model import modeling_granite
-from ..model.backend import attention, decoder, kv_cache, norms, rope
+from ..model.backend import attention, decoder, kv_cache, mlp, moe, norms, rope
 
 
 @dataclass(frozen=True)
@@ -164,4 +164,73 @@ SEEDED_BUGS: dict[str, SeededBug] = {bug.name: bug for bug in [
               kv_cache_stale_after_context_encoding.__doc__, False, kv_cache_stale_after_context_encoding),
     SeededBug("rms_norm_eps_outside_sqrt", "norm eps", rms_norm_eps_outside_sqrt.__doc__, True,
               rms_norm_eps_outside_sqrt),
+]}
+
+
+# -- mixture of experts (Granite MoE models only: the dense canary has no router) ---------------------------------
+
+def router_softmax_over_all_experts():
+    """Softmax over all experts' logits before the top-k, the chosen k keeping their share of it (Switch style):
+    HF renormalises over the k chosen."""
+    def forward(self, x):
+        probs = torch.softmax(torch.nn.functional.linear(x, self.weight).float(), dim=-1)
+        weights, index = probs.topk(self.top_k, dim=-1)
+        return weights.to(x.dtype), index
+
+    return mock.patch.object(moe.TopKRouter, "forward", forward)
+
+
+def router_weights_unnormalised():
+    """The k chosen router logits used as the experts' weights, the softmax over them dropped."""
+    def forward(self, x):
+        logits, index = torch.nn.functional.linear(x, self.weight).float().topk(self.top_k, dim=-1)
+        return logits.to(x.dtype), index
+
+    return mock.patch.object(moe.TopKRouter, "forward", forward)
+
+
+def router_top_k_off_by_one():
+    """num_experts_per_tok - 1 experts per token (a top-k bound off by one)."""
+    original = moe.TopKRouter.forward
+
+    def forward(self, x):
+        kept, self.top_k = self.top_k, max(self.top_k - 1, 1)
+        try:
+            return original(self, x)
+        finally:
+            self.top_k = kept
+
+    return mock.patch.object(moe.TopKRouter, "forward", forward)
+
+
+def experts_gate_up_swapped():
+    """The fused input_linear read as [up; gate] instead of [gate; up]: silu lands on the up projection."""
+    def expert(self, local, x):
+        up, gate = moe.linear(x, self.gate_up_proj[local]).chunk(2, dim=-1)
+        return moe.linear(torch.nn.functional.silu(gate) * up, self.down_proj[local])
+
+    return mock.patch.object(moe.FusedExperts, "expert", expert)
+
+
+def shared_mlp_dropped():
+    """The shared MLP's output never added beside the experts' (its gated MLP returns zeros)."""
+    return mock.patch.object(mlp.GatedMLP, "forward", lambda self, x: torch.zeros_like(x))
+
+
+@dataclass(frozen=True)
+class MoESeededBug:
+    name: str
+    description: str
+    sub_block: str           # where localisation must name it (in the first MoE layer)
+    patch: Callable[[], contextlib.AbstractContextManager]
+
+
+MOE_SEEDED_BUGS: dict[str, MoESeededBug] = {bug.name: bug for bug in [
+    MoESeededBug("router_softmax_over_all_experts", router_softmax_over_all_experts.__doc__, "router",
+                 router_softmax_over_all_experts),
+    MoESeededBug("router_weights_unnormalised", router_weights_unnormalised.__doc__, "router",
+                 router_weights_unnormalised),
+    MoESeededBug("router_top_k_off_by_one", router_top_k_off_by_one.__doc__, "router", router_top_k_off_by_one),
+    MoESeededBug("experts_gate_up_swapped", experts_gate_up_swapped.__doc__, "experts", experts_gate_up_swapped),
+    MoESeededBug("shared_mlp_dropped", shared_mlp_dropped.__doc__, "shared_mlp", shared_mlp_dropped),
 ]}

@@ -53,6 +53,7 @@ class Comparison:
     notes: list[str]
     settings: dict
     timings: ab.ABResult | None = None     # the interleaved trials behind the timing rows (None: not timed)
+    warnings: list[str] = field(default_factory=list)   # what makes the verdict mean less than it says
 
     @property
     def regressed(self) -> bool:
@@ -196,10 +197,43 @@ def run_compare(settings: CompareSettings, console=None, progress=None) -> Compa
             notes.append("timings not compared: stored runs were not measured side by side; pass git refs "
                          "(e.g. --baseline HEAD~1 --candidate worktree) to gate timings")
     settings_record = asdict(settings) | {"results_dir": str(settings.results_dir)}
-    comparison = Comparison(baseline, candidate, rows, notes, settings_record, result)
+    comparison = Comparison(baseline, candidate, rows, notes, settings_record, result,
+                            side_warnings(baseline, candidate))
     if settings.store:
         comparison.settings["stored_as"] = str(store_comparison(store, comparison) or "")
     return comparison
+
+
+def side_warnings(baseline: Side, candidate: Side) -> list[str]:
+    """A run compared with itself, or parity runs judged under different tolerance profiles."""
+    found = []
+    if baseline.run_ids and sorted(baseline.run_ids) == sorted(candidate.run_ids):
+        found.append(f"baseline and candidate are the same run ({', '.join(baseline.run_ids)}): this compares it "
+                     f"with itself, so no regression can show")
+    elif baseline.tree is not None and candidate.tree is not None and baseline.tree.sha == candidate.tree.sha \
+            and baseline.tree.sha != "unknown" and not (baseline.tree.dirty or candidate.tree.dirty):
+        found.append(f"baseline and candidate are the same commit ({baseline.tree.sha[:10]}): this compares it with "
+                     f"itself")
+    profiles = [tolerance_profiles(side.frames.get("parity_summary")) for side in (baseline, candidate)]
+    if all(profiles) and profiles[0] != profiles[1]:
+        found.append(f"the parity runs used different tolerance profiles (baseline: {', '.join(profiles[0])}; "
+                     f"candidate: {', '.join(profiles[1])}): their verdicts were judged against different "
+                     f"tolerances, so a changed verdict may be the profile, not the code")
+    return found
+
+
+def tolerance_profiles(frame) -> list[str]:
+    """Names of the tolerance profiles a parity_summary frame's runs used (from their stored config)."""
+    import json
+    if frame is None or "config_json" not in frame.columns:
+        return []
+    names = set()
+    for text in frame["config_json"].dropna().unique():
+        try:
+            names.add(str(json.loads(text)["profile"]["name"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sorted(names)
 
 
 __all__ = ["CompareError", "CompareSettings", "Comparison", "Row", "compare_deterministic", "judge_value", "render",

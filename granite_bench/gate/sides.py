@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results.store import ResultStore
+from ..results.store import CorruptResultFile, ResultStore
 from . import ab
 from .verdict import KEY_COLUMNS, CompareError
 
@@ -32,22 +32,69 @@ class Side:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def match_run_ids(store: ResultStore, spec: str) -> list[str] | None:
-    """Run ids named by spec (comma-separated ids or unique prefixes); None when some part names no stored run."""
+def known_run_ids(store: ResultStore) -> list[str]:
+    """Every run the store knows: those its files name, and those with a commit marker (whose files may be gone)."""
     runs = store.runs()
-    known = list(runs["run_id"]) if len(runs) else []
+    return sorted((set(runs["run_id"]) if len(runs) else set()) | store.committed_runs())
+
+
+def match_run_ids(store: ResultStore, spec: str) -> list[str] | None:
+    """Run ids named by spec (comma-separated ids, or unique prefixes of the id or of its hash part, e.g.
+    '6e3a0c43' of '20250101T000000Z-6e3a0c43'); None when some part names no stored run."""
+    known = known_run_ids(store)
     found = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        hits = [r for r in known if r == part] or [r for r in known if r.startswith(part)]
+        hits = [r for r in known if r == part] or \
+            [r for r in known if r.startswith(part) or r.partition("-")[2].startswith(part)]
         if len(hits) != 1:
             if len(hits) > 1:
-                raise CompareError(f"{part!r} matches {len(hits)} stored runs: give more of the run id")
+                shown = ", ".join(hits[:4]) + (f" and {len(hits) - 4} more" if len(hits) > 4 else "")
+                raise CompareError(f"{part!r} matches {len(hits)} stored runs ({shown}): give more of the run id")
             return None
         found.append(hits[0])
     return found or None
 
 
+def check_run_tables(store: ResultStore, run_ids: list[str]) -> None:
+    """CompareError naming the file when a deterministic table a run committed is missing or unreadable: a side
+    whose results cannot be read cannot be judged (never read as 'no rows, no regression')."""
+    for run_id in run_ids:
+        for path in store.run_files(run_id):
+            if path.parent.parent.name not in KEY_COLUMNS:
+                continue
+            table = path.parent.parent.name
+            if not path.is_file():
+                raise CompareError(f"cannot judge run {run_id}: its {table} file {path} is missing (its commit "
+                                   f"marker lists it): restore the file or compare other runs")
+            try:
+                store.read_file(path)
+            except CorruptResultFile as err:
+                raise CompareError(f"cannot judge run {run_id}: its {table} file {path} is unreadable "
+                                   f"({str(err.__cause__ or err).splitlines()[0]}): restore the file or compare "
+                                   f"other runs") from None
+
+
+def check_stored_specs(store: ResultStore, specs: list[str]) -> None:
+    """Before anything heavy loads: each spec that names stored runs must name them unambiguously, and their
+    committed deterministic tables must be readable (CompareError otherwise). Code trees are resolved later.
+    Unreadable files of other runs are left for the comparison itself to report."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in specs:
+            _check_stored_spec(store, spec)
+
+
+def _check_stored_spec(store: ResultStore, spec: str) -> None:
+    if spec == ab.WORKTREE or (Path(spec) / "granite_bench").is_dir():
+        return
+    run_ids = match_run_ids(store, spec)
+    if run_ids:
+        check_run_tables(store, run_ids)
+
+
 def read_runs(store: ResultStore, run_ids: list[str]) -> dict[str, pd.DataFrame]:
+    check_run_tables(store, run_ids)
     frames = {}
     for table in KEY_COLUMNS:
         if table not in store.tables():
@@ -62,6 +109,10 @@ def read_runs(store: ResultStore, run_ids: list[str]) -> dict[str, pd.DataFrame]
 
 def stored_commit_rows(store: ResultStore, sha: str) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Deterministic rows of a commit's clean runs in the store (latest per key), and their run ids."""
+    runs = store.runs()
+    if len(runs):
+        clean = runs["git_dirty"].astype(str).str.lower().isin(["false", "0"])
+        check_run_tables(store, sorted(runs.loc[(runs["git_sha"] == sha) & clean, "run_id"]))
     frames, run_ids = {}, set()
     for table in KEY_COLUMNS:
         if table not in store.tables():

@@ -7,36 +7,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
-from .backend.attention import GraniteAttention, HeadLayout
-from .backend.checkpoint import convert_attention, convert_gated_mlp, convert_model
-from .backend.decoder import NeuronGraniteBase, head_plan
+from .backend.attention import HeadLayout
+from .backend.checkpoint import convert_attention_and_norms, convert_gated_mlp, convert_model
+from .backend.decoder import GraniteDecoderLayerBase, NeuronGraniteBase, head_plan
 from .backend.mlp import GatedMLP
-from .backend.norms import RMSNorm
 from .backend.step import DecodeStep
 from .config import NeuronConfig
 
 
-class GraniteDecoderLayer(nn.Module):
+class GraniteDecoderLayer(GraniteDecoderLayerBase):
     def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
-        super().__init__()
-        dtype = neuron_config.dtype
-        self.layer_idx = layer_idx
-        self.self_attn = GraniteAttention(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, dtype, bool(getattr(config, "mlp_bias", False)))
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.residual_multiplier = float(config.residual_multiplier)
+        super().__init__(config, layout, layer_idx, neuron_config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, neuron_config.dtype,
+                            bool(getattr(config, "mlp_bias", False)))
 
-    def forward(self, hidden: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        attn_out = self.self_attn(self.input_layernorm(hidden), step, step.cache)
-        hidden = hidden + attn_out * self.residual_multiplier  # Granite: scaled attention branch
-        step.record(self.layer_idx, "attention", hidden)
-        mlp_out = self.mlp(self.post_attention_layernorm(hidden))
-        hidden = hidden + mlp_out * self.residual_multiplier  # Granite: scaled MLP branch
-        step.record(self.layer_idx, "mlp", hidden)
-        return hidden
+    def feed_forward(self, normed: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        return self.mlp(normed)
 
 
 class NeuronGraniteForCausalLM(NeuronGraniteBase):
@@ -52,10 +39,8 @@ def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp:
     plan = head_plan(config, tp, ep)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        out = {f"self_attn.{k}": v for k, v in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
+        out = convert_attention_and_norms(hf, src, plan, rank, fused_qkv)
         out.update({f"mlp.{k}": v for k, v in convert_gated_mlp(hf, f"{src}.mlp", rank, tp).items()})
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
         return out
 
     return convert_model(hf, config, rank, tp, dtype, convert_layer)

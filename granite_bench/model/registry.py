@@ -168,9 +168,8 @@ def expected_layer_tensors(arch: Architecture, config: dict) -> dict[tuple[str, 
     out = {}
     for layer in range(dims["layers"]):
         for names, template in arch.layer_tensors.items():
-            if "shared" in template or any("shared" in t for t in template):
-                if dims["shared"] == 0:
-                    continue   # shared_intermediate_size 0: no shared MLP
+            if dims["shared"] == 0 and any("shared" in size for size in template):
+                continue   # shared_intermediate_size 0: no shared MLP
             out[tuple(f"model.layers.{layer}.{n}" for n in names.split("|"))] = resolve_shape(template, dims)
     return out
 
@@ -186,7 +185,7 @@ def config_problems(arch: Architecture, config: dict) -> list[str]:
     if arch.moe:
         if dims["experts"] < 1:
             problems.append(f"num_local_experts {dims['experts']} must be at least 1")
-        if not 1 <= dims["top_k"] <= dims["experts"]:
+        elif not 1 <= dims["top_k"] <= dims["experts"]:
             problems.append(f"num_experts_per_tok {dims['top_k']} must be between 1 and num_local_experts "
                             f"{dims['experts']}")
     if dims["shared"] < 0:

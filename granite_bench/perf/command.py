@@ -3,8 +3,11 @@ point as soon as it is done, print the summary.
 
 Storage: every point is its own run (its own run id and metadata): one perf_samples and one perf_summary file,
 committed together (ResultStore.write_run), so readers see both or neither. A later sweep skips a point whose key
-has a perf_summary row from the same git commit on the same machine (`--fresh` measures again regardless). Shards
-write disjoint points under their own run ids, so their files union without coordination.
+has a perf_summary row from the same git commit on the same machine measured by the same code: every row carries
+`code_fingerprint` (all of the package's Python files, committed or not, and the torch/transformers versions; the
+dirty flag is in the run metadata), and a point stored by other code is measured again, which the header says
+(`--fresh` measures again regardless). Shards write disjoint points under their own run ids, so their files union
+without coordination.
 """
 
 from __future__ import annotations
@@ -47,6 +50,25 @@ def stored_summaries(store, git_sha: str, fingerprint: str):
                        f"AND machine_fingerprint = {_sql(fingerprint)}")
 
 
+def stored_points(store, points: list[PerfPoint], code: str) -> tuple[dict[str, list[dict]], set[str]]:
+    """({point key: summary rows} of the points stored for this commit and machine by this code, {keys of points
+    stored there only by other code}): rows without a code fingerprint were measured by code that kept none."""
+    from ..results.metadata import default_repo_dir, git_state, machine_description
+    sha, _ = git_state(default_repo_dir())
+    stored = stored_summaries(store, sha, machine_description()[0])
+    wanted = {p.key for p in points}
+    done: dict[str, list[dict]] = {}
+    other: set[str] = set()
+    for row in stored.to_dict("records") if len(stored) else []:
+        if row["point_key"] not in wanted:
+            continue
+        if row.get("code_fingerprint") == code:
+            done.setdefault(row["point_key"], []).append(row)
+        else:
+            other.add(row["point_key"])
+    return done, other - set(done)
+
+
 def point_metadata(point: PerfPoint, args: PerfArgs, extra: dict):
     from ..results import collect_run_metadata
     config = {"point": point.columns(), "rounds": args.spec.rounds, "warmup": args.spec.warmup,
@@ -67,7 +89,7 @@ def store_point(store, point: PerfPoint, args: PerfArgs, samples: list[dict], su
 # -- the command -----------------------------------------------------------------------------------------------
 def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
     """Measure the grid (or one shard of it); returns the summary rows of every point of the shard."""
-    from ..results.metadata import default_repo_dir, git_state, machine_description
+    from ..fingerprint import package_code_fingerprint
     from ..results.store import ResultStore
     from .sweep import SweepSession
     from .timing import set_threads
@@ -77,20 +99,15 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
     grid = spec.points()
     points = shard_points(grid, index, count)
     store = ResultStore(args.results_dir) if args.results_dir is not None else None
-    done: dict[str, list[dict]] = {}
-    if store is not None and not args.fresh:
-        sha, _ = git_state(default_repo_dir())
-        stored = stored_summaries(store, sha, machine_description()[0])
-        wanted = {p.key for p in points}
-        for row in stored.to_dict("records") if len(stored) else []:
-            if row["point_key"] in wanted:
-                done.setdefault(row["point_key"], []).append(row)
+    code = package_code_fingerprint()
+    done, stale = stored_points(store, points, code) if store is not None and not args.fresh else ({}, set())
     todo = [p for p in points if p.key not in done]
     shard_text = f" · shard {index}/{count}" if count > 1 else ""
+    stale_text = f" · {len(stale)} stored by other code: re-running" if stale else ""
     model = escape(str(spec.model))
     console.print(f"[bold]perf[/] {model}{f' (first {spec.layers} layers)' if spec.layers else ''} · "
-                  f"{spec.device} · {len(grid)} grid points{shard_text} · {len(points) - len(todo)} already stored · "
-                  f"{len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
+                  f"{spec.device} · {len(grid)} grid points{shard_text} · {len(points) - len(todo)} already stored"
+                  f"{stale_text} · {len(todo)} to run · {spec.new_tokens} new tokens · {spec.rounds} rounds "
                   f"(+{spec.warmup} warm-up) · baselines: {', '.join(spec.baselines) or 'none'}")
     threads = set_threads(spec.threads)
     warn_if_busy(console, threads)
@@ -104,6 +121,7 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
                 for k, point in enumerate(todo, 1):
                     progress.update(task, description=f"point {k} of {len(todo)}: {point.label}")
                     samples, summary = session.measure(point)
+                    summary = [{**row, "code_fingerprint": code} for row in summary]
                     if store is not None:
                         store_point(store, point, args, samples, summary, {"threads": threads})
                     results[point.key] = summary

@@ -12,7 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-BASELINES = ("hf_eager", "hf_static")
+BASELINES = ("hf_eager", "hf_static")                 # the default HF side of a sweep
+# HF's MoE experts implementations, for MoE models (hf_eager runs HF's eager experts loop)
+MOE_BASELINES = ("hf_grouped_mm", "hf_batched_mm")
 
 
 class GridError(ValueError):
@@ -86,9 +88,9 @@ class GridSpec:
         bad = [d for d in self.dtypes if d not in DTYPE_NAMES]
         if not self.dtypes or bad:
             raise GridError(f"--dtype takes {', '.join(DTYPE_NAMES)} (comma-separated), got {self.dtypes!r}")
-        bad = [b for b in self.baselines if b not in BASELINES]
+        bad = [b for b in self.baselines if b not in BASELINES + MOE_BASELINES]
         if bad:
-            raise GridError(f"unknown baseline {bad[0]!r}: choose from {', '.join(BASELINES)}")
+            raise GridError(f"unknown baseline {bad[0]!r}: choose from {', '.join(BASELINES + MOE_BASELINES)}")
         if not 0 < self.prompt_fill <= 1:
             raise GridError(f"prompt_fill must be in (0, 1], got {self.prompt_fill!r}")
         if self.layers is not None and (not isinstance(self.layers, int) or self.layers < 1):

@@ -18,7 +18,18 @@ from ..model.config import DTYPES
 from ..reference.hf_classes import hf_model_class
 from .timing import GenerationTiming, now_ns
 
-HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static"}   # name -> cache_implementation
+HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static", "hf_grouped_mm": None,
+                      "hf_batched_mm": None}   # name -> cache_implementation
+# name -> HF's experts implementation (MoE models; transformers' own default is grouped_mm)
+HF_EXPERTS = {"hf_eager": "eager", "hf_static": "eager", "hf_grouped_mm": "grouped_mm", "hf_batched_mm": "batched_mm"}
+
+
+def use_experts_implementation(model: PreTrainedModel, baseline: str) -> str | None:
+    """Switch a MoE model to the baseline's experts implementation; None for a model without experts."""
+    if not any(type(m).__name__.endswith("Experts") for m in model.modules()):
+        return None
+    model.set_experts_implementation(HF_EXPERTS[baseline])
+    return HF_EXPERTS[baseline]
 HF_ATTENTION = "sdpa"            # HF's default attention kernel, what a user of generate gets
 
 

@@ -196,6 +196,13 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
 
 
 # -- work per step ---------------------------------------------------------------------------------------------
+def moe_sizes(hf_config) -> dict:
+    """experts / top_k / shared of a config (zeros for a dense one)."""
+    return {"experts": int(getattr(hf_config, "num_local_experts", 0) or 0),
+            "top_k": int(getattr(hf_config, "num_experts_per_tok", 1) or 1),
+            "shared": int(getattr(hf_config, "shared_intermediate_size", 0) or 0)}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes the byte and FLOP counts need, for one TP degree (sums over all ranks)."""
@@ -209,6 +216,9 @@ class ModelShape:
     head_dim: int
     attention_bias: bool
     mlp_bias: bool
+    experts: int = 0       # routed experts per layer (0: a dense MLP of `intermediate`)
+    top_k: int = 1         # experts each token uses
+    shared: int = 0        # intermediate size of a shared MLP beside the experts
 
     @classmethod
     def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
@@ -218,7 +228,7 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=-(-vocab // tp_degree) * tp_degree,
                    q_heads=plan.q_heads_per_rank * tp_degree, kv_heads=plan.kv_heads_per_rank * tp_degree,
                    head_dim=plan.head_dim, attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
 
     @classmethod
     def hf(cls, hf_config) -> "ModelShape":
@@ -227,20 +237,35 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=hf_config.vocab_size,
                    q_heads=hf_config.num_attention_heads, kv_heads=hf_config.num_key_value_heads,
                    head_dim=head_dim_of(hf_config), attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
 
-    def layer_linear_params(self) -> int:
+    def active_experts(self, tokens: int) -> float:
+        """Distinct experts `tokens` tokens choose in one layer: exactly top_k for one token; for more, the expected
+        count under uniform routing, E·(1 - (1 - k/E)^tokens) (each chosen expert's weights are read once)."""
+        if tokens <= 1:
+            return float(self.top_k)
+        return self.experts * (1 - (1 - self.top_k / self.experts) ** tokens)
+
+    def layer_linear_params(self, experts_read: float | None = None) -> float:
+        """Weights of one layer's projections that a step reads; a MoE layer reads `experts_read` experts (default:
+        the top_k one token uses) besides its router and shared MLP."""
         h, d = self.hidden, self.head_dim
         qkv = h * (self.q_heads + 2 * self.kv_heads) * d
         out = self.q_heads * d * h
-        mlp = 3 * h * self.intermediate
+        if self.experts:
+            used = self.top_k if experts_read is None else experts_read
+            mlp = 3 * h * self.intermediate * used + self.experts * h + 3 * h * self.shared
+        else:
+            mlp = 3 * h * self.intermediate
         bias = ((self.q_heads + 2 * self.kv_heads) * d + h if self.attention_bias else 0) + \
                (2 * self.intermediate + h if self.mlp_bias else 0)
         return qkv + out + mlp + bias
 
-    def weight_elements_per_step(self, batch: int) -> int:
-        """Weights one decode step reads: every layer, the norms, the LM head, and `batch` embedding rows."""
-        layers = self.layers * (self.layer_linear_params() + 2 * self.hidden)
+    def weight_elements_per_step(self, batch: int) -> float:
+        """Weights one decode step reads: every layer (a MoE layer: the experts its `batch` tokens choose), the norms,
+        the LM head, and `batch` embedding rows."""
+        read = self.active_experts(batch) if self.experts else None
+        layers = self.layers * (self.layer_linear_params(read) + 2 * self.hidden)
         return layers + self.hidden + self.vocab_padded * self.hidden + batch * self.hidden
 
     def kv_elements_read(self, batch: int, kv_len: int) -> int:

@@ -163,9 +163,11 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             **ctx.threads, **ctx.cpu,
         }
         if impl != IMPL:
-            from .hf_baseline import HF_ATTENTION, HF_IMPLEMENTATIONS
+            from .hf_baseline import HF_ATTENTION, HF_EXPERTS, HF_IMPLEMENTATIONS
             rows[impl].update(hf_attn_implementation=HF_ATTENTION,
                               hf_cache_implementation=HF_IMPLEMENTATIONS.get(impl) or "dynamic")
+            if shape.experts:   # text column, MoE models only (an all-missing column would read as numeric)
+                rows[impl]["hf_experts_implementation"] = HF_EXPERTS[impl]
     if IMPL in rows:
         ours = rows[IMPL]
         ours["compile_seconds_total"] = float(sum(ctx.compile_seconds.values()))
@@ -261,12 +263,15 @@ class SweepSession:
         prompts = make_prompts(point, hf_config.vocab_size)
         contestants = {IMPL: lambda: time_runner_generation(runner, prompts, point.new_tokens, sync)}
         if self.spec.baselines:
-            from .hf_baseline import HF_IMPLEMENTATIONS, time_hf_generation
+            from .hf_baseline import HF_IMPLEMENTATIONS, time_hf_generation, use_experts_implementation
             hf = self.hf_for(point, runner.model_dir)
             pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else 0
+
+            def hf_run(name):
+                use_experts_implementation(hf, name)   # MoE: this baseline's experts kernel (interleaved rounds)
+                return time_hf_generation(hf, prompts, point.new_tokens, HF_IMPLEMENTATIONS[name], sync, pad)
             for name in self.spec.baselines:
-                contestants[name] = (lambda cache=HF_IMPLEMENTATIONS[name]:
-                                     time_hf_generation(hf, prompts, point.new_tokens, cache, sync, pad))
+                contestants[name] = lambda name=name: hf_run(name)
         pids = worker_pids(runner)
         load_start = load_average()
         reset_peak_rss(pids)

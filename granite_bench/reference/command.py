@@ -23,7 +23,8 @@ class ReferenceArgs:
 def run_reference_command(args: ReferenceArgs, console) -> Path:
     """Goldens of (model, prompts, num tokens) written to args.out, or to the golden cache parity looks in."""
     from ..parity.prompts import PromptError, encode_prompts, read_prompts_file
-    from .goldens import GoldenError, cache_dir_for, cached_goldens, golden_request, run_reference
+    from .golden_files import check_goldens_target
+    from .goldens import cache_dir_for, cached_goldens, golden_request, run_reference
     from .hf_reference import offload_device_map, parse_memory
     from .weights import load_hf_config, resolve_model_dir
     raw = read_prompts_file(args.prompts) if args.prompts else args.suite_prompts
@@ -31,8 +32,8 @@ def run_reference_command(args: ReferenceArgs, console) -> Path:
         raise PromptError("no prompts: pass --prompts FILE or give 'prompts' in the suite")
     if args.num_tokens < 1:
         raise PromptError(f"--num-tokens {args.num_tokens}: the reference needs at least one greedy token")
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise GoldenError(f"--out {args.out} is a file: give a directory for the goldens")
+    if args.out is not None:   # a file, a folder of other things, or the working folder: refused, never deleted
+        check_goldens_target(Path(args.out))
     model_dir = resolve_model_dir(args.model, num_layers=args.layers)
     hf_config = load_hf_config(model_dir)
     prompts = encode_prompts(raw, model_dir, hf_config.vocab_size)

@@ -8,21 +8,27 @@ parity's metrics (KL, shift removal over the whole vocabulary, top-k error maps 
 positions x vocab x 4 bytes per prompt (a 16k-token prompt over a 49k vocabulary would be 3 GB), which is why the
 long-context presets use a small vocabulary.
 
-Layout of a golden directory (written to a temp folder, then renamed):
+Layout of a golden directory (written to a temp folder beside it, then put in place whole):
     golden.json                 format version, key (what determined it), run metadata, one entry per prompt
     prompt-00000.safetensors    prompt_ids [L] int64, tokens [T] int64, logits [L+T, V] fp32,
                                 hidden.<layer>.<k>.<sub-block> [L+T, X] fp32 (k: order within the layer)
+    digests.json                sha256 of every file above and of the whole set, written last (golden_files.py)
 The key: checkpoint content fingerprint, prompt ids (and their sha256), number of tokens, reference dtype, HF
 attention implementation, transformers version. Automatic reuse looks in GRANITE_BENCH_CACHE/goldens under a
 name derived from checkpoint fingerprint + prompts + num tokens, and reuses a golden only when every key field
 matches; otherwise it prints why and recomputes.
+
+Goldens prove themselves on every read: each file must match its digest, the index must list prompts and agree with
+its key, the logits must hold no NaN and every greedy token must be the top token of the logits that chose it.
+Anything else is corrupt goldens (GoldenError, one line naming the file, exit 2), never a parity failure of the
+implementation. Goldens are written only where golden_files.check_goldens_target allows: a folder that holds
+anything else is refused, never deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -30,13 +36,14 @@ from pathlib import Path
 
 import torch
 
+from .golden_files import (GOLDEN_FILE, GoldenError, check_goldens_target, read_digests, redo,
+                           swap_into_place, verify_file, write_digests)
+
 FORMAT_VERSION = 2   # 2: sub-blocks stored with their execution order (MoE routers, experts, shared MLPs)
-GOLDEN_FILE = "golden.json"
 REFERENCE_DTYPE = "float32"
-
-
-class GoldenError(ValueError):
-    """A goldens directory that cannot be used (missing, corrupt, made for another checkpoint or other prompts)."""
+# A stored greedy token must be the top token of the logits that chose it, up to this share of the row's largest
+# |logit| (HF generate's cached decode and the full forward differ by rounding only).
+GREEDY_TIE = 1e-4
 
 
 @dataclass
@@ -114,14 +121,21 @@ def prompt_file(index: int) -> str:
 
 
 def save_goldens(goldens: list[PromptGolden], key: dict, directory: Path, metadata: dict | None = None) -> Path:
-    """Write a golden directory atomically: a temp folder beside it, renamed over any older one."""
+    """Write a golden directory: every file into a temp folder beside it, digests.json last, then the folder put in
+    place whole (an older golden directory there is replaced atomically; a folder holding anything else is refused)."""
     from safetensors.torch import save_file
     directory = Path(directory)
+    check_goldens_target(directory)
+    if not goldens:
+        raise GoldenError("no prompts: a golden set needs at least one prompt")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    old = None
     try:
         entries = []
         for i, g in enumerate(goldens):
+            if torch.isnan(g.logits).any():
+                raise GoldenError(f"the HF reference gave NaN logits for prompt {i}: no goldens were written")
             tensors = {"prompt_ids": torch.tensor(g.prompt, dtype=torch.int64),
                        "tokens": torch.tensor(g.tokens, dtype=torch.int64), "logits": g.logits.contiguous()}
             tensors.update({f"hidden.{layer}.{k}.{sub}": h.contiguous()
@@ -131,20 +145,18 @@ def save_goldens(goldens: list[PromptGolden], key: dict, directory: Path, metada
                             "positions": int(g.logits.shape[0]), "vocab": int(g.logits.shape[1])})
         doc = {"format_version": FORMAT_VERSION, "key": key, "prompts": entries, "run": metadata or {}}
         (tmp / GOLDEN_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        old = None
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}-old-", dir=directory.parent))
-            os.replace(directory, old / "golden")
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        write_digests(tmp, [GOLDEN_FILE] + [e["file"] for e in entries])
+        old = swap_into_place(tmp, directory)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
     return directory
 
 
 def read_golden_index(directory: Path) -> dict:
-    """golden.json of a golden directory; GoldenError (one line) when missing or corrupt."""
+    """golden.json of a golden directory, checked against its digest; GoldenError (one line) when missing, corrupt,
+    without digests, or listing no prompts."""
     directory = Path(directory)
     path = directory / GOLDEN_FILE
     if not directory.is_dir():
@@ -153,26 +165,61 @@ def read_golden_index(directory: Path) -> dict:
     if not path.exists():
         raise GoldenError(f"{directory} holds no {GOLDEN_FILE}: point --goldens at a directory written by "
                           f"`granite-bench reference --out DIR`")
+    verify_file(directory, GOLDEN_FILE, read_digests(directory))
     try:
         doc = json.loads(path.read_text())
         if doc["format_version"] != FORMAT_VERSION or not isinstance(doc["prompts"], list):
             raise GoldenError(f"{path} has format version {doc['format_version']}, this granite-bench reads "
-                              f"{FORMAT_VERSION}: re-create it with `granite-bench reference`")
+                              f"{FORMAT_VERSION}: {redo(directory)}")
         doc["key"]["checkpoint_fingerprint"]
+        files = [entry["file"] for entry in doc["prompts"]]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise GoldenError(f"{path} is corrupt (not a golden index): re-create it with `granite-bench reference`") \
-            from None
+        raise GoldenError(f"corrupt goldens: {path} is not a golden index: {redo(directory)}") from None
+    if not files:
+        raise GoldenError(f"corrupt goldens: {path} lists no prompts (a golden set checks nothing without them): "
+                          f"{redo(directory)}")
+    if doc["key"].get("num_prompts") != len(files):
+        raise GoldenError(f"corrupt goldens: {path} lists {len(files)} prompts but its key says "
+                          f"{doc['key'].get('num_prompts')}: {redo(directory)}")
     return doc
 
 
+def check_prompt_golden(golden: PromptGolden, entry: dict, key: dict, directory: Path) -> None:
+    """GoldenError naming the file unless the prompt's tensors agree with its index entry and key, hold no NaN, and
+    each greedy token is the top token of the logits that chose it."""
+    path = golden.file
+    bad = None
+    if golden.logits.shape[0] != len(golden.prompt) + len(golden.tokens):
+        bad = "its logits do not cover prompt + tokens"
+    elif len(golden.tokens) != key.get("num_tokens") or len(golden.prompt) != entry.get("prompt_len"):
+        bad = "its prompt or token count differs from golden.json"
+    elif torch.isnan(golden.logits).any():
+        bad = f"{int(torch.isnan(golden.logits).sum())} of its logits are NaN"
+    else:
+        start = len(golden.prompt) - 1
+        steps = golden.logits[start:start + len(golden.tokens)]                          # [T, V]
+        chosen = steps.gather(-1, torch.tensor(golden.tokens)[:, None])[:, 0]            # [T]
+        gaps = steps.amax(-1) - chosen
+        allowed = GREEDY_TIE * steps.abs().amax(-1).clamp(min=1.0)
+        if (gaps > allowed).any():
+            step = int((gaps > allowed).nonzero()[0])
+            bad = (f"greedy token {step} ({golden.tokens[step]}) is not the top token of its logits "
+                   f"(gap {float(gaps[step]):.3g})")
+    if bad is not None:
+        raise GoldenError(f"corrupt goldens: {path}: {bad}: {redo(directory)}")
+
+
 def load_goldens(directory: Path) -> tuple[dict, list[PromptGolden]]:
-    """(key, goldens) of a golden directory; GoldenError (one line) when anything is missing or corrupt."""
+    """(key, goldens) of a golden directory, every file checked against its digest; GoldenError (one line naming
+    the file) when anything is missing, corrupt or inconsistent."""
     from safetensors import safe_open
     directory = Path(directory)
     doc = read_golden_index(directory)
+    digests = read_digests(directory)
     goldens = []
     for entry in doc["prompts"]:
         path = directory / entry["file"]
+        verify_file(directory, entry["file"], digests)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 names = set(handle.keys())
@@ -180,19 +227,14 @@ def load_goldens(directory: Path) -> tuple[dict, list[PromptGolden]]:
                                       handle.get_tensor("logits"), hidden=None, file=path)
             if not any(n.startswith("hidden.") for n in names):
                 raise KeyError("no residual streams")
-        except FileNotFoundError:
-            raise GoldenError(f"golden file {path} is missing: re-create {directory} with "
-                              f"`granite-bench reference`") from None
         except Exception as err:  # safetensors raises its own error types for a bad file
-            raise GoldenError(f"golden file {path} is corrupt ({str(err).splitlines()[0]}): re-create "
-                              f"{directory} with `granite-bench reference`") from None
-        if golden.logits.shape[0] != len(golden.prompt) + len(golden.tokens):
-            raise GoldenError(f"golden file {path} is corrupt (logits do not cover prompt + tokens): re-create "
-                              f"{directory} with `granite-bench reference`")
+            raise GoldenError(f"corrupt goldens: {path} cannot be read ({str(err).splitlines()[0]}): "
+                              f"{redo(directory)}") from None
+        check_prompt_golden(golden, entry, doc["key"], directory)
         goldens.append(golden)
-    if [g.prompt for g in goldens] and prompts_digest([g.prompt for g in goldens]) != doc["key"]["prompts_sha256"]:
-        raise GoldenError(f"{directory} is corrupt (its prompt files do not match its index): re-create it with "
-                          f"`granite-bench reference`")
+    if prompts_digest([g.prompt for g in goldens]) != doc["key"]["prompts_sha256"]:
+        raise GoldenError(f"corrupt goldens: the prompt files of {directory} do not match the prompts of its key: "
+                          f"{redo(directory)}")
     return doc["key"], goldens
 
 

@@ -139,6 +139,10 @@ def query_or_explain(store: ResultStore, sql: str) -> pd.DataFrame:
     import duckdb
     try:
         return store.query(sql, read_only=True)
+    except duckdb.PermissionException as err:  # the sandbox: a file, URL or extension outside the store's tables
+        reason = str(err).splitlines()[0].removeprefix("Permission Error: ")
+        raise ValueError(f"--sql reads only the store's tables, as views ({', '.join(store.tables())}); refused: "
+                         f"{reason}") from None
     except duckdb.Error as err:
         raise ValueError(f"query failed: {str(err).splitlines()[0]} (tables: {', '.join(store.tables())})") from None
 

@@ -189,6 +189,15 @@ class ResultStore:
     def commit_marker(self, run_id: str) -> Path:
         return self.root / COMMITS_DIR / f"{run_id}.json"
 
+    def run_files(self, run_id: str) -> list[Path]:
+        """The files a committed run wrote, as its commit marker lists them ([] for a run without a marker, or a
+        marker that cannot be read)."""
+        marker = self.commit_marker(run_id)
+        try:
+            return [self.root / name for name in json.loads(marker.read_text())["files"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
     def committed_runs(self) -> set[str]:
         folder = self.root / COMMITS_DIR
         if not folder.is_dir():
@@ -349,25 +358,43 @@ class ResultStore:
     def query(self, sql: str, read_only: bool = False) -> pd.DataFrame:
         """Run SQL in DuckDB with one view per table over its readable files.
 
-        read_only: refuse (ValueError) any statement but SELECT/EXPLAIN, so a query cannot write files
-        (COPY ... TO), attach databases or change settings."""
+        read_only: the query runs sandboxed. Only SELECT/EXPLAIN statements are taken (ValueError otherwise), so it
+        cannot write files (COPY ... TO), attach databases or change settings; and DuckDB itself reads only the
+        committed files behind the views (`allowed_paths`, with `enable_external_access` off): no other file on
+        the machine, no uncommitted file of the store, no URL, no extension loaded or installed, the settings
+        locked. A query that reaches for anything else fails with DuckDB's PermissionException."""
         self.skipped = []
-        con = duckdb.connect()
+        con = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+                             if read_only else {})
         try:
             if read_only:
                 check_read_only(con, sql)
+            readable = []
             for table in self.tables():
                 paths = self._readable_files(table)
                 if not paths:
                     continue
+                readable += paths
                 listed = ", ".join(_sql_string(str(p)) for p in paths)
                 con.execute(
                     f'CREATE VIEW "{table}" AS SELECT * FROM read_parquet('
                     f"[{listed}], union_by_name=true, hive_partitioning=true)"
                 )
+            if read_only:
+                sandbox(con, readable)
             return con.execute(sql).df()
         finally:
             con.close()
+
+
+def sandbox(con, readable: list[Path]) -> None:
+    """Let `con` read only `readable` from here on: external access off, extensions neither loaded nor installed,
+    and the configuration locked so the query cannot turn any of it back on."""
+    con.execute(f"SET allowed_paths = [{', '.join(_sql_string(str(p)) for p in readable)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET lock_configuration = true")
 
 
 READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")

@@ -16,6 +16,11 @@ How the model is adapted (the CPU/CUDA model code is unchanged):
 - token-generation graphs take a `slots` tensor of their bucket length: ModelBuilder routes a call to a graph by
   its input shapes, and decode buckets differ only in the KV length they attend over.
 ModelBuilder owns the tensor parallelism on Neuron (one SPMD graph over the NeuronCores), so no TPRunner here.
+
+MoE models (granitemoe, granitemoeshared) trace through the experts' static formulations (selective loading in token
+generation, all experts in context encoding: backend/moe.py); their fused expert weights are plain parameters
+sharded by our converter and all-reduced by our own collective, not neuronx-distributed's `ExpertMLPs`. That path
+is even less exercised than the dense one: no Neuron hardware has run it.
 """
 
 from __future__ import annotations

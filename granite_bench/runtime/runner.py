@@ -47,7 +47,9 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
     # Non-persistent buffers were left uninitialised by to_empty: rebuild the rope tables, zero the caches.
     model.reset_static_buffers(device)
     if device == "cpu" and neuron_config.dtype == torch.float32:
-        model.lm_head.use_input_major_layout()
+        for module in model.modules():   # the LM head, MoE experts: short-row matrices stream faster laid out [in, out]
+            if hasattr(module, "use_input_major_layout"):
+                module.use_input_major_layout()
     if device == "cpu":
         choose_for_model(model)   # the one-row bf16/fp16 kernel, measured here before any graph is compiled
     return model.eval()

@@ -109,8 +109,8 @@ def history(tmp_path_factory, tiny_model_dir):
          f"        spin = __import__('time').thread_time() + {SPIN_S}  # planted slowdown\n"
          f"        while __import__('time').thread_time() < spin:\n            pass\n        rows = len(next_ids)\n")
     shas["slowdown"] = commit(repo, "planted: busy work in the decode step")
-    edit(repo, "model/modeling_granite.py", "hidden = hidden + mlp_out * self.residual_multiplier",
-         "hidden = hidden + mlp_out * (1.5 * self.residual_multiplier)")
+    edit(repo, "model/modeling_granite.py", "        return self.mlp(normed)",
+         "        return 1.5 * self.mlp(normed)")
     shas["parity-break"] = commit(repo, "planted: the MLP branch scaled wrong")
     (repo / "harmless-4.txt").write_text("4")
     shas["harmless-4"] = commit(repo, "harmless-4")

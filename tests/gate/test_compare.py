@@ -406,3 +406,73 @@ def test_every_trial_runs_in_a_fresh_process_of_its_own_tree_and_a_broken_tree_i
         assert server.trial(trees["base"], 1, 0)["pid"] != answers[0]["pid"]   # the server serves on
     finally:
         server.close()
+
+
+# -- nothing missing is a pass -------------------------------------------------------------------------------------
+def write_parity_run_with_positions(store: ResultStore, n: int, profile: str = "float32", **changes):
+    """A parity run as the parity command writes it: positions and summary, the profile in its config."""
+    import json
+    rows = parity_rows(**changes)
+    run_meta = dataclasses.replace(meta(n), config_json=json.dumps({"profile": {"name": profile}}))
+    store.write_run(run_meta, {"parity_positions": [{"model": "tiny-gqa", "prompt": 0, "position": 0}],
+                               "parity_summary": [{**r, "run_passed": all(x["passed"] for x in rows)}
+                                                  for r in rows]})
+    return store.root / "parity_summary" / "schema_version=1" / f"{run_meta.run_id}.parquet"
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_candidate_whose_summary_table_cannot_be_read_cannot_be_judged(tmp_path, damage):
+    from typer.testing import CliRunner
+    from granite_bench.cli import app
+    store = ResultStore(tmp_path)
+    write_parity_run_with_positions(store, 1)
+    path = write_parity_run_with_positions(store, 2, passed=(True, False, True))
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    done = CliRunner().invoke(app, ["compare", "--baseline", "20250101", "--candidate", "20250102",
+                                    "--results-dir", str(tmp_path), "--no-save"])
+    assert done.exit_code == 2, done.output
+    assert f"cannot judge run {meta(2).run_id}" in done.output and path.name in done.output
+    assert "no regression" not in done.output and len(done.output.strip().splitlines()) == 1
+
+
+def test_a_commit_side_whose_stored_table_cannot_be_read_cannot_be_judged(tmp_path):
+    from granite_bench.gate.sides import stored_commit_rows
+    from granite_bench.gate.verdict import CompareError
+    store = ResultStore(tmp_path)
+    path = write_parity_run_with_positions(store, 1)
+    assert stored_commit_rows(store, "a" * 40)[1] == [meta(1).run_id]
+    path.unlink()
+    with pytest.raises(CompareError, match="cannot judge run .* is missing"):
+        stored_commit_rows(store, "a" * 40)
+
+
+def test_a_run_compared_with_itself_or_across_tolerance_profiles_is_warned_about(tmp_path):
+    store = ResultStore(tmp_path)
+    write_parity_run_with_positions(store, 1)
+    write_parity_run_with_positions(store, 2, profile="bfloat16-nxdi", passed=(True, False, True))
+    itself = run_compare(CompareSettings(baseline="20250101", candidate="20250101", results_dir=tmp_path,
+                                         store=False))
+    assert any("same run" in w for w in itself.warnings) and not itself.regressed
+    across = run_compare(CompareSettings(baseline="20250101", candidate="20250102", results_dir=tmp_path,
+                                         store=False))
+    assert any("different tolerance profiles (baseline: float32; candidate: bfloat16-nxdi)" in w
+               for w in across.warnings)
+    assert across.regressed and not any("same run" in w for w in across.warnings)
+
+
+def test_runs_are_named_by_the_hash_part_of_their_id_and_an_ambiguous_prefix_names_the_candidates(tmp_path):
+    from granite_bench.gate.sides import match_run_ids
+    from granite_bench.gate.verdict import CompareError
+    store = ResultStore(tmp_path)
+    for n in (1, 2):
+        store.write("parity_summary", parity_rows(),
+                    dataclasses.replace(meta(n), run_id=f"2025010{n}T000000Z-6e3a0c4{n}"))
+    assert match_run_ids(store, "6e3a0c42") == ["20250102T000000Z-6e3a0c42"]
+    assert match_run_ids(store, "20250101T000000Z-6e3a0c41") == ["20250101T000000Z-6e3a0c41"]
+    with pytest.raises(CompareError, match="'6e3a0c4' matches 2 stored runs \\(20250101T000000Z-6e3a0c41, "
+                                           "20250102T000000Z-6e3a0c42\\)"):
+        match_run_ids(store, "6e3a0c4")
+    assert match_run_ids(store, "ffff") is None

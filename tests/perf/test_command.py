@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.progress import Progress
 from typer.testing import CliRunner
 
+from granite_bench.fingerprint import package_code_fingerprint
 from granite_bench.perf import sweep
 from granite_bench.perf.command import PerfArgs, run_perf_command
 from granite_bench.perf.grid import GridSpec
@@ -152,3 +153,25 @@ def test_an_emulated_cpu_is_said_to_be_emulated_in_the_table():
     lines = cpu_kinds([row, dict(row), {"impl": "from an older run without the columns"}])
     assert len(lines) == 1 and "kernels AVX2 (emulated" in lines[0] and "EMULATED" in lines[0]
     assert "EMULATED" not in cpu_kinds([{**row, "cpu_emulated": False, "cpu_kind": "AVX512"}])[0]
+
+
+def test_a_point_stored_by_other_code_is_measured_again_and_the_header_says_why(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    spec = small_spec(tiny_model_dir, baselines=[])
+    run(PerfArgs(spec, results_dir=tmp_path))
+    stored = ResultStore(tmp_path).read("perf_summary")
+    assert set(stored["code_fingerprint"]) == {package_code_fingerprint()}
+    measured = []
+    real = sweep.SweepSession.measure
+
+    def count(self, point):
+        measured.append(point.key)
+        return real(self, point)
+    monkeypatch.setattr(sweep.SweepSession, "measure", count)
+    monkeypatch.setattr("granite_bench.fingerprint.package_code_fingerprint", lambda: "edited-code")
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "0 already stored · 2 stored by other code: re-running · 2 to run" in text
+    assert sorted(measured) == sorted(p.key for p in spec.points())
+    measured.clear()
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    assert "2 already stored · 0 to run" in text and not measured

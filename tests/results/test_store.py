@@ -372,3 +372,48 @@ def test_read_only_query_refuses_every_statement_that_is_not_a_select(tmp_path, 
         store.query(sql, read_only=True)
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "x.db").exists()
     assert store.query("explain select * from parity_summary", read_only=True) is not None
+
+
+@pytest.mark.parametrize("sql", ["select * from read_csv('/etc/passwd')", "select * from glob('/root/*')",
+                                 "select * from sniff_csv('/etc/passwd')", "select * from read_blob('/etc/passwd')",
+                                 "select * from read_parquet('http://example.invalid/x.parquet')",
+                                 "select * from read_text('{root}/_commits/{run}.json')",
+                                 "select * from read_parquet('{root}/parity_summary/*/*.parquet')",
+                                 "select * from '{root}/parity_summary/schema_version=1/{uncommitted}.parquet'"])
+def test_sql_reads_nothing_but_the_stores_committed_tables(tmp_path, sql):
+    """Files outside the store, URLs (no extension is installed or loaded for them), the store's own bookkeeping
+    and the files of a run that never committed are refused: only the views' committed files are readable."""
+    import duckdb
+    store = ResultStore(tmp_path / "store")
+    store.write("parity_summary", [{"ok": True}], make_meta(1))
+    uncommitted = make_meta(2)
+    store._write_table("parity_summary", [{"ok": False}], uncommitted)   # written, never committed
+    assert store.uncommitted()
+    query = sql.format(root=store.root, run=make_meta(1).run_id, uncommitted=uncommitted.run_id)
+    with pytest.raises(duckdb.PermissionException):
+        store.query(query, read_only=True)
+    assert store.query("select count(*) as n from parity_summary", read_only=True)["n"].tolist() == [1]
+
+
+def test_sql_cannot_turn_the_sandbox_off(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    store.write("parity_summary", [{"ok": True}], make_meta(1))
+    settings = store.query("select name, value from duckdb_settings() where name in ('enable_external_access', "
+                           "'lock_configuration', 'autoload_known_extensions', 'autoinstall_known_extensions')",
+                           read_only=True)
+    assert dict(zip(settings["name"], settings["value"])) == {
+        "enable_external_access": "false", "lock_configuration": "true", "autoload_known_extensions": "false",
+        "autoinstall_known_extensions": "false"}
+    with pytest.raises(ValueError, match="read-only"):
+        store.query("SET enable_external_access = true", read_only=True)
+
+
+def test_cli_sql_refuses_a_file_outside_the_store_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+    from granite_bench.cli import app
+    store = ResultStore(tmp_path / "store")
+    store.write("parity_summary", [{"ok": True}], make_meta(1))
+    done = CliRunner().invoke(app, ["results", "--results-dir", str(store.root), "--sql",
+                                    "select * from read_csv('/etc/passwd')"])
+    assert done.exit_code == 2
+    assert "--sql reads only the store's tables" in done.output and "root:" not in done.output

@@ -112,6 +112,15 @@ def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qk
     return out
 
 
+def convert_attention_and_norms(hf: Mapping[str, torch.Tensor], src: str, plan: HeadPlan, rank: int,
+                                fused_qkv: bool) -> dict[str, torch.Tensor]:
+    """A Granite decoder layer's attention (`self_attn.*`, this rank's heads) and its two RMSNorm weights."""
+    out = {f"self_attn.{k}": v for k, v in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
+    return out
+
+
 def convert_model(hf: Mapping[str, torch.Tensor], config, rank: int, tp: int, dtype: torch.dtype,
                   convert_layer: Callable[[str], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The state dict of rank `rank` of `tp`: embedding (sharded across the embedding dimension), LM head (tied to

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import NeuronConfig
 from . import parallel_state as ps
-from .attention import HeadLayout
+from .attention import GraniteAttention, HeadLayout
 from .head_sharding import HeadPlan, TPDegreeError, plan_heads
 from .kv_cache import KVCacheManager
 from .norms import RMSNorm
@@ -72,6 +72,33 @@ class GraniteHead(ColumnParallelLinear):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = super().forward(hidden)[..., :self.vocab_size]  # padded vocabulary rows are dropped
         return logits / self.logits_scaling
+
+
+class GraniteDecoderLayerBase(nn.Module):
+    """Granite's decoder layer: input norm, attention, the branch scaled by `residual_multiplier` and added; post
+    norm, the architecture's feed-forward (`feed_forward`: MLP, MoE, ...), scaled and added. Records the residual
+    stream after each branch ("attention", "mlp") for localisation."""
+
+    def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
+        super().__init__()
+        dtype = neuron_config.dtype
+        self.layer_idx = layer_idx
+        self.self_attn = GraniteAttention(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.residual_multiplier = float(config.residual_multiplier)
+
+    def feed_forward(self, normed: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, hidden: torch.Tensor, step: DecodeStep) -> torch.Tensor:
+        attn_out = self.self_attn(self.input_layernorm(hidden), step, step.cache)
+        hidden = hidden + attn_out * self.residual_multiplier  # Granite: scaled attention branch
+        step.record(self.layer_idx, "attention", hidden)
+        ff_out = self.feed_forward(self.post_attention_layernorm(hidden), step)
+        hidden = hidden + ff_out * self.residual_multiplier  # Granite: scaled feed-forward branch
+        step.record(self.layer_idx, "mlp", hidden)
+        return hidden
 
 
 class NeuronGraniteBase(nn.Module):
