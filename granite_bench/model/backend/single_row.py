@@ -5,8 +5,9 @@ on the CPU, not only on the instruction set torch dispatches at. Measured on the
 step, one thread: on an Intel Xeon with AMX, AVX-512 kernels, torch.mv (fp32 accumulation) beat linear's oneDNN path,
 81 vs 102 ms of process CPU time; on an AMD EPYC with avx512_bf16 and no AMX, same kernels, torch.mv streams at half
 linear's speed on every projection of that model (4-5 vs 9-17 GB/s); with AVX2 kernels linear wins (7.1 vs 8.6 ms per
-8192 x 2048 projection). So each candidate is timed on a slice of a real weight (rows of the length in use, about
-8 MiB, which costs a few ms) the first time a (dtype, row length) is needed, and the fastest is kept for the process.
+8192 x 2048 projection). So each candidate is timed, in process CPU time, on a slice of a real weight (rows of the
+length in use, about 8 MiB: ~17 ms of CPU per row length on the AMD host) the first time a (dtype, row length) is
+needed, and the fastest is kept for the process.
 `choose_for_model` does it when a model is loaded, before any graph is compiled (a compiled graph cannot measure: it
 uses linear for a row length nobody measured).
 
@@ -26,7 +27,7 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 DEFAULT_KERNEL = "linear"
 MARGIN = 0.9             # another kernel replaces linear when its best time is under 90% of linear's
 PROBE_BYTES = 8 << 20    # the slice of a weight each candidate is timed on
-ROUNDS = 3               # timed calls per candidate (after one untimed), interleaved; the best counts
+ROUNDS = 5               # timed calls per candidate (after one untimed), interleaved; the best counts
 
 
 def mv_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -45,13 +46,15 @@ _chosen: dict[tuple[torch.dtype, int], str] = {}   # (dtype, row length K) -> ke
 
 
 def seconds(fn: Callable[..., object], *args) -> float:
-    start = time.perf_counter()
+    """CPU seconds of this process (all its threads) in one call: on a loaded host, wall time also counts the time
+    other processes held the core, which could flip the choice (and the decode step with it, by 1.5x)."""
+    start = time.process_time()
     fn(*args)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(weight: torch.Tensor, rounds: int = ROUNDS) -> dict[str, float]:
-    """Best wall seconds of each kernel multiplying one row by an ~PROBE_BYTES slice of weight [..., K]."""
+    """Best CPU seconds of each kernel multiplying one row by an ~PROBE_BYTES slice of weight [..., K]."""
     k = weight.shape[-1]
     rows = max(1, min(weight.numel() // k, PROBE_BYTES // (k * weight.element_size())))
     probe = weight.reshape(-1, k)[:rows]                            # [rows, K], contiguous
