@@ -49,17 +49,33 @@ def test_measurement_times_every_kernel_on_a_bounded_slice_of_the_weight(monkeyp
         assert 0 <= best[name] < float("inf")
 
 
-def test_a_real_measurement_on_this_host_times_both_kernels():
+def test_a_real_measurement_on_this_host_times_every_kernel():
     best = single_row.measure(torch.randn(256, 128, dtype=torch.bfloat16))
-    assert set(best) == {"linear", "mv"} and all(0 < t < float("inf") for t in best.values())
+    assert set(best) == {"linear", "mv", "aten_linear"} and all(0 <= t < float("inf") for t in best.values())
     assert single_row.pick(best) in single_row.KERNELS
 
 
-def test_a_compiled_graph_uses_linear_for_a_row_length_nobody_measured(monkeypatch, chosen):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_kernel_computes_linear_to_the_dtypes_rounding_and_oneDNN_is_switched_back_on(dtype):
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(48, 64, generator=gen).to(dtype), torch.randn(48, generator=gen).to(dtype)
+    x = torch.randn(1, 1, 64, generator=gen).to(dtype)
+    expected = torch.nn.functional.linear(x.float(), weight.float(), bias.float())
+    enabled = torch._C._get_mkldnn_enabled()
+    for name, kernel in single_row.KERNELS.items():
+        out = kernel(x, weight, bias)
+        assert out.shape == (1, 1, 48) and out.dtype == dtype, name
+        torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=5e-2, msg=name)
+    assert torch._C._get_mkldnn_enabled() == enabled
+
+
+def test_a_compiled_graph_uses_linear_whatever_was_measured(monkeypatch, chosen):
+    chosen[(torch.bfloat16, 16)] = "aten_linear"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     monkeypatch.setattr(single_row, "measure", lambda w: pytest.fail("measured while compiling"))
     assert single_row.kernel_for(torch.zeros(8, 16, dtype=torch.bfloat16)) == "linear"
-    assert chosen == {}
+    assert single_row.kernel_for(torch.zeros(8, 32, dtype=torch.bfloat16)) == "linear"
+    assert chosen == {(torch.bfloat16, 16): "aten_linear"}
 
 
 def test_a_model_load_measures_each_reduced_precision_row_length_of_its_matrices(monkeypatch):

@@ -8,8 +8,12 @@ linear's speed on every projection of that model (4-5 vs 9-17 GB/s); with AVX2 k
 8192 x 2048 projection). So each candidate is timed, in process CPU time, on a slice of a real weight (rows of the
 length in use, about 8 MiB: ~17 ms of CPU per row length on the AMD host) the first time a (dtype, row length) is
 needed, and the fastest is kept for the process.
-`choose_for_model` does it when a model is loaded, before any graph is compiled (a compiled graph cannot measure: it
-uses linear for a row length nobody measured).
+
+The candidates: linear (oneDNN where torch has it), torch.mv, and linear through ATen's own kernels with oneDNN off
+for the call; on the AMD host the last one streams at 16-18 GB/s where oneDNN's linear reaches 9-10 and torch.mv 5
+(an 8192 x 2048 projection; with oneDNN limited to AVX2 or AVX512_CORE its bf16 paths are as fast: oneDNN's
+avx512_bf16 matrix-vector path is what is slow there). `choose_for_model` measures when a model is loaded; a
+compiled graph uses linear (its products are the compiler's).
 
 Linear stays unless another kernel takes under `MARGIN` of its time, so a close call on a noisy host does not flip
 the choice (and the low bits of the result) from one process to the next.
@@ -40,7 +44,19 @@ def linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return nn.functional.linear(x, weight, bias)
 
 
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {"linear": linear_row, "mv": mv_row}
+def aten_linear_row(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear through ATen's own CPU kernels (fp32 accumulation), oneDNN switched off for this call only. torch's
+    public switch (`torch.backends.mkldnn.flags`) also resets TF32 settings and warns on every call (~20 us); the
+    flag it sets is read and restored directly here (~1 us)."""
+    enabled = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        return nn.functional.linear(x, weight, bias)
+    finally:
+        torch._C._set_mkldnn_enabled(enabled)
+
+
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"linear": linear_row, "mv": mv_row, "aten_linear": aten_linear_row}
 
 _chosen: dict[tuple[torch.dtype, int], str] = {}   # (dtype, row length K) -> kernel name, for this process
 
@@ -76,11 +92,11 @@ def pick(best: dict[str, float]) -> str:
 
 def kernel_for(weight: torch.Tensor) -> str:
     """The kernel this process uses for one row times `weight` (measured on first need, then cached)."""
+    if torch.compiler.is_compiling():   # a compiled graph's products are the compiler's; it cannot measure
+        return DEFAULT_KERNEL
     key = (weight.dtype, weight.shape[-1])
     name = _chosen.get(key)
     if name is None:
-        if torch.compiler.is_compiling():
-            return DEFAULT_KERNEL
         name = _chosen[key] = pick(measure(weight))
     return name
 
