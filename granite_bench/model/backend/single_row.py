@@ -6,7 +6,7 @@ step, one thread: on an Intel Xeon with AMX, AVX-512 kernels, torch.mv (fp32 acc
 81 vs 102 ms of process CPU time; on an AMD EPYC with avx512_bf16 and no AMX, same kernels, torch.mv streams at half
 linear's speed on every projection of that model (4-5 vs 9-17 GB/s); with AVX2 kernels linear wins (7.1 vs 8.6 ms per
 8192 x 2048 projection). So each candidate is timed, in process CPU time, on a slice of a real weight (rows of the
-length in use, about 8 MiB: ~17 ms of CPU per row length on the AMD host) the first time a (dtype, row length) is
+length in use, about 8 MiB each, round robin over the weight: ~20 ms of CPU per row length on the AMD host) the first time a (dtype, row length) is
 needed, and the fastest is kept for the process.
 
 The candidates: linear (oneDNN where torch has it), torch.mv, and linear through ATen's own kernels with oneDNN off
@@ -21,6 +21,7 @@ the choice (and the low bits of the result) from one process to the next.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Callable
 
@@ -70,17 +71,22 @@ def seconds(fn: Callable[..., object], *args) -> float:
 
 
 def measure(weight: torch.Tensor, rounds: int = ROUNDS) -> dict[str, float]:
-    """Best CPU seconds of each kernel multiplying one row by an ~PROBE_BYTES slice of weight [..., K]."""
+    """Best CPU seconds of each kernel multiplying one row by an ~PROBE_BYTES slice of weight [..., K]. Successive
+    calls take successive slices (round robin over the weight), so a weight larger than the last-level cache is read
+    from memory as in a decode step, not from the cache the previous call filled (in cache, oneDNN's linear and ATen's
+    came out within the margin of each other on the AMD host; from memory ATen's is 1.7x faster)."""
     k = weight.shape[-1]
-    rows = max(1, min(weight.numel() // k, PROBE_BYTES // (k * weight.element_size())))
-    probe = weight.reshape(-1, k)[:rows]                            # [rows, K], contiguous
+    matrix = weight.reshape(-1, k)                                   # [rows, K]
+    rows = max(1, min(matrix.shape[0], PROBE_BYTES // (k * weight.element_size())))
+    probes = [matrix[start:start + rows] for start in range(0, matrix.shape[0] - rows + 1, rows)]
+    calls = itertools.count()
     x = torch.ones(1, k, dtype=weight.dtype, device=weight.device)
     for kernel in KERNELS.values():                                  # untimed: first-call set-up (oneDNN primitives)
-        kernel(x, probe)
+        kernel(x, probes[next(calls) % len(probes)])
     best = dict.fromkeys(KERNELS, float("inf"))
     for _ in range(rounds):                                          # interleaved: drifting load hits every kernel
         for name, kernel in KERNELS.items():
-            best[name] = min(best[name], seconds(kernel, x, probe))
+            best[name] = min(best[name], seconds(kernel, x, probes[next(calls) % len(probes)]))
     return best
 
 
@@ -102,11 +108,17 @@ def kernel_for(weight: torch.Tensor) -> str:
 
 
 def choose_for_model(model: nn.Module) -> dict[tuple[torch.dtype, int], str]:
-    """Measure the kernel for every (reduced dtype, row length) among the model's CPU matrices; returns the choices."""
+    """Measure the kernel for every (reduced dtype, row length) among the model's CPU matrices, each on the largest
+    matrix of that row length (the one most likely to be larger than the cache); returns the choices."""
+    largest: dict[tuple[torch.dtype, int], torch.Tensor] = {}
     for param in model.parameters():
         if (param.device.type == "cpu" and param.dtype in REDUCED_PRECISION and param.dim() >= 2
                 and param.is_contiguous()):
-            kernel_for(param.data)
+            key = (param.dtype, param.shape[-1])
+            if key not in largest or param.numel() > largest[key].numel():
+                largest[key] = param.data
+    for weight in largest.values():
+        kernel_for(weight)
     return dict(_chosen)
 
 
