@@ -18,16 +18,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from . import preflight
+from .output import FORMATS, ReportConsole, console_width
 from .preflight import BadInput
 
 from .resources import suites_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Parity, performance and accuracy harness for a Neuron-style IBM Granite implementation.")
-# Rich falls back to 80 columns without a terminal (CI logs): give tables room there.
+# Without a terminal (CI logs, pipes) nothing is cut to a width; in one, wide tables fold (output.py).
 # Under torchrun only rank 0 reports (the other ranks serve it); errors are printed by every rank.
-console = Console(width=None if sys.stdout.isatty() else 160, quiet=os.environ.get("RANK", "0") != "0")
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+QUIET = os.environ.get("RANK", "0") != "0"
+console = ReportConsole(quiet=QUIET)
+err_console = Console(stderr=True, width=console_width(sys.stderr))
+FORMAT_HELP = "How tables are printed: table (for people), csv or json (tables alone on stdout, the rest on stderr)."
 
 SUITES = suites_dir()
 # A user's runs go under the directory the command runs in, never into the package or among the committed
@@ -107,9 +110,30 @@ def load_suite(path: Path) -> dict:
     return preflight.suite_file(path)
 
 
-def progress_bar() -> Progress:
+def progress_bar(out: Console | None = None) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False)
+                    TextColumn("eta"), TimeRemainingColumn(), console=out or console, transient=False)
+
+
+def report_console(table_format: str) -> ReportConsole:
+    """The console a command reports through: the shared one for tables, one that writes csv/json otherwise."""
+    if table_format not in FORMATS:
+        raise BadInput(f"--format takes {', '.join(FORMATS)}, got {table_format!r}")
+    return console if table_format == "table" else ReportConsole(table_format, quiet=QUIET)
+
+
+def flags_show_no_type() -> None:
+    """Typer's help prints a type beside every option, `<bool>` beside flags too (--save, --help), which take no
+    value: show none for them."""
+    from typer.core import TyperOption
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+    TyperOption.display_type_rich = display_type_rich
+
+
+flags_show_no_type()
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -145,17 +169,39 @@ def parity(
                                                       "reference model is not loaded."),
     max_memory: Optional[str] = typer.Option(None, help="Memory budget of the HF reference, e.g. 8GiB (layers "
                                                          "beyond it stream from disk)."),
+    ssm_state_dtype: str = typer.Option("float32", "--ssm-state-dtype", help="dtype the Mamba SSM state is kept in "
+                                                                           "between steps (hybrid models)."),
+    endpoint: Optional[str] = typer.Option(None, help="Judge what an OpenAI-compatible server at this URL serves "
+                                                      "(vLLM's prompt_logprobs/logprobs) instead of the implementation."),
+    top_k: int = typer.Option(20, help="With --endpoint: log-probabilities asked per position."),
+    served_model_name: Optional[str] = typer.Option(None, help="With --endpoint: the model name to send."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Logits and greedy tokens of the implementation against the HF Transformers CPU reference."""
     try:
+        out = report_console(table_format)
         args = parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device,
-                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep)
+                           compile, layers, suite, results_dir if save else None, goldens, max_memory, moe_ep,
+                           ssm_state_dtype)
+        if endpoint is not None:
+            from .serve.command import endpoint_parity_args
+            endpoint_args = endpoint_parity_args(args, endpoint, top_k, served_model_name)
     except BadInput as err:
         fail(err)
     quiet_transformers()
+    if endpoint is not None:
+        from .serve.load_command import EndpointError
+        from .serve.parity_command import run_endpoint_parity
+        try:
+            passed = run_endpoint_parity(endpoint_args, console)
+        except KeyboardInterrupt:
+            interrupted("parity")
+        except (EndpointError, *bad_input_types()) as err:
+            fail(err)
+        raise typer.Exit(0 if passed else 1)
     try:
         from .parity.command import ParityArgs, run_parity_command
-        passed = run_parity_command(ParityArgs(**args), console, progress_bar)
+        passed = run_parity_command(ParityArgs(**args), out, lambda: progress_bar(out))
     except KeyboardInterrupt:
         interrupted("parity")
     except bad_input_types() as err:
@@ -177,32 +223,35 @@ def os_error_message(err: OSError, results_dir: Path | None) -> str:
 
 
 def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts, tolerance, tp, device, compile,
-                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1):
+                layers, suite, results_dir, goldens=None, max_memory=None, moe_ep=1, ssm_state_dtype="float32"):
     """ParityArgs' fields, every option checked (suite values too) with light imports only; BadInput names what to
     change."""
     from .parity.tolerances import profile_for
-    spec = load_suite(suite)
+    preflight.option_ranges("parity", batch_size=batch_size, seq_len=seq_len, num_tokens=num_tokens, tp=tp,
+                            moe_ep=moe_ep, layers=layers)
+    spec = preflight.parity_suite(suite)
 
     def pick(value, key, default):
         return value if value is not None else spec.get(key, default)
 
     model = pick(model, "model", "tiny-gqa")
     dtype = preflight.dtype_name(pick(dtype, "dtype", "float32"))
-    batch_size = preflight.positive(pick(batch_size, "batch_size", 4), "--batch-size")
-    seq_len = preflight.positive(pick(seq_len, "seq_len", 256), "--seq-len")
-    num_tokens = preflight.positive(pick(num_tokens, "num_tokens", 16), "--num-tokens")
+    batch_size, seq_len, num_tokens = pick(batch_size, "batch_size", 4), pick(seq_len, "seq_len", 256), \
+        pick(num_tokens, "num_tokens", 16)
     bucket_list = parse_int_list(buckets, "--buckets") or spec.get("buckets")
     if bucket_list and max(bucket_list) > seq_len:
         raise BadInput(f"bucket {max(bucket_list)} is longer than --seq-len {seq_len}: lower --buckets or raise "
                        f"--seq-len")
-    preflight.positive(tp, "--tp")
-    preflight.positive(moe_ep, "--moe-ep")
     preflight.device_name(device)
+    preflight.device_here(device, tp)
     config, folder = preflight.model_config(model, layers)
+    preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
     dims = preflight.check_model(config, tp, where=str(folder or model), ep=moe_ep)
+    ssm_state_dtype = preflight.ssm_state_dtype(ssm_state_dtype, config)
     if folder is not None:
         preflight.check_weights(folder, config)
     preflight.check_memory(dims, dtype, batch_size, seq_len, device)
+    preflight.memory_budget(max_memory, config)
     try:
         profile_for(dtype, tolerance)
     except ValueError as err:
@@ -212,6 +261,8 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
         raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
     # about 0.5 kB per stored position row; every prompt holds at most seq_len positions
     preflight.results_dir(results_dir, need_bytes=len(raw) * seq_len * 512)
+    preflight.prompts_fit(preflight.known_prompt_lengths(raw, model, folder), max(bucket_list or [seq_len]),
+                          seq_len, num_tokens)
     if goldens is not None and not Path(goldens).is_dir():
         raise BadInput(f"--goldens {goldens} does not exist or is not a directory: pass the folder that "
                        f"`granite-bench reference --out` wrote")
@@ -221,10 +272,11 @@ def parity_args(model, dtype, batch_size, seq_len, buckets, num_tokens, prompts,
             verify_golden_set(goldens)
         except GoldenError as err:
             raise BadInput(str(err)) from None
+    preflight.goldens_match(goldens, len(raw), num_tokens, folder)
     return dict(model=model, dtype=dtype, batch_size=batch_size, seq_len=seq_len, buckets=bucket_list,
                 num_tokens=num_tokens, prompts=None, suite_prompts=raw, tolerance=tolerance, tp=tp, device=device,
                 compile=compile, layers=layers, results_dir=results_dir, suite=str(Path(suite).stem),
-                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep)
+                goldens=goldens, max_memory=max_memory, moe_ep=moe_ep, ssm_state_dtype=ssm_state_dtype)
 
 
 @app.command()
@@ -242,14 +294,16 @@ def reference(
 ):
     """Run the HF fp32 reference once and store its goldens for `parity` (reused automatically, or --goldens)."""
     try:  # every option checked with light imports, before torch and transformers load
-        spec = load_suite(suite)
+        preflight.option_ranges("reference", num_tokens=num_tokens, layers=layers)
+        spec = preflight.parity_suite(suite)
         model = model or spec.get("model", "tiny-gqa")
-        num_tokens = preflight.positive(num_tokens if num_tokens is not None else spec.get("num_tokens", 16),
-                                        "--num-tokens")
+        num_tokens = num_tokens if num_tokens is not None else spec.get("num_tokens", 16)
         config, folder = preflight.model_config(model, layers)
+        preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, None, where=str(folder or model))
         if folder is not None:
             preflight.check_weights(folder, config)
+        preflight.memory_budget(max_memory, config)
         raw = preflight.prompts_file(prompts) if prompts is not None else spec.get("prompts")
         if not raw:
             raise BadInput("no prompts: pass --prompts FILE or give 'prompts' in the suite")
@@ -299,19 +353,17 @@ def perf(
     results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
     save: bool = typer.Option(True, "--save/--no-save", help="Write results (and resume from them)."),
     fresh: bool = typer.Option(False, "--fresh", help="Measure points again even if stored for this commit."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Latency, throughput and roofline over a tp x batch x bucket grid, with HF Transformers side by side."""
     from .perf.command import PerfArgs, build_spec, parse_names  # light: rich and the grid only
     from .perf.grid import GridError, parse_shard, shard_points
     try:
         try:
-            preflight.positive(threads, "--threads")
-            preflight.positive(layers, "--layers")
-            preflight.positive(seq_len, "--seq-len")
-            preflight.positive(new_tokens, "--new-tokens")
-            preflight.positive(rounds, "--rounds")
-            preflight.non_negative(warmup, "--warmup")
-            spec = build_spec(load_suite(suite), model=model, layers=layers,
+            out = report_console(table_format)
+            preflight.option_ranges("perf", threads=threads, layers=layers, seq_len=seq_len, new_tokens=new_tokens,
+                                    rounds=rounds, warmup=warmup)
+            spec = build_spec(preflight.perf_suite(suite), model=model, layers=layers,
                               dtypes=[preflight.dtype_name(d) for d in parse_names(dtype)] if dtype else None,
                               device=device, tp=parse_int_list(tp, "--tp"),
                               batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"),
@@ -320,7 +372,9 @@ def perf(
                               baselines=parse_names(baselines), threads=threads)
             preflight.positive(spec.threads, "threads")
             preflight.device_name(spec.device)
+            preflight.device_here(spec.device, max(spec.tp))
             config, folder = preflight.model_config(spec.model, spec.layers)
+            preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {spec.model}")
             for degree in spec.tp:
                 dims = preflight.check_model(config, degree, where=str(folder or spec.model))
             if folder is not None:
@@ -341,7 +395,7 @@ def perf(
     try:
         from .perf.command import run_perf_command
         run_perf_command(PerfArgs(spec, suite=suite.stem, shard=shard, results_dir=results_dir if save else None,
-                                  fresh=fresh), console, progress_bar)
+                                  fresh=fresh), out, lambda: progress_bar(out))
     except KeyboardInterrupt:
         interrupted("perf", "every point that finished before it is stored; run the same command again to resume")
     except bad_input_types() as err:
@@ -361,9 +415,11 @@ def results(
     all_columns: bool = typer.Option(False, "--all-columns", help="With --table: keep the run metadata columns."),
     limit: int = typer.Option(50, help="Rows shown (the last N); 0 shows all."),
     csv: Optional[Path] = typer.Option(None, help="Also write the rows to this CSV file."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """List runs (id, time, git sha, suite, device, verdicts), or print a table or a query result."""
     try:
+        out = report_console(table_format)
         preflight.non_negative(limit, "--limit")
         if csv is not None:
             preflight.output_file(csv, "--csv")
@@ -374,7 +430,7 @@ def results(
     from .results.listing import run_results_command
     from .results.store import ResultStore
     try:
-        run_results_command(ResultStore(results_dir), console, err_console, table=table, sql=sql,
+        run_results_command(ResultStore(results_dir), out, err_console, table=table, sql=sql,
                             all_columns=all_columns, limit=limit, csv=csv)
     except ValueError as err:  # an unknown table, a writing or malformed query: one line, exit 2
         fail(err)
@@ -410,14 +466,16 @@ def compare(
     save: bool = typer.Option(True, "--save/--no-save", help="Store the comparison (table 'comparisons')."),
     fail_on: str = typer.Option("all", help="Exit 1 on any regression ('all') or only on parity/eval ones "
                                             "('deterministic'; timings still measured and shown)."),
+    table_format: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ):
     """Candidate against baseline: parity/eval results gate exactly, timings statistically (exit 1 on regression)."""
     from .gate.sides import check_stored_specs   # no torch: stored runs are checked before transformers loads
     from .gate.verdict import CompareError as StoredRunError
     from .results.store import ResultStore
     try:
-        for value, option in ((reps, "--reps"), (threads, "--threads"), (timing_layers, "--timing-layers")):
-            preflight.positive(value, option)
+        out = report_console(table_format)
+        preflight.option_ranges("compare", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
+                                error_growth=error_growth, timing_layers=timing_layers, threads=threads)
         if fail_on not in ("all", "deterministic"):
             raise BadInput(f"--fail-on takes 'all' or 'deterministic', got {fail_on!r}")
         check_stored_specs(ResultStore(results_dir), [baseline, candidate])
@@ -438,17 +496,17 @@ def compare(
     except (CompareError, BadInput) as err:
         fail(err)
     try:
-        with progress_bar() as progress:
+        with progress_bar(out) as progress:
             task = progress.add_task("timing trials", total=None, visible=False)
 
             def on_trial(done: int, total: int):
                 progress.update(task, total=total, completed=done, visible=True)
-            comparison = run_compare(settings, console, on_trial)
+            comparison = run_compare(settings, out, on_trial)
     except KeyboardInterrupt:
         interrupted("compare", "no comparison was stored")
     except (CompareError, TreeError) as err:
         fail(err)
-    render(console, comparison)
+    render(out, comparison)
     for message in comparison.warnings:
         warn(message)
     raise typer.Exit(1 if comparison.fails(fail_on) else 0)
@@ -477,23 +535,28 @@ def gate_power(
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
 ):
     """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
+    try:
+        try:
+            level_values = [float(v) for v in levels.split(",") if v.strip()]
+        except ValueError:
+            raise BadInput(f"--levels takes comma-separated fractions such as 0,0.05,0.1, got {levels!r}") from None
+        preflight.option_ranges("gate-power", null=null, per_level=per_level, levels=level_values,
+                                prefill_level=prefill_level, resamples=resamples, trials=trials, reps=reps,
+                                floor=floor, alpha=alpha, looks=looks)
+    except BadInput as err:
+        fail(err)
     import pandas as pd
 
     from .gate.calibrate import (CalibrationError, CalibrationSettings, aa_summary, check_settings, design_table,
                                  power_table, read_campaigns, run_calibration, store_aa_summary)
     from .gate.compare import CompareError, CompareSettings, check_timing_settings
-    try:
-        level_values = tuple(float(v) for v in levels.split(",") if v.strip())
-    except ValueError:
-        fail(f"--levels takes comma-separated fractions such as 0,0.05,0.1, got {levels!r}")
+    level_values = tuple(level_values)
     compare_options = {"trials": trials, "reps": reps, "floor": floor, "alpha": alpha, "design": design,
                        "clock": clock, "looks": looks, "timing_model": timing_model}
     settings = CalibrationSettings(gate=gate, null_comparisons=null, per_level=per_level, levels=level_values,
                                    prefill_level=prefill_level or None, results_dir=results_dir,
                                    compare=compare_options)
     try:
-        if resamples < 1:
-            raise CalibrationError("--resamples must be at least 1")
         if not summary_only:
             check_settings(settings)
             check_timing_settings(CompareSettings(baseline="", **compare_options))
@@ -554,12 +617,10 @@ def bisect(
         mode = PARITY if parity else (metric or "decode_step_ms")
         if mode != PARITY and mode not in TIMING_METRICS:
             raise BadInput(f"--metric must be one of {', '.join(TIMING_METRICS)}, got {metric!r}")
-        for value, option in ((reps, "--reps"), (threads, "--threads"), (layers, "--layers")):
-            preflight.positive(value, option)
+        preflight.option_ranges("bisect", trials=trials, reps=reps, floor=floor, alpha=alpha, looks=looks,
+                                layers=layers, threads=threads)
         if clock not in ("cpu", "wall"):
             raise BadInput(f"--clock must be cpu or wall, got {clock!r}")
-        if floor < 0:
-            raise BadInput("--floor must be 0 or more")
         preflight.results_dir(results_dir if save else None)
         check_range(repo, good, bad)
         settings = BisectSettings(good=good, bad=bad, repo=repo, mode=mode, trials=trials, reps=reps, floor=floor,
@@ -623,15 +684,15 @@ def eval_(
 ):
     """lm-eval accuracy through the implementation and the HF reference, compared sample by sample."""
     try:
+        preflight.option_ranges("eval", tp=tp, batch_size=batch_size, seq_len=seq_len, num_fewshot=num_fewshot,
+                                limit=limit)
         dtype = preflight.dtype_name(dtype)
         preflight.device_name(device)
-        preflight.positive(tp, "--tp")
-        preflight.positive(batch_size, "--batch-size")
-        preflight.positive(seq_len, "--seq-len")
-        preflight.non_negative(num_fewshot, "--num-fewshot")
-        if limit is not None and not limit > 0:
-            raise BadInput(f"--limit must be positive (documents per task, or a fraction below 1), got {limit:g}")
+        preflight.device_here(device, tp)
+        task_names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+        preflight.eval_tasks(task_names)
         config, folder = preflight.model_config(model)
+        preflight.model_shape(config, folder / "config.json" if folder is not None else f"model {model}")
         dims = preflight.check_model(config, tp, where=str(folder or model))
         if folder is not None:
             preflight.check_weights(folder, config)
@@ -644,8 +705,8 @@ def eval_(
         from .accuracy.command import EvalArgs, run_eval_command
         from .accuracy.tasks import TaskError
         try:
-            args = EvalArgs(model, [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None, dtype,
-                            device, tp, limit, num_fewshot, batch_size, seq_len, results_dir if save else None)
+            args = EvalArgs(model, task_names, dtype, device, tp, limit, num_fewshot, batch_size, seq_len,
+                            results_dir if save else None)
             passed = run_eval_command(args, console)
         except TaskError as err:
             raise BadInput(str(err)) from None
@@ -658,6 +719,91 @@ def eval_(
     except OSError as err:
         fail(os_error_message(err, results_dir if save else None), code=1)
     raise typer.Exit(0 if passed else 1)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("tiny-gqa", help="Preset name (suites/models) or local HF Granite checkpoint dir."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16."),
+    batch_size: int = typer.Option(8, help="Compiled batch size: concurrent requests are batched up to it."),
+    seq_len: int = typer.Option(256, help="Static KV-cache length (prompt + max_tokens of a request)."),
+    buckets: Optional[str] = typer.Option(None, help="Context-encoding buckets, e.g. 32,64,128."),
+    tp: int = typer.Option(1, help="Tensor-parallel degree."),
+    device: str = typer.Option("cpu", help="cpu | cuda | neuron."),
+    compile: bool = typer.Option(False, "--compile/--eager", help="torch.compile each (phase, bucket) graph."),
+    gather_ms: float = typer.Option(5.0, help="How long a batch waits for more requests before it starts."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send (default: --model)."),
+    layers: Optional[int] = typer.Option(None, help="Use only the first N layers of a preset's shape."),
+):
+    """The implementation behind an OpenAI-compatible API (completions, chat, logprobs, prompt_logprobs): greedy,
+    static batching; what `load` and `parity --endpoint` can be pointed at. Not a vLLM replacement."""
+    try:
+        from .serve.command import serve_args
+        args = serve_args(model, host, port, dtype, batch_size, seq_len, parse_int_list(buckets, "--buckets"), tp,
+                          device, compile, gather_ms, served_model_name, layers)
+    except BadInput as err:
+        fail(err)
+    quiet_transformers()
+    try:
+        from .serve.server import build_app, run_server
+        server_app, runner = build_app(args)
+    except bad_input_types() as err:
+        fail(err)
+    try:
+        console.print(f"serving {args.served_model_name or args.model} on http://{args.host}:{args.port} "
+                      f"(batch {args.batch_size}, seq_len {args.seq_len}, {args.dtype}, {args.device})", markup=False)
+        run_server(server_app, args.host, args.port)
+    finally:
+        runner.close()
+
+
+@app.command()
+def load(
+    endpoint: str = typer.Option(..., help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000."),
+    model: Optional[str] = typer.Option(None, help="Local preset or checkpoint of the served model: token-id "
+                                                   "prompts from its vocabulary, its tokenizer to count tokens."),
+    served_model_name: Optional[str] = typer.Option(None, help="Model name to send (default: /v1/models' first)."),
+    api: str = typer.Option("completions", help="completions | chat."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed-loop levels: requests in flight, e.g. 1,4,16."),
+    rates: Optional[str] = typer.Option(None, help="Open-loop levels: requests per second, e.g. 1,2,4,inf."),
+    requests: Optional[int] = typer.Option(None, help="Requests per level (default 4 x concurrency, >= 16; 32)."),
+    duration: Optional[float] = typer.Option(None, help="Seconds per level instead of a request count."),
+    input_len: int = typer.Option(32, help="Prompt tokens (words for text prompts)."),
+    output_len: int = typer.Option(16, help="Tokens generated per request (ignore_eos)."),
+    slo: Optional[str] = typer.Option(None, help="Goodput SLOs in ms, e.g. ttft=500,tpot=50 (also itl, e2e)."),
+    burstiness: float = typer.Option(1.0, help="Gamma shape of the arrival gaps (1 = Poisson, < 1 burstier)."),
+    seed: int = typer.Option(0, help="Seed of prompts and arrival times."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may take before it counts as failed."),
+    stop_at_saturation: bool = typer.Option(True, "--stop-at-saturation/--full-sweep",
+                                            help="Stop once throughput stops growing while latency climbs."),
+    ignore_eos: bool = typer.Option(True, "--ignore-eos/--stop-at-eos", help="Ask for exactly --output-len tokens."),
+    results_dir: Path = typer.Option(DEFAULT_RESULTS, help=RESULTS_HELP),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write results to the parquet store."),
+):
+    """Load sweep against an OpenAI-compatible endpoint: TTFT, ITL, TPOT, E2E percentiles and throughput per level."""
+    try:
+        from .serve.command import load_args
+        args = load_args(endpoint, model, served_model_name, api, parse_int_list(concurrency, "--concurrency"),
+                         rates, requests, duration, input_len, output_len, slo, burstiness, seed,
+                         results_dir if save else None, timeout, stop_at_saturation, ignore_eos)
+    except BadInput as err:
+        fail(err)
+    from .serve.load_command import EndpointError, LoadInterrupted, render, run_load
+    try:
+        rows, paths = run_load(args, progress_bar, lambda text: console.print(text, markup=False))
+    except EndpointError as err:
+        fail(err)
+    except LoadInterrupted as stopped:
+        render(console, stopped.kept, args.slo)
+        interrupted("load", f"{len(stopped.kept)} finished level(s) stored in {', '.join(map(str, stopped.paths))}"
+                    if stopped.paths else "no level had finished; nothing was written")
+    render(console, rows, args.slo)
+    if paths:
+        console.print(f"results: {', '.join(str(p) for p in paths)}", markup=False)
+    if any(row["requests_ok"] == 0 for row in rows):
+        fail(f"every request of a level failed: {rows[-1]['first_error']}", code=1)
 
 
 def main():  # pragma: no cover - console entry point

@@ -9,7 +9,10 @@ what to change. What is checked:
   every known tensor of the shape the config asks for);
 - the memory a run's static KV cache and weights need against what the machine has;
 - the results folder: writable and with room for the run, before any work;
-- suite and prompts files: present, text, parsable.
+- suite and prompts files: present, text, parsable, and of the schema of their kind (granite_bench/schemas.py:
+  token ids are whole numbers, a suite's num_tokens an integer, a random prompt of a bounded length, ...);
+- devices: --device cuda / neuron only where the hardware and its packages are (runtime/hardware.py, no torch);
+- --max-memory: a size, and one that holds the part of the reference that cannot be offloaded.
 """
 
 from __future__ import annotations
@@ -54,6 +57,16 @@ def dtype_name(dtype: str, option: str = "--dtype") -> str:
         raise BadInput(f"unknown {option} {dtype!r}: use float32, bfloat16 or float16") from None
 
 
+def ssm_state_dtype(dtype: str, config: dict) -> str:
+    """--ssm-state-dtype: a dtype name, and only for an architecture that keeps an SSM state."""
+    from .model.registry import architecture
+    name = dtype_name(dtype, "--ssm-state-dtype")
+    if name != "float32" and not architecture(config.get("model_type", "granite")).hybrid:
+        raise BadInput(f"--ssm-state-dtype applies to hybrid (Mamba) models only; {config.get('model_type')} keeps "
+                       f"no SSM state: drop it")
+    return name
+
+
 def device_name(device: str) -> str:
     if device not in ("cpu", "cuda", "neuron"):
         raise BadInput(f"unknown --device {device!r}: use cpu, cuda or neuron")
@@ -96,11 +109,15 @@ def suite_file(path: Path) -> dict:
 def prompts_file(path: Path) -> list:
     """The prompts of a --prompts file (read as text first, so a binary file is refused in one line)."""
     from .parity.prompts import PromptError, read_prompts_file  # yaml + json only
+    from .schemas import PromptsFile
     text_file(path, "prompts file")
     try:
-        return read_prompts_file(path)
+        prompts = read_prompts_file(path)
     except PromptError as err:
         raise BadInput(str(err)) from None
+    if Path(path).suffix in (".yaml", ".yml", ".json"):  # a .txt file is one text per line: nothing to type-check
+        typed(PromptsFile, prompts, f"prompts file {path}")
+    return prompts
 
 
 # ----- the model ---------------------------------------------------------------------------------------------------
@@ -129,6 +146,8 @@ def model_config(model: str, layers: int | None = None) -> tuple[dict, Path | No
         if layers > depth:
             raise BadInput(f"--layers {layers} is more than the {depth} layers of '{model}': choose 1..{depth}")
         config["num_hidden_layers"] = layers
+        if isinstance(config.get("layer_types"), list):   # a per-layer list is cut with the layers
+            config["layer_types"] = config["layer_types"][:layers]
     return config, None
 
 
@@ -337,3 +356,175 @@ def output_file(path: Path, option: str) -> Path:
         raise BadInput(f"{option} {path} is a folder: give a file name")
     output_dir(path.parent if str(path.parent) else Path("."), option)
     return path
+
+
+# ----- typed inputs (granite_bench/schemas.py: one pydantic schema per file kind and for the numeric options) ------
+
+def typed(schema, data, where: str):
+    """`data` checked against a schemas.py schema; BadInput with its one line when it does not fit."""
+    from .schemas import SchemaError, check
+    try:
+        return check(schema, data, where)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+
+
+def option_ranges(command: str, **values) -> None:
+    """Every numeric option of a command within its range (schemas.OPTION_RANGES); None = not given."""
+    from .schemas import SchemaError, options
+    try:
+        options(command, **values)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+
+
+def parity_suite(path: Path) -> dict:
+    """A parity suite file (suites/parity/*.yaml or the user's) whose every field has the right type and range."""
+    from .schemas import ParitySuite
+    data = suite_file(path)
+    typed(ParitySuite, data, f"suite file {path}")
+    return data
+
+
+def perf_suite(path: Path) -> dict:
+    from .schemas import PerfSuite
+    data = suite_file(path)
+    typed(PerfSuite, data, f"perf suite file {path}")
+    return data
+
+
+def model_shape(config: dict, where: str) -> None:
+    """A model's config (a preset's shape or a checkpoint's config.json) the implementation can build: a vocabulary
+    of at least two tokens, hidden size divisible by the heads, query heads a multiple of the KV heads, ..."""
+    from .schemas import GraniteShape
+    typed(GraniteShape, config, str(where))
+
+
+def known_prompt_lengths(prompts: list, model: str, folder: Path | None) -> list[tuple[int, bool] | None]:
+    """(tokens, exact) per prompt, found without torch or transformers: token-id lists and random prompts exactly;
+    texts as their UTF-8 bytes when the model has no tokenizer (the byte-level encoding parity uses then), or as a
+    lower bound from the checkpoint's tokenizer.json read by `tokenizers` (the tokens without special ones); None
+    where neither is possible (checked after tokenising)."""
+    from .schemas import prompt_length
+    folder = Path(folder) if folder is not None else None
+    has_tokenizer = folder is not None and any((folder / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = fast_tokenizer(folder / "tokenizer.json") if has_tokenizer else None
+    lengths = []
+    for prompt in prompts:
+        known = prompt_length(prompt)
+        if known is not None:
+            lengths.append((known, True))
+        elif not has_tokenizer:
+            lengths.append((len(prompt.encode("utf-8")), True))
+        elif tokenizer is not None:
+            lengths.append((len(tokenizer.encode(prompt, add_special_tokens=False).ids), False))
+        else:
+            lengths.append(None)
+    return lengths
+
+
+def fast_tokenizer(path: Path):
+    """The `tokenizers` Tokenizer of a tokenizer.json (light: no transformers), or None when there is none."""
+    if not path.exists():
+        return None
+    try:
+        from tokenizers import Tokenizer
+        return Tokenizer.from_file(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is left to transformers, after torch loads
+        return None
+
+
+def prompts_fit(lengths: list[tuple[int, bool] | None], largest_bucket: int, seq_len: int, num_tokens: int) -> None:
+    """Refuse a prompt the static shapes cannot hold (the same rule the runtime applies after tokenising)."""
+    for i, known in enumerate(lengths):
+        if known is None:
+            continue
+        length, exact = known
+        tokens = f"{length} tokens" if exact else f"at least {length} tokens"
+        if length > largest_bucket:
+            raise BadInput(f"prompt {i} has {tokens}, more than the largest bucket ({largest_bucket}): "
+                           f"raise --buckets/--seq-len or shorten it")
+        if length + num_tokens > seq_len:
+            raise BadInput(f"prompt {i} ({tokens}) + {num_tokens} new tokens exceeds --seq-len {seq_len}: "
+                           f"raise --seq-len or lower --num-tokens")
+
+
+def reference_memory_floor(config: dict) -> int:
+    """Bytes the fp32 HF reference keeps in memory at the least under --max-memory: the tensors outside the decoder
+    layers (embedding, final norm, an untied LM head) and one decoder layer (the others stream from disk), sized
+    from the architecture's own tensor list (expected_tensor_shapes, so MoE experts count)."""
+    import math
+    total = 0
+    for names, tensor_shape in expected_tensor_shapes(config).items():
+        layer = names[0].split(".")[2] if names[0].startswith("model.layers.") else None
+        if layer in (None, "0"):
+            total += math.prod(tensor_shape)
+    return 4 * total
+
+
+def memory_budget(text: str | None, config: dict) -> int | None:
+    """--max-memory as bytes: a size, and one that holds what the reference cannot offload; None when not given."""
+    from .schemas import SchemaError, memory_bytes
+    try:
+        budget = memory_bytes(text)
+    except SchemaError as err:
+        raise BadInput(str(err)) from None
+    if budget is not None and budget < reference_memory_floor(config):
+        raise BadInput(f"--max-memory {text} cannot hold the fp32 reference's embedding/head plus one decoder layer: "
+                       f"give at least {mib(reference_memory_floor(config))}")
+    return budget
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def device_here(device: str, tp: int = 1) -> str:
+    """Refuse --device cuda / neuron where that hardware or its packages are absent, without importing torch."""
+    from .runtime.hardware import cuda_problem, neuron_problem
+    problem = cuda_problem(tp) if device == "cuda" else neuron_problem() if device == "neuron" else None
+    if problem:
+        raise BadInput(problem)
+    return device
+
+
+def eval_tasks(names: list[str] | None) -> None:
+    """Refuse an eval task that is neither one of suites/eval nor an lm-eval task (None: the default tasks)."""
+    if not names:
+        return
+    from .accuracy.tasks import TaskError, check_task_names  # yaml and a text scan of lm-eval's task files
+    try:
+        check_task_names(names)
+    except TaskError as err:
+        raise BadInput(str(err)) from None
+
+
+def goldens_match(directory: Path | None, num_prompts: int, num_tokens: int, folder: Path | None) -> None:
+    """Refuse, before torch loads, a --goldens folder whose golden.json says it was made for another number of
+    prompts or tokens, or (for a checkpoint folder) another checkpoint. The rest of the key (the prompts' token ids,
+    a random-weight preset's files) needs the tokenizer or the weights made by torch, and is checked when the goldens
+    are loaded; so is a golden.json that cannot be read here."""
+    if directory is None:
+        return
+    try:
+        key = json.loads((Path(directory) / "golden.json").read_text())["key"]
+        stored = {"num_prompts": key["num_prompts"], "num_tokens": key["num_tokens"],
+                  "checkpoint_fingerprint": key["checkpoint_fingerprint"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    wanted = {"num_prompts": num_prompts, "num_tokens": num_tokens}
+    if folder is not None:
+        from .reference.fingerprint import content_fingerprint  # hashlib + safetensors headers, no torch
+        wanted["checkpoint_fingerprint"] = content_fingerprint(Path(folder))
+    what = {"checkpoint_fingerprint": "another checkpoint", "num_prompts": "other prompts",
+            "num_tokens": "another number of tokens"}
+    for name, value in wanted.items():
+        if stored[name] != value:
+            raise BadInput(f"goldens in {directory} were made for {what[name]} ({name.replace('_', ' ')} "
+                           f"{short(stored[name])} != {short(value)}): run `granite-bench reference` with the same "
+                           f"--model/--prompts/--num-tokens and --out {directory}")
+
+
+def short(value):
+    """A fingerprint by its first 12 hex digits; anything else as it is."""
+    return value[:12] if isinstance(value, str) else value

@@ -55,12 +55,23 @@ def checkpoints(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     config["intermediate_size"] = 256  # the weights are 384 wide
     (wrong_shape / "config.json").write_text(json.dumps(config))
 
+    whole = copy("whole")
+    vocab_one = copy("vocab-one")
+    config = json.loads((vocab_one / "config.json").read_text())
+    config["vocab_size"] = 1
+    (vocab_one / "config.json").write_text(json.dumps(config))
+
+    uneven_heads = copy("uneven-heads")
+    config = json.loads((uneven_heads / "config.json").read_text())
+    config.update(num_attention_heads=6, num_key_value_heads=3)  # hidden 128 is not divisible by 6 heads
+    (uneven_heads / "config.json").write_text(json.dumps(config))
+
     not_granite = copy("not-granite")
     config = json.loads((not_granite / "config.json").read_text())
     config["model_type"] = "llama"
     (not_granite / "config.json").write_text(json.dumps(config))
     return {"no-weights": no_weights, "yarn": yarn, "truncated": truncated, "wrong-shape": wrong_shape,
-            "not-granite": not_granite}
+            "not-granite": not_granite, "vocab-one": vocab_one, "whole": whole, "uneven-heads": uneven_heads}
 
 
 @pytest.fixture
@@ -74,8 +85,32 @@ def files(tmp_path) -> dict[str, Path]:
     locked.chmod(0o500)
     good = tmp_path / "prompts.json"
     good.write_text("[[5, 6, 7, 8, 9], [20, 21, 22]]")
+    typed = typed_input_files(tmp_path)
     return {"binary": binary, "file": existing, "locked": locked, "prompts": good,
-            "missing": tmp_path / "missing.yaml", "store": tmp_path / "store"}
+            "missing": tmp_path / "missing.yaml", "store": tmp_path / "store", **typed}
+
+
+def typed_input_files(folder: Path) -> dict[str, Path]:
+    """Files whose values have the wrong type or range (each refused by its schema in granite_bench/schemas.py)."""
+    contents = {"float-ids": "[[5.7, 6, 7, 8]]", "bool-ids": "[[true, 6, 7, 8]]", "string-ids": '[["a", 6, 7]]',
+                "null-ids": "[[null, 6, 7]]", "two-prompts": "[[5, 6, 7], [8, 9]]", "huge-random": '[{"random_tokens": 1000000000000}]'}
+    paths = {}
+    for name, text in contents.items():
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_text(text)
+    paths["long-prompt"] = folder / "long.txt"
+    paths["long-prompt"].write_text("word " * 400 + "\n")
+    paths["words-suite"] = folder / "sixteen.yaml"
+    paths["words-suite"].write_text("model: tiny-gqa\nnum_tokens: sixteen\nprompts: [hello]\n")
+    paths["goldens-16"] = folder / "goldens-16"
+    paths["goldens-16"].mkdir()
+    key = {"num_prompts": 2, "num_tokens": 16, "checkpoint_fingerprint": "0" * 64, "prompts_sha256": "1" * 64}
+    (paths["goldens-16"] / "golden.json").write_text(json.dumps({"format_version": 2, "key": key, "prompts": []}))
+    from granite_bench.reference.golden_files import write_digests
+    write_digests(paths["goldens-16"], ["golden.json"])  # whole by its digests: only its key disagrees
+    paths["perf-words-suite"] = folder / "perf-five.yaml"
+    paths["perf-words-suite"].write_text("model: tiny-gqa\nrounds: five\n")
+    return paths
 
 
 # ----- the table --------------------------------------------------------------------------------------------------
@@ -148,7 +183,52 @@ CASES = [
     ("compare --clock other", ["compare", "--baseline", "HEAD~1", "--clock", "tsc"], 2, "--clock must be one of"),
     ("compare first look too early", ["compare", "--baseline", "HEAD~1", "--trials", "12", "--looks", "3"], 2,
      "puts the first look under 6 rounds"),
-    ("gate-power --per-level -1", ["gate-power", "--per-level", "-1"], 2, "--null and --per-level take counts"),
+    ("gate-power --per-level -1", ["gate-power", "--per-level", "-1"], 2, "--per-level must be 0 or more, got -1"),
+    # typed inputs (granite_bench/schemas.py): wrong types and ranges in files and options, refused before torch
+    ("parity --max-memory a word", ["parity", *FAST, "--max-memory", "lots"], 2, "--max-memory 'lots' is not a size"),
+    ("parity --max-memory below one layer", ["parity", *FAST, "--max-memory", "1KiB"], 2,
+     "--max-memory 1KiB cannot hold the fp32 reference's embedding/head plus one decoder layer"),
+    ("parity float token ids", ["parity", *FAST, "--prompts", "{float-ids}"], 2,
+     "prompt 0, token 0 must be an integer, got 5.7"),
+    ("parity boolean token ids", ["parity", *FAST, "--prompts", "{bool-ids}"], 2,
+     "prompt 0, token 0 must be an integer, got True"),
+    ("parity string in token ids", ["parity", *FAST, "--prompts", "{string-ids}"], 2,
+     "prompt 0, token 0 must be an integer, got 'a'"),
+    ("parity null in token ids", ["parity", *FAST, "--prompts", "{null-ids}"], 2,
+     "prompt 0, token 0 must be an integer, got None"),
+    ("parity random prompt of 10^12 tokens", ["parity", *FAST, "--prompts", "{huge-random}"], 2,
+     "prompt 0, random_tokens must be at most 1048576, got 1000000000000"),
+    ("parity suite num_tokens sixteen", ["parity", "--suite", "{words-suite}"], 2,
+     "num_tokens must be an integer, got 'sixteen'"),
+    ("perf suite rounds five", ["perf", "--suite", "{perf-words-suite}"], 2, "rounds must be an integer, got 'five'"),
+    ("parity vocabulary of one", ["parity", *FAST, "--model", "{ckpt:vocab-one}"], 2,
+     "vocab_size 1 must be at least 2"),
+    ("parity hidden not divisible by heads", ["parity", *FAST, "--model", "{ckpt:uneven-heads}"], 2,
+     "hidden_size 128 is not divisible by num_attention_heads 6"),
+    ("parity prompt longer than the buckets", ["parity", *FAST, "--prompts", "{long-prompt}"], 2,
+     "prompt 0 has 2000 tokens, more than the largest bucket (64)"),
+    ("parity text longer than the buckets in the model's tokens", ["parity", *FAST, "--model", "canary", "--prompts",
+                                                                   "{long-prompt}"], 2,
+     "prompt 0 has at least 1201 tokens, more than the largest bucket (64)"),
+    ("parity goldens for another number of tokens", ["parity", *FAST, "--prompts", "{prompts}", "--goldens",
+                                                     "{goldens-16}"], 2,
+     "were made for another number of tokens (num tokens 16 != 4)"),
+    ("parity goldens for another checkpoint", ["parity", *FAST[:6], "--num-tokens", "16", "--prompts", "{prompts}",
+                                               "--model", "{ckpt:whole}", "--goldens", "{goldens-16}"], 2,
+     "were made for another checkpoint (checkpoint fingerprint 000000000000 != "),
+    ("parity --device cuda without a GPU", ["parity", *FAST, "--device", "cuda"], 2, "--device cuda: "),
+    ("parity --device neuron without Neuron", ["parity", *FAST, "--device", "neuron"], 2,
+     "--device neuron needs torch-neuronx"),
+    ("eval unknown task", ["eval", "--tasks", "no_such_task_anywhere"], 2, "unknown task 'no_such_task_anywhere'"),
+    ("eval --limit nan", ["eval", "--limit", "nan"], 2, "--limit must be a finite number, got nan"),
+    ("gate-power --prefill-level -1", ["gate-power", "--prefill-level", "-1"], 2,
+     "--prefill-level must be 0 or more, got -1.0"),
+    ("gate-power --prefill-level nan", ["gate-power", "--prefill-level", "nan"], 2,
+     "--prefill-level must be a finite number, got nan"),
+    ("compare --floor -1", ["compare", "--baseline", "HEAD~1", "--floor", "-1"], 2, "--floor must be 0 or more"),
+    ("compare --alpha 2", ["compare", "--baseline", "HEAD~1", "--alpha", "2"], 2, "--alpha must be below 1"),
+    ("bisect --alpha 0", ["bisect", "--good", "HEAD~1", "--bad", "HEAD", "--alpha", "0"], 2, "--alpha must be "
+     "positive"),
     ("gate-power --levels text", ["gate-power", "--levels", "0,ten"], 2, "--levels takes comma-separated"),
     ("gate-power --design other", ["gate-power", "--design", "bayes"], 2, "--design must be one of"),
 ]
@@ -171,6 +251,7 @@ def test_bad_input_exits_with_its_code_and_one_line_and_writes_nothing(case, arg
                                                                        checkpoints, tmp_path, monkeypatch):
     if os.geteuid() == 0 and "{locked}" in " ".join(argv) and "not writable" in message:
         pytest.skip("root may write into any folder: a read-only folder cannot be tested as root")
+    skip_where_the_device_is_here(argv)
     monkeypatch.chdir(tmp_path)  # the default results dir (./granite-bench-results) must not appear either
     args = fill(argv, files, checkpoints)
     if argv[0] in WRITES_RESULTS and "--results-dir" not in args:
@@ -186,6 +267,13 @@ def test_bad_input_exits_with_its_code_and_one_line_and_writes_nothing(case, arg
     assert "Traceback" not in result.output
     assert not files["store"].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created, no default results dir
+
+
+def skip_where_the_device_is_here(argv: list[str]) -> None:
+    from granite_bench.runtime.hardware import cuda_problem, neuron_problem
+    here = {"cuda": cuda_problem() is None, "neuron": neuron_problem() is None}
+    if "--device" in argv and here.get(argv[argv.index("--device") + 1]):
+        pytest.skip("this machine has the device: nothing to refuse")
 
 
 REFUSALS = [["parity", "--dtype", "float7", "--no-save"], ["perf", "--threads", "0", "--no-save"],
@@ -207,6 +295,29 @@ def test_refusing_a_bad_option_imports_neither_torch_nor_transformers(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "heavy: []" in done.stdout
+
+
+# Refusals that took 6-14 s on the shared 2-core machine because they came after torch (or lm-eval) loaded.
+TYPED_REFUSALS = [
+    ["parity", "--max-memory", "lots", "--no-save"], ["parity", "--max-memory", "1KiB", "--no-save"],
+    ["parity", "--prompts", "{float-ids}", "--no-save"], ["parity", "--prompts", "{null-ids}", "--no-save"],
+    ["parity", "--prompts", "{huge-random}", "--no-save"], ["parity", "--suite", "{words-suite}", "--no-save"],
+    ["parity", "--prompts", "{long-prompt}", "--buckets", "32,64", "--seq-len", "128", "--no-save"],
+    ["parity", "--model", "canary", "--prompts", "{long-prompt}", "--buckets", "32,64", "--seq-len", "128",
+     "--no-save"],
+    ["parity", "--device", "cuda", "--no-save"], ["parity", "--device", "neuron", "--no-save"],
+    ["eval", "--tasks", "no_such_task_anywhere", "--no-save"], ["gate-power", "--prefill-level", "nan"],
+    ["reference", "--max-memory", "lots"],
+    ["parity", "--prompts", "{two-prompts}", "--goldens", "{goldens-16}", "--num-tokens", "4", "--no-save"],
+]
+
+
+@pytest.mark.parametrize("argv", TYPED_REFUSALS, ids=[" ".join(a[:3]) for a in TYPED_REFUSALS])
+def test_typed_and_device_refusals_happen_before_torch_transformers_or_lm_eval_load(argv, tmp_path):
+    skip_where_the_device_is_here(argv)
+    paths = {k: str(v) for k, v in typed_input_files(tmp_path).items()}
+    argv = [a.format(**paths) for a in argv]
+    test_refusing_a_bad_option_imports_neither_torch_nor_transformers(argv)
 
 
 # ----- faults during a run ----------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def stubbed_runs(monkeypatch):
     monkeypatch.setattr(eval_command, "run_eval_command", lambda args, *a: calls.append(args) or True)
 
     class Comparison:
+        warnings: list = []  # compare prints these after its table
+
         def fails(self, fail_on):
             return False
 
@@ -87,9 +89,21 @@ def test_readme_command_passes_its_option_checks(command, stubbed_runs, tmp_path
     if argv and argv[0] == "dashboard":
         argv[argv.index("--out") + 1] = str(tmp_path / "dashboard")
     result = CliRunner().invoke(app, argv)
+    absent = device_absent(argv)
+    if absent:  # an example for a GPU or Neuron host: here it must be refused in one line naming the device
+        assert result.exit_code == 2 and f"--device {absent}" in result.output, f"{command}\n{result.output}"
+        return
     assert result.exit_code == 0, f"{command}\n{result.output}"
     if argv[0] in ("parity", "perf", "eval", "compare", "gate-power"):
         assert len(stubbed_runs) == 1  # it got past the checks to the run itself
+
+
+def device_absent(argv: list[str]) -> str | None:
+    """The --device an example asks for when this machine lacks it (found without torch), else None."""
+    from granite_bench.runtime.hardware import cuda_problem, neuron_problem
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    problem = {"cuda": cuda_problem, "neuron": neuron_problem}.get(device, lambda: None)()
+    return device if problem else None
 
 
 def granite_bench() -> list[str]:

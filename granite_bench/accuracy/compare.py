@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from ..resources import suite_path
+from ..schemas import EvalThresholdsFile, SchemaError, read_yaml
 
 THRESHOLDS_FILE = suite_path("eval/thresholds.yaml")
 THRESHOLD_KEYS = ("max_abs_delta_loglik", "mean_abs_delta_loglik", "min_argmax_agreement",
@@ -26,12 +26,13 @@ SAMPLE_COLUMNS = ["task", "doc_id", "request_index", "request_type", "is_gold", 
 
 
 def load_thresholds(dtype: str, path: Path = THRESHOLDS_FILE) -> dict:
-    table = yaml.safe_load(Path(path).read_text())
+    """One dtype's thresholds from an eval thresholds file checked against its schema (schemas.EvalThresholds)."""
+    try:
+        table = read_yaml(path, EvalThresholdsFile, "eval thresholds")
+    except SchemaError as err:
+        raise ValueError(str(err)) from None
     if dtype not in table:
         raise ValueError(f"{path} has no thresholds for dtype {dtype!r} (has {', '.join(table)})")
-    missing = [k for k in THRESHOLD_KEYS if k not in table[dtype]]
-    if missing:
-        raise ValueError(f"{path}: {dtype} lacks {', '.join(missing)}")
     return {k: float(table[dtype][k]) for k in THRESHOLD_KEYS}
 
 

@@ -72,9 +72,26 @@ def local_task_files(eval_dir: Path = EVAL_DIR) -> dict[str, Path]:
 
 
 def lm_eval_task_dir() -> Path:
-    import lm_eval.tasks
+    """lm-eval's task tree, found without importing lm-eval (its import pulls in torch and datasets)."""
+    import importlib.util
 
-    return Path(lm_eval.tasks.__file__).parent
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise TaskError("lm-eval is not installed: pip install lm-eval")
+    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
+
+
+def unknown_task_line(name: str, local: dict) -> str:
+    return f"unknown task '{name}': use one of {', '.join(sorted(local))} or an lm-eval task name"
+
+
+def check_task_names(names: list[str], eval_dir: Path = EVAL_DIR) -> None:
+    """TaskError for the first name that is neither a local task nor defined in lm-eval's task tree (a text scan,
+    nothing imported): asked before torch loads."""
+    local = local_task_files(eval_dir)
+    for name in names:
+        if name not in local and standard_task_folder(name) is None:
+            raise TaskError(unknown_task_line(name, local))
 
 
 def standard_task_folder(name: str) -> Path | None:
@@ -149,8 +166,7 @@ def load_tasks(names: list[str], eval_dir: Path = EVAL_DIR) -> TaskSelection:
             continue
         folder = standard_task_folder(name)
         if folder is None:
-            raise TaskError(f"unknown task '{name}': use one of {', '.join(sorted(local))} "
-                            f"or an lm-eval task name")
+            raise TaskError(unknown_task_line(name, local))
         try:
             with hub_offline_unless_reachable():
                 loaded = task_manager([folder]).load([name])

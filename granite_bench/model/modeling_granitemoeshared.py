@@ -12,7 +12,7 @@ from .backend.attention import HeadLayout
 from .backend.checkpoint import convert_attention_and_norms, convert_fused_gated_mlp, convert_model
 from .backend.decoder import GraniteDecoderLayerBase, NeuronGraniteBase, head_plan
 from .backend.mlp import GatedMLP
-from .backend.moe import GraniteMoE, convert_moe
+from .backend.moe import GraniteMoE, convert_moe, experts_plus_shared
 from .backend.step import DecodeStep
 from .config import NeuronConfig
 
@@ -25,12 +25,7 @@ class GraniteMoeSharedDecoderLayer(GraniteDecoderLayerBase):
         self.shared_mlp = GatedMLP(config.hidden_size, shared, neuron_config.dtype) if shared else None
 
     def feed_forward(self, normed: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        out = self.block_sparse_moe(normed, step, self.layer_idx)
-        if self.shared_mlp is not None:
-            shared_out = self.shared_mlp(normed)
-            step.record(self.layer_idx, "shared_mlp", shared_out)
-            out = out + shared_out
-        return out
+        return experts_plus_shared(self.block_sparse_moe, self.shared_mlp, normed, step, self.layer_idx)
 
 
 class NeuronGraniteMoeSharedForCausalLM(NeuronGraniteBase):

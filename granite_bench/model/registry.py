@@ -34,11 +34,13 @@ class SubBlock:
 
     `hf_module`: the module of HF's decoder layer to hook ("" = the layer itself); `capture`: "input" (its first
     argument), "output" (its output, the first element of a tuple) or "routing" (a router's (logits, top-k weights,
-    top-k index) as a dense [tokens, experts] routing matrix). Sub-blocks whose module a layer lacks are skipped."""
+    top-k index) as a dense [tokens, experts] routing matrix). Sub-blocks whose module a layer lacks are skipped,
+    and so are those whose `requires` module it lacks (a hybrid's "mamba" point on its attention layers)."""
 
     name: str
     hf_module: str
     capture: str
+    requires: str = ""
 
 
 ATTENTION = SubBlock("attention", "post_attention_layernorm", "input")   # residual stream after attention
@@ -85,6 +87,10 @@ class Architecture:
     # renames from transformers' in-memory parameter names to the names its checkpoints use (presets write these)
     checkpoint_names: tuple[tuple[str, str], ...] = ()
     hf_attn_implementation: str | None = None   # forced reference attention (None: eager short, SDPA long)
+    # per layer kind ("mamba" / "attention" of a hybrid's layer_types) -> extra HF tensor name -> shape template
+    kind_tensors: dict = field(default_factory=dict)
+    hybrid: bool = False                # Mamba + attention layers (checks below, in the hybrid block)
+    sliding_window: bool = False        # per-layer sliding window / full attention, sinks, per-layer RoPE base
 
 
 MOE_CHECKPOINT_NAMES = (
@@ -122,6 +128,63 @@ ARCHITECTURES: dict[str, Architecture] = {
         tp_divides=("hidden", "intermediate", "shared"), moe=True,
         checkpoint_names=MOE_CHECKPOINT_NAMES),
 }
+
+
+# -- sliding-window Granite ("swash": granite_swa, granitemoe_swa) ----------------------------------------------------
+SINK_TENSORS = {"self_attn.sinks": ("heads",)}
+LAYER_KINDS = ("full_attention", "sliding_attention")
+
+ARCHITECTURES.update({
+    "granite_swa": Architecture(
+        model_type="granite_swa",
+        model_class="granite_bench.model.modeling_granite_swa:NeuronGraniteSWAForCausalLM",
+        converter="granite_bench.model.modeling_granite_swa:convert_hf_state_dict",
+        hf_class="GraniteSWAForCausalLM", hf_config_class="GraniteSWAConfig",
+        description="sliding-window Granite with attention sinks and per-layer RoPE (swash dense)",
+        sub_blocks=(ATTENTION, LAYER_OUT),
+        layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **DENSE_MLP_TENSORS},
+        hf_attn_implementation="eager", sliding_window=True),
+    "granitemoe_swa": Architecture(
+        model_type="granitemoe_swa",
+        model_class="granite_bench.model.modeling_granitemoe_swa:NeuronGraniteMoeSWAForCausalLM",
+        converter="granite_bench.model.modeling_granitemoe_swa:convert_hf_state_dict",
+        hf_class="GraniteMoeSWAForCausalLM", hf_config_class="GraniteMoeSWAConfig",
+        description="sliding-window Granite MoE with attention sinks and per-layer RoPE (swash MoE)",
+        sub_blocks=(ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+        layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
+        tp_divides=("hidden", "intermediate", "shared"), moe=True,
+        hf_attn_implementation="eager", sliding_window=True),   # save_pretrained keeps the in-memory expert names
+})
+
+
+def window_problems(config: dict) -> list[str]:
+    """What in a sliding-window config.json cannot run: `sliding_window` < 1, `layer_types` of the wrong length or
+    with unknown kinds, `layer_rope_theta` of the wrong length or negative."""
+    layers = int(config.get("num_hidden_layers", 32))
+    problems = []
+    window = config.get("sliding_window", 128)
+    kinds = config.get("layer_types")
+    no_sliding_layer = isinstance(kinds, list) and "sliding_attention" not in kinds   # then a null window is fine
+    bad_window = isinstance(window, bool) or not isinstance(window, int) or window < 1
+    if bad_window and not (window is None and no_sliding_layer):
+        problems.append(f"sliding_window {window!r} must be a positive integer")
+    if kinds is not None:
+        if not isinstance(kinds, list) or len(kinds) != layers:
+            problems.append(f"layer_types must list one kind per layer ({layers}), got "
+                            f"{len(kinds) if isinstance(kinds, list) else kinds!r}")
+        else:
+            unknown = sorted({str(k) for k in kinds if k not in LAYER_KINDS})
+            if unknown:
+                problems.append(f"layer_types has unknown kind {unknown[0]!r} (known: {', '.join(LAYER_KINDS)})")
+    thetas = config.get("layer_rope_theta")
+    if thetas is not None:
+        if not isinstance(thetas, list) or len(thetas) != layers:
+            problems.append(f"layer_rope_theta must list one RoPE base per layer ({layers}), got "
+                            f"{len(thetas) if isinstance(thetas, list) else thetas!r}")
+        elif any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 for t in thetas):
+            bad = next(t for t in thetas if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0)
+            problems.append(f"layer_rope_theta has {bad!r}: each base must be a number >= 0 (0 = NoPE)")
+    return problems
 
 
 def supported() -> list[str]:
@@ -165,11 +228,17 @@ def resolve_shape(template: tuple, dims: dict[str, int]) -> tuple[int, ...]:
 def expected_layer_tensors(arch: Architecture, config: dict) -> dict[tuple[str, ...], tuple[int, ...]]:
     """(alternative HF names of one tensor, with the layer prefix) -> shape, for every decoder layer."""
     dims = sizes(config)
+    kinds = hybrid_layer_kinds(config.get("layer_types"), dims["layers"]) if arch.hybrid else None
+    if arch.hybrid:
+        dims.update(mamba_sizes(config, dims))
     out = {}
     for layer in range(dims["layers"]):
-        for names, template in arch.layer_tensors.items():
+        templates = {**arch.layer_tensors, **arch.kind_tensors.get(kinds[layer] if kinds else "", {})}
+        for names, template in templates.items():
             if dims["shared"] == 0 and any("shared" in size for size in template):
                 continue   # shared_intermediate_size 0: no shared MLP
+            if arch.hybrid and "experts" in template and dims["experts"] == 0:
+                continue   # a hybrid without routed experts (shared MLP only)
             out[tuple(f"model.layers.{layer}.{n}" for n in names.split("|"))] = resolve_shape(template, dims)
     return out
 
@@ -190,6 +259,10 @@ def config_problems(arch: Architecture, config: dict) -> list[str]:
                             f"{dims['experts']}")
     if dims["shared"] < 0:
         problems.append(f"shared_intermediate_size {dims['shared']} must be 0 (none) or positive")
+    if arch.hybrid:
+        problems += hybrid_config_problems(config, dims)
+    if arch.sliding_window:
+        problems.extend(window_problems(config))
     return problems
 
 
@@ -216,4 +289,116 @@ def parallel_problems(arch: Architecture, config: dict, tp: int, ep: int = 1) ->
             key = SIZE_KEYS[name][0]
             problems.append(f"--tp {tp}{f' / --moe-ep {ep}' if ways != tp else ''} does not divide {key} "
                             f"{dims[name]}: choose a TP degree that divides it")
+    if arch.hybrid:
+        problems += hybrid_parallel_problems(config, dims, tp)
     return problems
+
+
+# -- Granite 4.0 hybrid (granitemoehybrid): Mamba2 / attention layers, shared MLP, optional experts ---------------
+
+# layer_types names (transformers 5 renames mamba -> linear_attention, attention -> full_attention on load)
+HYBRID_LAYER_NAMES = {"mamba": "mamba", "linear_attention": "mamba", "attention": "attention",
+                      "full_attention": "attention"}
+MAMBA_GATED_NORM = SubBlock("gated_norm", "mamba.norm", "output")              # inside the mixer, before out_proj
+MAMBA_SUB_BLOCK = SubBlock("mamba", "post_attention_layernorm", "input", requires="mamba")
+HYBRID_ATTENTION = SubBlock("attention", "post_attention_layernorm", "input", requires="self_attn")
+MAMBA_TENSORS = {
+    "mamba.in_proj.weight": ("mamba_projection", "hidden"),
+    "mamba.conv1d.weight": ("mamba_conv_channels", "one", "mamba_conv"),
+    "mamba.A_log": ("mamba_heads",), "mamba.D": ("mamba_heads",), "mamba.dt_bias": ("mamba_heads",),
+    "mamba.norm.weight": ("mamba_inner",), "mamba.out_proj.weight": ("hidden", "mamba_inner"),
+}
+HYBRID_ATTENTION_TENSORS = {k: v for k, v in ATTENTION_TENSORS.items() if k.startswith("self_attn.")}
+HYBRID_LAYER_TENSORS = {k: v for k, v in ATTENTION_TENSORS.items() if not k.startswith("self_attn.")}
+
+ARCHITECTURES["granitemoehybrid"] = Architecture(
+    model_type="granitemoehybrid",
+    model_class="granite_bench.model.modeling_granitemoehybrid:NeuronGraniteMoeHybridForCausalLM",
+    converter="granite_bench.model.modeling_granitemoehybrid:convert_hf_state_dict",
+    hf_class="GraniteMoeHybridForCausalLM", hf_config_class="GraniteMoeHybridConfig",
+    description="Granite 4.0 hybrid: Mamba2 and attention layers, shared MLP, optional routed experts",
+    sub_blocks=(MAMBA_GATED_NORM, MAMBA_SUB_BLOCK, HYBRID_ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+    layer_tensors={**HYBRID_LAYER_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
+    kind_tensors={"mamba": MAMBA_TENSORS, "attention": HYBRID_ATTENTION_TENSORS},
+    tp_divides=("hidden", "shared"), hybrid=True,
+    checkpoint_names=MOE_CHECKPOINT_NAMES)
+
+
+def hybrid_layer_kinds(layer_types, num_layers: int) -> list[str]:
+    """"mamba" / "attention" per layer (unknown names kept as given, for config_problems to name); HF's default
+    when layer_types is absent: every layer Mamba."""
+    if layer_types is None:
+        return ["mamba"] * num_layers
+    return [HYBRID_LAYER_NAMES.get(t, t) if isinstance(t, str) else repr(t) for t in layer_types]
+
+
+def mamba_sizes(config: dict, dims: dict[str, int]) -> dict[str, int]:
+    """The Mamba2 sizes of a hybrid config (HF's defaults where it leaves one out)."""
+    def get(key: str, default):
+        value = config.get(key)
+        return default if value is None else value
+
+    heads, groups, state = int(get("mamba_n_heads", 128)), int(get("mamba_n_groups", 1)), int(get("mamba_d_state", 256))
+    inner = int(get("mamba_expand", 2)) * dims["hidden"]
+    head_dim = get("mamba_d_head", "auto")
+    head_dim = inner // max(heads, 1) if head_dim == "auto" else int(head_dim)
+    conv_channels = inner + 2 * groups * state
+    return {"mamba_heads": heads, "mamba_groups": groups, "mamba_state": state, "mamba_inner": inner,
+            "mamba_head_dim": head_dim, "mamba_conv": int(get("mamba_d_conv", 4)),
+            "mamba_chunk": int(get("mamba_chunk_size", 256)), "mamba_conv_channels": conv_channels,
+            "mamba_projection": inner + conv_channels + heads, "one": 1}
+
+
+def hybrid_config_problems(config: dict, dims: dict[str, int]) -> list[str]:
+    problems = []
+    kinds = hybrid_layer_kinds(config.get("layer_types"), dims["layers"])
+    bad = sorted({k for k in kinds if k not in ("mamba", "attention")})
+    if bad:
+        problems.append(f"layer_types has {', '.join(repr(b) for b in bad)}: each layer must be 'mamba' or "
+                        f"'attention'")
+    if len(kinds) != dims["layers"]:
+        problems.append(f"layer_types lists {len(kinds)} layers but num_hidden_layers is {dims['layers']}: give "
+                        f"one type per layer")
+    m = mamba_sizes(config, dims)
+    if m["mamba_heads"] < 1 or m["mamba_groups"] < 1 or m["mamba_heads"] % m["mamba_groups"]:
+        problems.append(f"mamba_n_groups {m['mamba_groups']} must divide mamba_n_heads {m['mamba_heads']}")
+    elif m["mamba_head_dim"] * m["mamba_heads"] != m["mamba_inner"]:
+        problems.append(f"mamba_d_head {m['mamba_head_dim']} x mamba_n_heads {m['mamba_heads']} must equal "
+                        f"mamba_expand x hidden_size ({m['mamba_inner']})")
+    if m["mamba_chunk"] < 1 or m["mamba_conv"] < 1 or m["mamba_state"] < 1:
+        problems.append("mamba_chunk_size, mamba_d_conv and mamba_d_state must be at least 1")
+    if dims["experts"] < 0 or dims["experts"] and not 1 <= dims["top_k"] <= dims["experts"]:
+        problems.append(f"num_experts_per_tok {dims['top_k']} must be between 1 and num_local_experts "
+                        f"{dims['experts']} (or num_local_experts 0: no routed experts)")
+    if config.get("position_embedding_type") not in (None, "rope", "nope"):
+        problems.append(f"position_embedding_type {config.get('position_embedding_type')!r} must be 'rope' or "
+                        f"'nope'")
+    return problems
+
+
+def hybrid_parallel_problems(config: dict, dims: dict[str, int], tp: int) -> list[str]:
+    """TP over Mamba heads: tp must divide the heads, and either divide the groups (a rank holds whole groups) or
+    be a multiple of them (tp / groups ranks share one group's B/C); anything else would split a rank's heads
+    across groups."""
+    m = mamba_sizes(config, dims)
+    problems = []
+    if "mamba" not in hybrid_layer_kinds(config.get("layer_types"), dims["layers"]):
+        return problems   # attention layers only (granite-4.0-micro): no Mamba head is sharded
+    if m["mamba_heads"] % tp:
+        problems.append(f"--tp {tp} does not divide mamba_n_heads {m['mamba_heads']}: choose a TP degree that "
+                        f"divides it")
+    elif m["mamba_groups"] % tp and tp % m["mamba_groups"]:
+        problems.append(f"--tp {tp} splits the Mamba groups (mamba_n_groups {m['mamba_groups']}): choose a TP "
+                        f"degree that divides the groups or is a multiple of them")
+    if dims["experts"] > 0 and dims["intermediate"] % tp:
+        problems.append(f"--tp {tp} does not divide intermediate_size {dims['intermediate']}: choose a TP degree "
+                        f"that divides it")
+    return problems
+
+
+def hf_generate_can_cache(arch: Architecture, config: dict) -> bool:
+    """Whether HF's `generate` can keep its cache for this config: transformers' hybrid cache asks an attention
+    layer for the sequence length, so a hybrid cut to Mamba layers only must generate without it."""
+    if not arch.hybrid:
+        return True
+    return "attention" in hybrid_layer_kinds(config.get("layer_types"), int(config.get("num_hidden_layers", 32)))

@@ -83,7 +83,7 @@ def run_parity_on_goldens(runner, goldens: list[PromptGolden], profile: Toleranc
             positions += rows
             summaries.append(summary)
             if failure is None and not result.passed:
-                failure = (batch, b, start + b, result)
+                failure = (batch, b, start + b, result, summary)
         if advance:
             advance(len(batch))
     outcome = ParityOutcome(positions, summaries, passed=failure is None, reference_tokens=reference_tokens)
@@ -92,12 +92,16 @@ def run_parity_on_goldens(runner, goldens: list[PromptGolden], profile: Toleranc
     return outcome
 
 
-def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_index, result):
-    """Compare per-layer hidden states at the first failing position (or the first greedy divergence)."""
+def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_index, result, summary: dict):
+    """Compare per-layer hidden states at the first failing position or, when only the free-running greedy check
+    failed, at the position whose logits chose the first diverging token (prompt length - 1 + its step)."""
     prompts, forced = [g.prompt for g in batch], [g.tokens for g in batch]
-    position = result.first_failed
+    position, greedy = result.first_failed, {}
     if position is None:  # only the free-running greedy failed: look where it diverged
-        position = len(prompts[row]) - 1
+        step = summary["first_divergence"]
+        position = len(prompts[row]) - 1 + step
+        greedy = {"generated_token": step, "divergence_gap": summary["divergence_gap"],
+                  "divergence_tolerance": profile.divergence_tolerance}
     actual_hidden = hidden_states_at(runner, prompts, forced, row, position)
     expected_at = batch[row].residual_streams_at(position)
     errors = sub_block_errors(expected_at, actual_hidden)
@@ -106,7 +110,7 @@ def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_ind
     if first is None:  # every residual stream within tolerance: the error enters after the last layer
         first = {"layer": None, "sub_block": "final_norm/lm_head", "rel_err": None}
     where = {"prompt": prompt_index, "position": position, "phase": phase, "layer": first["layer"],
-             "sub_block": first["sub_block"], "rel_err": first["rel_err"]}
+             "sub_block": first["sub_block"], "rel_err": first["rel_err"], **greedy}
     return where, [{"prompt": prompt_index, "position": position, **e} for e in errors]
 
 

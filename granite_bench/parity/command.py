@@ -36,6 +36,7 @@ class ParityArgs:
     goldens: Path | None = None        # a golden directory (`granite-bench reference --out`): no reference model
     max_memory: str | None = None      # memory budget of the HF reference when it has to run (accelerate offload)
     moe_ep: int = 1                    # expert-parallel degree among the TP ranks (MoE models)
+    ssm_state_dtype: str = "float32"   # the Mamba SSM state's dtype between steps (hybrid models)
 
 
 def check_lengths(prompts: list[list[int]], neuron_config, num_tokens: int) -> None:
@@ -79,7 +80,7 @@ def run_parity_command(args: ParityArgs, console, progress_bar) -> bool:
     # the folder resolved above (a preset already cut to --layers): the same files the goldens describe
     runner = build_runner(str(model_dir), dtype=args.dtype, device=args.device, tp_degree=args.tp,
                           batch_size=args.batch_size, seq_len=args.seq_len, buckets=args.buckets, compile=args.compile,
-                          moe_ep_degree=args.moe_ep)
+                          moe_ep_degree=args.moe_ep, ssm_state_dtype=args.ssm_state_dtype)
     try:
         with progress_bar() as progress:
             task = progress.add_task("prompts", total=len(prompts))
@@ -174,8 +175,8 @@ def compile_summary(runner) -> dict:
 def render(console, outcome: ParityOutcome, profile) -> None:
     table = Table(title="parity against the HF reference (fp32, CPU)", title_justify="left")
     for column in ("prompt", "len", "positions", "failed", "max |Δ|", "worst top-k err", "max KL",
-                   "greedy match", "verdict"):
-        table.add_column(column, justify="right")
+                   "greedy match", "verdict", "greedy divergence"):
+        table.add_column(column, justify="left" if column == "greedy divergence" else "right")
     for s in outcome.prompts:
         topk = [(k, v) for k, v in s.items() if k.startswith("worst_err_") and not k.endswith("_position")]
         worst_k = max(topk, key=lambda kv: kv[1]) if topk else ("-", None)
@@ -185,7 +186,7 @@ def render(console, outcome: ParityOutcome, profile) -> None:
                       (f"{worst_k[1]:.2e} ({worst_k[0][len('worst_err_'):]})"
                        + (f" HF {framework:.2e}" if framework is not None else "")) if worst_k[1] is not None else "-",
                       f"{s.get('worst_kl_ref_impl', float('nan')):.2e}", f"{s['greedy_match_rate']:.0%}",
-                      "[green]pass[/]" if s["passed"] else "[red]FAIL[/]")
+                      "[green]pass[/]" if s["passed"] else "[red]FAIL[/]", divergence_note(s, profile))
     console.print(table)
     if outcome.passed:
         console.print(f"[bold green]PASS[/] every position within profile '{profile.name}' "
@@ -195,17 +196,42 @@ def render(console, outcome: ParityOutcome, profile) -> None:
     if where.get("layer") is not None:
         block = (f"layer {where['layer']} {where['sub_block']} (rel err {where['rel_err']:.2e} > "
                  f"{profile.localisation_rtol:g})")
+    elif "generated_token" in where:
+        block = (f"no layer's residual stream left tolerance ({profile.localisation_rtol:g}) at that position: the "
+                 f"logits agree within the profile there, only the near-tie between the two tokens flipped")
     else:
         block = (f"no layer's residual stream left tolerance ({profile.localisation_rtol:g}): the error enters at "
-                 f"the final norm / LM head, or it is a greedy divergence past the divergence tolerance")
-    console.print(f"[bold red]FAIL[/] first failing: prompt {where.get('prompt')} position {where.get('position')} "
-                  f"({where.get('phase')}); first out of tolerance: {block}")
+                 f"the final norm / LM head")
+    if "generated_token" in where:
+        console.print(f"[bold red]FAIL[/] {escape(greedy_failure_line(where))}; first out of tolerance: {block}")
+    else:
+        console.print(f"[bold red]FAIL[/] first failing: prompt {where.get('prompt')} position {where.get('position')} "
+                      f"({where.get('phase')}); first out of tolerance: {block}")
     blocks = Table(title="per-layer residual stream at that position", title_justify="left")
     for column in ("layer", "sub-block", "max |Δ|", "rel err"):
         blocks.add_column(column, justify="right")
     for e in outcome.block_errors:
         blocks.add_row(str(e["layer"]), e["sub_block"], f"{e['max_abs_err']:.2e}", f"{e['rel_err']:.2e}")
     console.print(blocks)
+
+
+def greedy_failure_line(where: dict) -> str:
+    """Where a free-running greedy divergence past the tolerance happened, and by how much."""
+    return (f"prompt {where['prompt']}: greedy diverged at generated token {where['generated_token']} (chosen by the "
+            f"logits of position {where['position']}, {where['phase']}): reference gap "
+            f"{where['divergence_gap']:.3g} > divergence tolerance {where['divergence_tolerance']:g}")
+
+
+def divergence_note(row: dict, profile) -> str:
+    """A prompt's free-running greedy divergence in words: where, the reference's own gap, and whether it was
+    accepted (a gap within the divergence tolerance is a near-tie the dtype may flip), or '' when none."""
+    step = row.get("first_divergence")
+    if step is None or (isinstance(step, float) and step != step):
+        return ""
+    gap, tolerance = row["divergence_gap"], profile.divergence_tolerance
+    if row["divergence_acceptable"]:
+        return f"at token {int(step)}: gap {gap:.3g} < tolerance {tolerance:g}, accepted (a near-tie)"
+    return f"at token {int(step)} (position {row['prompt_len'] - 1 + int(step)}): gap {gap:.3g} > tolerance {tolerance:g}"
 
 
 def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_info: dict) -> list[Path]:

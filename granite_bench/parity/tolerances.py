@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
 
 from ..resources import suite_path
+from ..schemas import SchemaError, TolerancesFile, read_yaml
 
 DEFAULT_PATH = suite_path("parity/tolerances.yaml")
 
@@ -79,7 +79,10 @@ def _profile_from_yaml(name: str, entry: dict) -> ToleranceProfile:
 
 def load_profiles(path: Path | None = None) -> dict[str, ToleranceProfile]:
     """All profiles of a tolerances YAML (default: suites/parity/tolerances.yaml), by name."""
-    data = yaml.safe_load(Path(path or DEFAULT_PATH).read_text())
+    try:
+        data = read_yaml(Path(path or DEFAULT_PATH), TolerancesFile, "tolerance profiles")
+    except SchemaError as err:
+        raise ValueError(str(err)) from None
     return {name: _profile_from_yaml(name, entry) for name, entry in data["profiles"].items()}
 
 

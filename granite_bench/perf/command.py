@@ -144,16 +144,29 @@ def run_perf_command(args: PerfArgs, console, progress_bar) -> list[dict]:
 
 
 def warn_if_busy(console, threads: dict) -> None:
-    """Say so when other work already keeps the cores busy: every timing will carry that noise."""
+    """Warn when other work already keeps the cores perf's threads need busy: every timing will be inflated."""
     import os
     try:
-        load = os.getloadavg()[0]
+        load = os.getloadavg()[0]  # /proc/loadavg's 1-minute average
     except (AttributeError, OSError):
         return
-    if load >= threads["cores_available"] + 1:
-        console.print(f"[yellow]note:[/] host load average {load:.1f} on {threads['cores_available']} cores: other "
-                      f"work competes for the CPU, so absolute times are noisy (ratios within this run stay "
-                      f"comparable); fewer threads (--threads 1) suffer less from it")
+    line = busy_warning(load, threads["cores_available"], threads["torch_threads"])
+    if line:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+
+
+def busy_warning(load: float, cores: int, threads: int) -> str | None:
+    """A warning when the 1-minute load average exceeds the cores left over by perf's own threads (the other work
+    will take cores from the timed threads), else None."""
+    spare = cores - threads
+    if load <= spare:
+        return None
+    advice = ("rerun with --threads 1 (fewer threads lose less to the other work) or on a quieter machine"
+              if threads > 1 else "rerun on a quieter machine")
+    return (f"host load average {load:.1f} (1 min) exceeds the {max(spare, 0)} of {cores} cores that perf's "
+            f"{threads} torch thread{'s' if threads != 1 else ''} leave free: other work competes for the cores, so "
+            f"latencies and throughput will be inflated (on a busy 2-core host the default threads measured 10-14x "
+            f"worse than --threads 1); {advice}")
 
 
 # -- the summary table -------------------------------------------------------------------------------------------

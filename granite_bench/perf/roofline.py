@@ -31,7 +31,7 @@ import torch
 
 from ..model.config import DTYPES
 from ..model.auto import parallel_plan
-from ..model.backend.decoder import head_dim_of
+from ..model.backend.decoder import config_dict, head_dim_of
 from ..model.backend.single_row import KERNELS
 from ..runtime.huge_pages import huge_page_tensor
 
@@ -206,6 +206,32 @@ def moe_sizes(hf_config) -> dict:
             "shared": int(getattr(hf_config, "shared_intermediate_size", 0) or 0)}
 
 
+def hybrid_sizes(hf_config) -> dict:
+    """A hybrid's Mamba layers and, per layer, its mixer's weights and its per-row SSM (fp32) and conv state
+    elements ({} for a model without Mamba layers)."""
+    from ..model.registry import architecture, hybrid_layer_kinds, mamba_sizes, sizes
+    data = config_dict(hf_config)
+    if not architecture(data.get("model_type")).hybrid:
+        return {}
+    dims = sizes(data)
+    m = mamba_sizes(data, dims)
+    h, inner, channels = dims["hidden"], m["mamba_inner"], m["mamba_conv_channels"]
+    params = h * m["mamba_projection"] + channels * m["mamba_conv"] + inner * h + 3 * m["mamba_heads"] + inner
+    params += channels if data.get("mamba_conv_bias", True) else 0
+    params += m["mamba_projection"] + h if data.get("mamba_proj_bias", False) else 0
+    return {"mamba_layers": hybrid_layer_kinds(data.get("layer_types"), dims["layers"]).count("mamba"),
+            "mamba_params": params, "ssm_state": m["mamba_heads"] * m["mamba_head_dim"] * m["mamba_state"],
+            "conv_state": channels * (m["mamba_conv"] - 1)}
+
+
+def window_sizes(hf_config) -> dict[str, int]:
+    """Layers with a sliding-window KV cache and their window (zeros when the config has none)."""
+    window = int(getattr(hf_config, "sliding_window", 0) or 0)
+    kinds = getattr(hf_config, "layer_types", None) or []
+    sliding = sum(kind == "sliding_attention" for kind in kinds) if window else 0
+    return {"sliding_layers": sliding, "window": window}
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes the byte and FLOP counts need, for one TP degree (sums over all ranks)."""
@@ -222,6 +248,12 @@ class ModelShape:
     experts: int = 0       # routed experts per layer (0: a dense MLP of `intermediate`)
     top_k: int = 1         # experts each token uses
     shared: int = 0        # intermediate size of a shared MLP beside the experts
+    mamba_layers: int = 0  # hybrids: layers whose mixer is Mamba2 instead of attention
+    mamba_params: int = 0  # one Mamba2 mixer's weights
+    ssm_state: int = 0     # one Mamba layer's SSM state elements per row (fp32)
+    conv_state: int = 0    # one Mamba layer's conv state elements per row (model dtype)
+    sliding_layers: int = 0   # layers whose KV cache is a window of `window` positions (sliding-window attention)
+    window: int = 0
 
     @classmethod
     def of(cls, hf_config, tp_degree: int = 1) -> "ModelShape":
@@ -231,7 +263,8 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=-(-vocab // tp_degree) * tp_degree,
                    q_heads=plan.q_heads_per_rank * tp_degree, kv_heads=plan.kv_heads_per_rank * tp_degree,
                    head_dim=plan.head_dim, attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
+                   **hybrid_sizes(hf_config), **window_sizes(hf_config))
 
     @classmethod
     def hf(cls, hf_config) -> "ModelShape":
@@ -240,7 +273,22 @@ class ModelShape:
                    layers=hf_config.num_hidden_layers, vocab_padded=hf_config.vocab_size,
                    q_heads=hf_config.num_attention_heads, kv_heads=hf_config.num_key_value_heads,
                    head_dim=head_dim_of(hf_config), attention_bias=bool(getattr(hf_config, "attention_bias", False)),
-                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config))
+                   mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), **moe_sizes(hf_config),
+                   **hybrid_sizes(hf_config), **window_sizes(hf_config))
+
+    def attention_params(self) -> int:
+        """One attention mixer's weights (Q/K/V and O projections, their biases)."""
+        h, d = self.hidden, self.head_dim
+        bias = (self.q_heads + 2 * self.kv_heads) * d + h if self.attention_bias else 0
+        return h * (self.q_heads + 2 * self.kv_heads) * d + self.q_heads * d * h + bias
+
+    def mixer_swap(self) -> int:
+        """What a hybrid's Mamba layers hold beyond attention layers (their mixers instead of attention's)."""
+        return self.mamba_layers * (self.mamba_params - self.attention_params())
+
+    def state_bytes_per_step(self, batch: int, itemsize: int) -> int:
+        """Mamba states a decode step reads and writes back: the fp32 SSM state and the conv state, per row."""
+        return self.mamba_layers * batch * 2 * (self.ssm_state * 4 + self.conv_state * itemsize)
 
     def active_experts(self, tokens: int) -> float:
         """Distinct experts `tokens` tokens choose in one layer: exactly top_k for one token; for more, the expected
@@ -258,8 +306,8 @@ class ModelShape:
         if self.experts:
             used = self.top_k if experts_read is None else experts_read
             mlp = 3 * h * self.intermediate * used + self.experts * h + 3 * h * self.shared
-        else:
-            mlp = 3 * h * self.intermediate
+        else:   # a dense MLP, or a hybrid without experts: its shared MLP alone
+            mlp = 3 * h * (self.shared or self.intermediate)
         bias = ((self.q_heads + 2 * self.kv_heads) * d + h if self.attention_bias else 0) + \
                (2 * self.intermediate + h if self.mlp_bias else 0)
         return qkv + out + mlp + bias
@@ -268,19 +316,25 @@ class ModelShape:
         """Weights one decode step reads: every layer (a MoE layer: the experts its `batch` tokens choose), the norms,
         the LM head, and `batch` embedding rows."""
         read = self.active_experts(batch) if self.experts else None
-        layers = self.layers * (self.layer_linear_params(read) + 2 * self.hidden)
+        layers = self.layers * (self.layer_linear_params(read) + 2 * self.hidden) + self.mixer_swap()
         return layers + self.hidden + self.vocab_padded * self.hidden + batch * self.hidden
 
     def kv_elements_read(self, batch: int, kv_len: int) -> int:
-        return self.layers * 2 * batch * self.kv_heads * kv_len * self.head_dim
+        """K and V a decode step reads: kv_len positions in a full attention layer, at most `window` in a sliding
+        one, none in a hybrid's Mamba layers."""
+        full = self.layers - self.mamba_layers - self.sliding_layers
+        positions = full * kv_len + self.sliding_layers * min(kv_len, self.window)
+        return 2 * batch * self.kv_heads * positions * self.head_dim
 
     def decode_bytes(self, batch: int, kv_len: float, itemsize: int) -> float:
-        return (self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize
+        return ((self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize
+                + self.state_bytes_per_step(batch, itemsize))
 
     def prefill_flops(self, batch: int, length: int, all_logits: bool = False) -> float:
-        """Matmul FLOPs of context encoding over `length` positions per row (full square attention, as computed)."""
+        """Matmul FLOPs of context encoding over `length` positions per row (full square attention, as computed; a
+        Mamba layer's projections, not its scan)."""
         tokens = batch * length
-        linear = 2 * tokens * self.layers * self.layer_linear_params()
-        attention = self.layers * 2 * 2 * batch * self.q_heads * length * length * self.head_dim
+        linear = 2 * tokens * (self.layers * self.layer_linear_params() + self.mixer_swap())
+        attention = (self.layers - self.mamba_layers) * 2 * 2 * batch * self.q_heads * length * length * self.head_dim
         head = 2 * (tokens if all_logits else batch) * self.hidden * self.vocab_padded
         return float(linear + attention + head)

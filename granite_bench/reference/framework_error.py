@@ -39,10 +39,10 @@ def measure(model, goldens: list[PromptGolden], profile) -> list[dict]:
     per position how far its error moves the gap between the reference's top token and any other of its top 50
     (`gap_err`: the largest reference gap this dtype's error could flip there)."""
     from ..parity.metrics import greedy_comparison, position_metrics
-    from .hf_reference import greedy_tokens
+    from .hf_reference import greedy_tokens, reference_logits
     out = []
     for g in goldens:
-        logits = model(torch.tensor([g.prompt + g.tokens])).logits[0].float()  # [L + T, V]
+        logits = reference_logits(model, g.prompt + g.tokens).float()  # [L + T, V]
         metrics = position_metrics(g.logits, logits, profile)
         names = [f"err_{k}" for k in metrics["tol_keys"]] + ["max_abs_err"]
         row = {name: [float(v) for v in metrics[name]] for name in names}

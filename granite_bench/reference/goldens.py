@@ -292,9 +292,11 @@ def golden_metadata(key: dict, model: str, model_dir: Path) -> dict:
 def golden_request(model_dir: Path, prompts: list[list[int]], num_tokens: int) -> tuple[str, dict]:
     """(checkpoint fingerprint, the key goldens of these prompts must carry)."""
     from .fingerprint import content_fingerprint
+    from .hf_classes import checkpoint_architecture
     from .hf_reference import attention_for_length
     fingerprint = content_fingerprint(model_dir)
-    attn = attention_for_length(max(len(p) for p in prompts) + num_tokens)
+    attn = attention_for_length(max(len(p) for p in prompts) + num_tokens,
+                                checkpoint_architecture(model_dir).hf_attn_implementation)
     return fingerprint, golden_key(fingerprint, prompts, num_tokens, attn)
 
 

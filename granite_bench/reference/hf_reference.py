@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from ..model.registry import architecture
-from .hf_classes import hf_model_class
+from ..model.registry import architecture, hf_generate_can_cache
+from .hf_classes import checkpoint_architecture, hf_model_class
 
 
 class MemoryBudgetError(ValueError):
@@ -17,11 +17,15 @@ class MemoryBudgetError(ValueError):
 
 
 LONG_CONTEXT_TOKENS = 2048  # above this many tokens the reference uses SDPA, never an [L, L] score matrix per head
+EAGER_CHUNK_TOKENS = 1024   # where eager is forced (no SDPA), a longer sequence is fed in chunks of this many tokens
 
 
-def attention_for_length(tokens: int) -> str:
-    """HF attention implementation of the reference for sequences of `tokens`: eager (the plain softmax(QK^T)V
+def attention_for_length(tokens: int, forced: str | None = None) -> str:
+    """HF attention implementation of the reference for sequences of `tokens`: the architecture's `forced` one when
+    the registry names it (the sliding-window Granites support eager only), else eager (the plain softmax(QK^T)V
     formula) for short ones, SDPA for long ones, where eager's fp32 [heads, L, L] scores would take GBs."""
+    if forced:
+        return forced
     return "sdpa" if tokens > LONG_CONTEXT_TOKENS else "eager"
 
 
@@ -70,6 +74,8 @@ def offload_device_map(model_dir: Path, max_memory: int, dtype: torch.dtype = to
             f"give at least {human_size(needed)}")
     in_memory = min(config.num_hidden_layers, int((max_memory - resident_bytes) // layer_bytes))
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    if hasattr(empty.model, "rotary_embs"):   # per-layer RoPE bases (sliding-window Granites): one table per base
+        device_map["model.rotary_embs"] = "cpu"
     device_map.update({f"model.layers.{i}": "cpu" if i < in_memory else "disk"
                        for i in range(config.num_hidden_layers)})
     return device_map
@@ -81,6 +87,7 @@ def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memo
     dtype, see framework_error.py). With `max_memory`, accelerate keeps only what fits in memory
     and streams the other decoder layers from the checkpoint files layer by layer (see offload_device_map)."""
     model_class = hf_model_class(model_dir)
+    attn_implementation = checkpoint_architecture(model_dir).hf_attn_implementation or attn_implementation
     if max_memory is None:
         model = model_class.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
         return model.eval()
@@ -93,13 +100,46 @@ def load_reference(model_dir: Path, attn_implementation: str = "eager", max_memo
     return model.eval()
 
 
+def reference_chunk(model: PreTrainedModel, length: int) -> int | None:
+    """How many tokens the reference feeds at once for a sequence of `length`: all of them (None), unless its
+    attention is eager (forced by the architecture) and the sequence is long, where eager's fp32 [heads, L, L] scores
+    would not fit: then chunks through HF's own cache, each attending to everything before it."""
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
+    return EAGER_CHUNK_TOKENS if eager and length > LONG_CONTEXT_TOKENS else None
+
+
 @torch.no_grad()
 def greedy_tokens(model: PreTrainedModel, prompt: list[int], num_tokens: int) -> list[int]:
-    """N greedy tokens for one prompt (no early stop, HF's default cache)."""
+    """N greedy tokens for one prompt (no early stop, HF's default cache: none for a hybrid cut to Mamba layers
+    only, which transformers' cache cannot serve; a long prompt of an eager-only reference prefilled in chunks by HF's
+    own `prefill_chunk_size`)."""
     ids = torch.tensor([prompt])
+    config = model.config.to_dict()
+    use_cache = hf_generate_can_cache(architecture(config.get("model_type")), config)
+    chunk = reference_chunk(model, len(prompt)) if use_cache else None
+    extra = {"prefill_chunk_size": chunk} if chunk else {}
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=num_tokens,
-                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+                         min_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                         use_cache=use_cache, **extra)
     return out[0, len(prompt):].tolist()
+
+
+@torch.no_grad()
+def reference_logits(model: PreTrainedModel, tokens: list[int]) -> torch.Tensor:
+    """Logits [L, V] of every position: one forward, or chunks through HF's cache (see reference_chunk)."""
+    ids = torch.tensor([tokens])
+    chunk = reference_chunk(model, len(tokens))
+    if chunk is None:
+        return model(ids, use_cache=False).logits[0]   # one full forward: no cache
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    parts = []
+    for start in range(0, len(tokens), chunk):
+        stop = min(start + chunk, len(tokens))
+        out = model(ids[:, start:stop], cache=cache, use_cache=True,
+                    position_ids=torch.arange(start, stop)[None])
+        parts.append(out.logits[0])
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -114,15 +154,27 @@ def forward_with_hidden_states(model: PreTrainedModel, tokens: list[int]):
         for sub in sub_blocks:
             try:
                 module = layer.get_submodule(sub.hf_module) if sub.hf_module else layer
+                if sub.requires:
+                    layer.get_submodule(sub.requires)
             except AttributeError:
                 continue   # this layer has no such block (a shared MLP of size 0, a layer of another kind)
             hooks.append(capture_hook(module, idx, sub, captured))
     try:
-        logits = model(torch.tensor([tokens])).logits[0]
+        logits = reference_logits(model, tokens)
     finally:
         for hook in hooks:
             hook.remove()
-    return logits.float(), captured
+    chunked = reference_chunk(model, len(tokens)) is not None
+    return logits.float(), join_chunks(captured) if chunked else captured
+
+
+def join_chunks(captured: list) -> list:
+    """[(layer, sub-block, Tensor[c, X])] of one forward per chunk -> one entry per (layer, sub-block) over all the
+    positions, in execution order (unchanged for a single forward)."""
+    joined: dict[tuple, list] = {}
+    for layer, name, tensor in captured:
+        joined.setdefault((layer, name), []).append(tensor)
+    return [(layer, name, parts[0] if len(parts) == 1 else torch.cat(parts)) for (layer, name), parts in joined.items()]
 
 
 def capture_hook(module: torch.nn.Module, layer: int, sub, captured: list):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from ..resources import suites_dir
+from ..schemas import ModelPreset, SchemaError, read_yaml
 
 SUITES_DIR = suites_dir()
 MODELS_DIR = SUITES_DIR / "models"
@@ -40,11 +40,9 @@ def load_preset(name: str) -> Preset:
         raise PresetError(f"unknown model '{name}': use a local checkpoint directory or one of "
                           f"{', '.join(available_presets())}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise PresetError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict) or not ("config" in data or "checkpoint" in data):
-        raise PresetError(f"{path} must define 'config' (a shape) or 'checkpoint' (a folder)")
+        data = read_yaml(path, ModelPreset, "preset")
+    except SchemaError as err:
+        raise PresetError(str(err)) from None
     checkpoint = data.get("checkpoint")
     return Preset(
         name=data.get("name", name),

@@ -36,6 +36,12 @@ DEFAULT_INIT = {
 }
 
 
+# Attention sinks (sliding-window Granites; HF initialises them to zero): drawn around the log-sum-exp of a
+# window's scores (log 16 + 1/2 for W 16, unit-spread scores), so some heads' sinks take most of the attention and
+# some almost none.
+SINK_MEAN, SINK_STD = 3.0, 1.5
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("GRANITE_BENCH_CACHE", Path.home() / ".cache" / "granite-bench"))
 
@@ -45,6 +51,8 @@ def preset_config(preset: Preset, num_layers: int | None = None) -> PretrainedCo
     kwargs = dict(preset.config)
     if num_layers is not None:
         kwargs["num_hidden_layers"] = num_layers
+        if isinstance(kwargs.get("layer_types"), list):   # a per-layer list is cut with the layers
+            kwargs["layer_types"] = kwargs["layer_types"][:num_layers]
     try:
         return hf_config_class(preset.model_type)(**kwargs)
     except (TypeError, ValueError) as err:
@@ -106,7 +114,9 @@ def seeded_parameters(config: PretrainedConfig, init: dict):
     gains = init_constants(config, init)
     gen = torch.Generator().manual_seed(int(init["seed"]))
     for name, shape in shapes:
-        if name.endswith("norm.weight"):
+        if ".mamba." in name and name.rsplit(".", 1)[1] in MAMBA_PER_HEAD:
+            yield name, mamba_per_head(name, shape, init, gen)
+        elif name.endswith("norm.weight"):
             centre = gains["final_norm_gain"] if name == "model.norm.weight" else 1.0
             jitter = init["norm_jitter"]
             yield name, centre * (1 + jitter * (2 * torch.rand(shape, generator=gen) - 1))
@@ -114,10 +124,27 @@ def seeded_parameters(config: PretrainedConfig, init: dict):
             yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * init["embedding_std"]
         elif name.endswith(".bias"):
             yield name, torch.zeros(shape)
+        elif name.endswith(".self_attn.sinks"):
+            yield name, SINK_MEAN + SINK_STD * torch.randn(shape, generator=gen, dtype=torch.float32)
         else:
             gain = gains["qk_gain"] if (".q_proj." in name or ".k_proj." in name) else init["linear_gain"]
             # std gain / sqrt(fan_in): the last dimension of [out, in] and of fused experts [E, out, in]
             yield name, torch.randn(shape, generator=gen, dtype=torch.float32) * (gain / math.sqrt(shape[-1]))
+
+
+MAMBA_PER_HEAD = ("A_log", "D", "dt_bias")
+
+
+def mamba_per_head(name: str, shape: tuple, init: dict, gen: torch.Generator) -> torch.Tensor:
+    """A Mamba2 layer's per-head parameters, as HF initialises them but varied per head (so a head placed on the
+    wrong rank, or a dropped term, shows): A_log = log(1..heads) (A = -1, -2, ...), D in 1 ± norm_jitter, dt_bias
+    uniform in [-2, 1] (softplus: time steps ~0.13-1.3)."""
+    kind = name.rsplit(".", 1)[1]
+    if kind == "A_log":
+        return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
+    if kind == "D":
+        return 1 + init["norm_jitter"] * (2 * torch.rand(shape, generator=gen) - 1)
+    return 3 * torch.rand(shape, generator=gen) - 2
 
 
 def checkpoint_name(name: str, renames: tuple[tuple[str, str], ...]) -> str:

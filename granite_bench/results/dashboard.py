@@ -21,6 +21,7 @@ import pandas as pd
 
 from granite_bench.results.changepoints import DEFAULT_ALPHA as CHANGE_POINT_ALPHA
 from granite_bench.results.changepoints import e_divisive
+from granite_bench.results.load_panel import load_sweep_panel
 from granite_bench.results.store import ResultStore
 
 ASSETS = Path(__file__).resolve().with_name("dashboard_assets")
@@ -30,7 +31,7 @@ PAGE_TEMPLATE = "page.html"       # string.Template: $names filled by render_pag
 PERF_TREND_METRICS = ("tpot_p50_ms", "ttft_p50_ms")
 PERF_RATIO_METRICS = ("tpot_ratio_hf_eager", "ttft_ratio_hf_eager", "tpot_ratio_hf_static", "ttft_ratio_hf_static")
 ROOFLINE_METRICS = ("decode_frac_matvec", "decode_frac_read", "prefill_frac_matmul")
-PARITY_ERROR_METRICS = ("worst_max_abs_err", "worst_err_top5", "worst_err_all", "worst_kl_ref_impl")
+PARITY_ERROR_METRICS = ("worst_max_abs_err", "worst_kl_ref_impl")  # beside every worst_err_<k> the run has
 MAX_TREND_CHARTS = 24
 MAX_GRID_POINTS = 40
 
@@ -73,14 +74,33 @@ def parity_matrix(frame: pd.DataFrame) -> dict:
     for (model, column), part in frame.groupby(["model", "_column"], sort=True):
         latest = _latest_run(part)
         passed = latest["run_passed"] if "run_passed" in latest.columns else latest.get("passed")
-        errors = {m: _clean(latest[m].max()) for m in PARITY_ERROR_METRICS if m in latest.columns}
         cells.append({"model": model, "column": column, "passed": bool(pd.Series(passed).all()),
-                      "errors": errors, "run_id": latest["run_id"].iloc[0],
+                      "errors": parity_errors(latest), "judged": judged_errors(latest), "run_id": latest["run_id"].iloc[0],
                       "git_sha": str(latest["git_sha"].iloc[0])[:10], "utc_time": latest["utc_time"].iloc[0],
                       "greedy": _clean(latest["greedy_match_rate"].min()) if "greedy_match_rate" in latest else None,
+                      "divergence_accepted": bool(latest["divergence_acceptable"].fillna(True).all())
+                      if "divergence_acceptable" in latest else None,
                       "history": int(part["run_id"].nunique())})
     return {"rows": sorted(frame["model"].astype(str).unique()), "columns": sorted(frame["_column"].unique()),
             "cells": cells}
+
+
+def topk_error_columns(frame: pd.DataFrame) -> list[str]:
+    """worst_err_<k> columns with a value in these rows (fp32 runs have all and top5, bf16 runs top50, ...)."""
+    return [c for c in frame.columns if c.startswith("worst_err_") and not c.endswith("_position")
+            and frame[c].notna().any()]
+
+
+def parity_errors(latest: pd.DataFrame) -> dict:
+    """Worst value over the run's prompts of each error it measured (a metric the run lacks is left out, not '-')."""
+    names = [PARITY_ERROR_METRICS[0], *topk_error_columns(latest), PARITY_ERROR_METRICS[1]]
+    return {m: _clean(latest[m].max()) for m in names if m in latest.columns and latest[m].notna().any()}
+
+
+def judged_errors(latest: pd.DataFrame) -> dict:
+    """{worst_err_<k>: rtol} for the top-k errors the run's profile judged (its rtol_<k> columns)."""
+    return {f"worst_err_{c[len('rtol_'):]}": _clean(latest[c].max()) for c in latest.columns
+            if c.startswith("rtol_") and latest[c].notna().any() and f"worst_err_{c[len('rtol_'):]}" in latest}
 
 
 def series_key(frame: pd.DataFrame) -> list[str]:
@@ -266,10 +286,12 @@ def ceiling_suspect_panel(frame: pd.DataFrame) -> str:
     """Perf rows flagged `ceiling_suspect` (a roofline fraction above 100%, or of no measurable ceiling: the ceiling
     was measured too low, so the fraction cannot be read), newest first, with the fractions named, the ceilings they
     were taken against, the CPU kind and the host load; or a line saying none is flagged."""
-    if frame.empty or "ceiling_suspect" not in frame.columns:
+    fractions = [m for m in SUSPECT_FRACTIONS if m in frame.columns]
+    if frame.empty or not fractions:
         return ('<p class="meta" id="suspect-none">no perf rows with roofline ceilings in this store yet: '
                 'granite-bench perf stores them</p>')
-    flagged = frame[frame["ceiling_suspect"].fillna(False).astype(bool)]
+    frame = with_suspect_flags(frame, fractions)
+    flagged = frame[frame["ceiling_suspect"]]
     if flagged.empty:
         return (f'<p class="meta" id="suspect-none">no perf row is flagged ceiling_suspect '
                 f'({len(frame)} rows checked): every roofline fraction is within its measured ceiling</p>')
@@ -295,6 +317,21 @@ def ceiling_suspect_panel(frame: pd.DataFrame) -> str:
             f'points on a quieter machine before reading their fractions</p>'
             f'<table class="matrix" id="ceiling-suspects" data-rows="{len(shown)}"><tr>{head}</tr>{"".join(rows)}'
             f'</table>')
+
+
+def with_suspect_flags(frame: pd.DataFrame, fractions: list[str]) -> pd.DataFrame:
+    """The rows with `ceiling_suspect` / `ceiling_suspect_of` filled in where they were stored without them (rows
+    from before the flag): suspect when a fraction is above 100% or has no finite value (no measurable ceiling)."""
+    frame = frame.copy()
+    values = frame[fractions].astype(float)
+    derived = values.gt(1.0) | (values.notna() & ~values.apply(lambda c: c.map(math.isfinite)).astype(bool))
+    derived_of = derived.apply(lambda row: ",".join(c for c in fractions if row[c]), axis=1)
+    stored = frame["ceiling_suspect"] if "ceiling_suspect" in frame.columns else pd.Series(pd.NA, index=frame.index)
+    missing = stored.isna()
+    frame["ceiling_suspect"] = stored.where(~missing, derived.any(axis=1)).astype(bool)
+    of = frame["ceiling_suspect_of"] if "ceiling_suspect_of" in frame.columns else pd.Series(pd.NA, index=frame.index)
+    frame["ceiling_suspect_of"] = of.where(~missing, derived_of)
+    return frame
 
 
 def latest_comparison(frame: pd.DataFrame) -> dict:
@@ -355,6 +392,7 @@ def dashboard_data(store: ResultStore, seed: int = 0) -> dict:
         data["bug_matrix_html"] = bug_matrix_table(_read(store, "bug_matrix"))
         data["bisect_html"] = bisect_steps_panel(_read(store, "bisect_steps"))
         data["ceiling_suspect_html"] = ceiling_suspect_panel(perf)
+        data["load_html"] = load_sweep_panel(_read(store, "load_points"))
     data["skipped"] = sorted(set(store.skip_log.values()))
     return data
 
@@ -389,6 +427,7 @@ def render_page(data: dict) -> str:
     bug_matrix = data.pop("bug_matrix_html", "")  # already HTML (escaped); not part of the script's data
     bisect = data.pop("bisect_html", "")
     ceiling_suspects = data.pop("ceiling_suspect_html", "")
+    load_sweeps = data.pop("load_html", "")
     counts = expected_marks(data)
     trend_divs = "".join(f'<div class="chart trend" id="trend-{i}" data-chart="trend" data-index="{i}" '
                          f'data-expected="{counts[f"trend-{i}"]}"></div>' for i in range(len(data["perf_trends"])))
@@ -406,6 +445,7 @@ def render_page(data: dict) -> str:
                            n_roofline=counts["perf-roofline"], n_accuracy=counts["accuracy"],
                            n_comparison=counts["comparison"], n_gate_power=counts["gate-power"],
                            bug_matrix=bug_matrix, bisect=bisect, ceiling_suspects=ceiling_suspects,
+                           load_sweeps=load_sweeps,
                            data=payload)
 
 

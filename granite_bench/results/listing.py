@@ -101,11 +101,13 @@ def render_frame(console, frame: pd.DataFrame, title: str, limit: int | None = D
         console.print(Text(f"{title}: no rows"))
         return
     shown = frame.tail(limit) if limit else frame
-    columns = fitting_columns(shown, console.width or 160)
+    # a terminal gets the leading columns that fit, cells capped; a log or pipe gets every column and cell whole
+    terminal = console.is_terminal
+    columns = fitting_columns(shown, console.width or 160) if terminal else list(shown.columns)
     note = f", last {len(shown)} shown" if len(shown) < len(frame) else ""
     table = Table(title=Text(f"{title} ({len(frame)} rows{note})"), title_justify="left")
     for column in columns:
-        table.add_column(str(column), overflow="ellipsis", no_wrap=True, max_width=28)
+        table.add_column(str(column), overflow="ellipsis", no_wrap=True, max_width=28 if terminal else None)
     for row in shown[columns].itertuples(index=False):
         table.add_row(*[Text(_text(v)) for v in row])  # values are data, never markup
     console.print(table)

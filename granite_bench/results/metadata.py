@@ -30,6 +30,7 @@ SCHEMA_VERSION: dict[str, int] = {
     "bug_matrix": 1,
     "bisect_steps": 1,
     "gate_power": 1,
+    "load_points": 1,
 }
 
 # Per table, beside its schema version: the direction of every numeric or boolean result column. "lower" / "higher"
@@ -56,6 +57,10 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         # the rtol each k was judged with, and HF's own error in the run's dtype when the profile was calibrated on it
         "rtol_*": (None, SHOWN), "framework_worst_err_*": (None, SHOWN), "divergence_tolerance": (None, SHOWN),
         "framework_divergence_gap": (None, SHOWN),
+        # parity --endpoint: served top-K log-probabilities against the reference (parity/topk_logprobs.py)
+        "worst_logprob_err": ("lower", GATED), "worst_token_logprob_err": ("lower", GATED),
+        "min_ref_top1_in_served": ("higher", GATED), "worst_served_top1_rank": ("lower", SHOWN),
+        "top_k": (None, SHOWN),
     },
     "parity_positions": {
         "max_abs_err": ("lower", SHOWN), "mean_abs_err": ("lower", SHOWN), "max_rel_err": ("lower", SHOWN),
@@ -64,6 +69,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN), "position": (None, SHOWN),
         "expected_top1_prob": (None, SHOWN), "layers": (None, SHOWN), "err_*": ("lower", SHOWN),
         "num_layers": (None, SHOWN), "batch_size": (None, SHOWN), "seq_len": (None, SHOWN),
+        "logprob_err": ("lower", SHOWN), "token_logprob_err": ("lower", SHOWN),
+        "ref_top1_in_served": ("higher", SHOWN), "served_top1_rank": ("lower", SHOWN), "top_k": (None, SHOWN),
     },
     "eval_summary": {
         "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),
@@ -131,6 +138,17 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "load1": (None, SHOWN), "aa_false_alarms": ("lower", SHOWN), "aa_resamples": (None, SHOWN),
         "aa_rate": ("lower", SHOWN), "aa_ci_low": (None, SHOWN), "aa_ci_high": (None, SHOWN),
         "aa_sources": (None, SHOWN),
+    },
+    "load_points": {
+        # one row per level of a `granite-bench load` sweep; timings of an endpoint under load are shown and trended,
+        # not gated (they were not measured side by side with a baseline)
+        "ttft_ms_*": ("lower", SHOWN), "itl_ms_*": ("lower", SHOWN), "tpot_ms_*": ("lower", SHOWN),
+        "e2e_ms_*": ("lower", SHOWN), "request_throughput": ("higher", SHOWN),
+        "output_throughput": ("higher", SHOWN), "goodput": ("higher", SHOWN), "slo_attainment": ("higher", SHOWN),
+        "requests_failed": ("lower", SHOWN), "requests_ok": (None, SHOWN), "requests": (None, SHOWN),
+        "output_tokens": (None, SHOWN), "duration_s": (None, SHOWN), "concurrency": (None, SHOWN),
+        "rate": (None, SHOWN), "input_len": (None, SHOWN), "output_len": (None, SHOWN), "burstiness": (None, SHOWN),
+        "saturated": (None, SHOWN),
     },
     "runs": {},
 }

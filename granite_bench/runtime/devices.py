@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from .errors import InputError
-
-NEURON_PACKAGES = ("torch_neuronx", "neuronx_distributed")
-INSTALL_HINT = ("pip install torch-neuronx neuronx-distributed "
-                "--extra-index-url https://pip.repos.neuron.amazonaws.com")
+from .hardware import neuron_problem
 
 
 class NeuronUnavailableError(InputError):
     """torch-neuronx / neuronx-distributed are not importable here."""
 
 
-def missing_neuron_packages() -> list[str]:
-    return [name for name in NEURON_PACKAGES if importlib.util.find_spec(name) is None]
-
-
 def require_neuron() -> None:
     """Stop with one line when the Neuron packages are missing."""
-    missing = missing_neuron_packages()
-    if missing:
-        raise NeuronUnavailableError(
-            f"--device neuron needs {', '.join(m.replace('_', '-') for m in missing)} ({INSTALL_HINT}); they run "
-            f"on AWS Trainium/Inferentia instances (trn1, trn2, inf2): use --device cpu or cuda here")
+    problem = neuron_problem()
+    if problem:
+        raise NeuronUnavailableError(problem)
 
 
 def resolve_device(device: str) -> str:

@@ -23,11 +23,14 @@ PAD_TOKEN = 0
 
 def build_neuron_config(batch_size: int = 1, seq_len: int = 256, buckets: list[int] | None = None,
                         tp_degree: int = 1, dtype: str = "float32", max_context_length: int | None = None,
-                        output_logits: bool = True, fused_qkv: bool = True, moe_ep_degree: int = 1) -> NeuronConfig:
+                        output_logits: bool = True, fused_qkv: bool = True, moe_ep_degree: int = 1,
+                        ssm_state_dtype: str = "float32") -> NeuronConfig:
+    """`ssm_state_dtype` other than float32 goes into `extra` (read by hybrid models' state cache)."""
     return NeuronConfig(batch_size=batch_size, sequence_length=seq_len, tp_degree=tp_degree, torch_dtype=dtype,
                         max_context_length=max_context_length or (max(buckets) if buckets else None),
                         context_encoding_buckets=buckets, output_logits=output_logits, fused_qkv=fused_qkv,
-                        moe_ep_degree=moe_ep_degree)
+                        moe_ep_degree=moe_ep_degree,
+                        extra={"ssm_state_dtype": ssm_state_dtype} if ssm_state_dtype != "float32" else {})
 
 
 def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, device: str = "cpu",

@@ -16,7 +16,7 @@ from .runner import GraniteRunner, build_neuron_config, load_rank_model
 def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_degree: int = 1, batch_size: int = 1,
                  seq_len: int = 256, buckets: list[int] | None = None, compile: bool = False,
                  num_layers: int | None = None, neuron_config: NeuronConfig | None = None,
-                 moe_ep_degree: int = 1) -> Runner:
+                 moe_ep_degree: int = 1, ssm_state_dtype: str = "float32") -> Runner:
     """A loaded runner for a preset name or checkpoint directory: NeuronRunner on --device neuron, TPRunner for
     tp_degree > 1 (unless this process already is one rank of a TP group), else GraniteRunner."""
     from ..reference.weights import load_hf_config, resolve_model_dir
@@ -28,7 +28,8 @@ def build_runner(model: str, dtype: str = "float32", device: str = "cpu", tp_deg
     # refuse a bad TP degree before anything starts
     if neuron_config is None:
         parallel_plan(hf_config, tp_degree, moe_ep_degree)
-        neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype, moe_ep_degree=moe_ep_degree)
+        neuron_config = build_neuron_config(batch_size, seq_len, buckets, tp_degree, dtype, moe_ep_degree=moe_ep_degree,
+                                            ssm_state_dtype=ssm_state_dtype)
     else:
         parallel_plan(hf_config, neuron_config.tp_degree, neuron_config.moe_ep_degree)
     if device == "neuron":  # ModelBuilder traces every bucket and owns the TP ranks on the NeuronCores

@@ -104,3 +104,45 @@ def test_unbroken_runner_passes_after_the_broken_variants(gqa):
     outcome = run_parity(runner, reference, mixed_prompts(2), num_tokens=4, profile=profile_for("float32"))
     assert outcome.passed
     assert outcome.localisation is None
+
+
+def test_greedy_only_failure_names_the_generated_token_its_position_gap_and_tolerance(gqa):
+    """Only the free-running greedy check fails (teacher-forced logits are right): the failure names the generated
+    token that diverged, the position whose logits chose it, the reference gap and the tolerance it broke."""
+    from rich.console import Console
+
+    from granite_bench.parity.command import render
+    runner, reference = gqa
+    real_generate = runner.generate
+
+    def one_wrong_token(prompts, max_new_tokens, *args, **kwargs):
+        result = real_generate(prompts, max_new_tokens, *args, **kwargs)
+        result.tokens[1][3] = (result.tokens[1][3] + 1) % 4096  # prompt 1 diverges at its generated token 3
+        return result
+    runner.generate = one_wrong_token
+    try:
+        prompts = mixed_prompts(2)
+        profile = profile_for("float32")
+        outcome = run_parity(runner, reference, prompts, num_tokens=6, profile=profile)
+    finally:
+        del runner.generate
+    where = outcome.localisation
+    assert not outcome.passed and outcome.prompts[1]["n_failed"] == 0
+    assert (where["prompt"], where["generated_token"]) == (1, 3)
+    assert (where["position"], where["phase"]) == (len(prompts[1]) - 1 + 3, "token_generation")
+    console = Console(record=True, width=400)
+    render(console, outcome, profile)
+    text = console.export_text()
+    assert (f"prompt 1: greedy diverged at generated token 3 (chosen by the logits of position "
+            f"{len(prompts[1]) + 2}, token_generation): reference gap {where['divergence_gap']:.3g} > divergence "
+            f"tolerance 0.001") in text
+
+
+def test_an_accepted_divergence_says_why_it_passes():
+    from granite_bench.parity.command import divergence_note
+    profile = profile_for("bfloat16")
+    accepted = {"first_divergence": 0, "divergence_gap": 0.05, "divergence_acceptable": True, "prompt_len": 5}
+    refused = {"first_divergence": 8, "divergence_gap": 0.83, "divergence_acceptable": False, "prompt_len": 33}
+    assert divergence_note(accepted, profile) == "at token 0: gap 0.05 < tolerance 0.3, accepted (a near-tie)"
+    assert divergence_note(refused, profile) == "at token 8 (position 40): gap 0.83 > tolerance 0.3"
+    assert divergence_note({"first_divergence": None}, profile) == ""

@@ -155,6 +155,23 @@ def test_an_emulated_cpu_is_said_to_be_emulated_in_the_table():
     assert "EMULATED" not in cpu_kinds([{**row, "cpu_emulated": False, "cpu_kind": "AVX512"}])[0]
 
 
+def test_busy_host_warning_fires_when_the_load_exceeds_the_cores_perf_leaves_free():
+    from granite_bench.perf.command import busy_warning
+    assert busy_warning(0.5, cores=2, threads=1) is None        # one core free, half of it in use
+    warned = busy_warning(1.9, cores=2, threads=2)                # the default threads on a busy 2-core host
+    assert "exceeds the 0 of 2 cores" in warned and "will be inflated" in warned and "rerun with --threads 1" in warned
+    one_thread = busy_warning(1.5, cores=2, threads=1)
+    assert "inflated" in one_thread and "rerun with --threads 1" not in one_thread
+    assert busy_warning(5.9, cores=8, threads=2) is None
+
+
+def test_perf_prints_the_busy_warning_with_the_load_it_read(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 1.0, 1.0))
+    _, text = run(PerfArgs(small_spec(tiny_model_dir, buckets=[8], baselines=[]), results_dir=None))
+    assert "warning: host load average 7.5 (1 min) exceeds" in " ".join(text.split())
+
+
 def test_a_point_stored_by_other_code_is_measured_again_and_the_header_says_why(tmp_path, tiny_model_dir,
                                                                                 monkeypatch):
     spec = small_spec(tiny_model_dir, baselines=[])

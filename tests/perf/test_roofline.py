@@ -145,3 +145,43 @@ def test_the_cpu_time_ceiling_is_the_fewest_cpu_seconds_of_the_calls(monkeypatch
 
     monkeypatch.setattr(roofline.time, "process_time_ns", lambda: clock["now"])
     assert roofline.best_cpu_seconds(fake_call, reps=3, sync=lambda: None) == 3e-9
+
+
+@pytest.mark.parametrize("name", ["tiny-hybrid", "tiny-hybrid-dense"])
+def test_a_hybrids_weights_read_per_step_are_its_parameters_and_its_kv_and_states_per_layer_kind(name):
+    """Batch 0 reads every weight but the experts (top_k of them) and the embedding rows; KV only for attention
+    layers; each Mamba layer reads and writes its fp32 SSM state and its conv state."""
+    from transformers import GraniteMoeHybridForCausalLM
+
+    from granite_bench.reference.weights import resolve_model_dir
+    config = load_hf_config(resolve_model_dir(name))
+    with torch.device("meta"):
+        hf = GraniteMoeHybridForCausalLM(config)
+    params = sum(p.numel() for n, p in hf.named_parameters() if "experts" not in n)
+    if not config.tie_word_embeddings:
+        params -= config.vocab_size * config.hidden_size          # batch 0: no embedding row read
+    experts = config.num_local_experts
+    expert = 3 * config.hidden_size * config.intermediate_size
+    shape = ModelShape.of(config, 1)
+    assert shape.weight_elements_per_step(batch=0) == params + config.num_hidden_layers * (
+        config.num_experts_per_tok * expert if experts else 0)
+    attention_layers = config.layer_types.count("full_attention")
+    assert shape.kv_elements_read(1, 10) == attention_layers * 2 * config.num_key_value_heads * 10 * (
+        config.hidden_size // config.num_attention_heads)
+    mamba = config.num_hidden_layers - attention_layers
+    ssm = config.mamba_n_heads * config.mamba_d_head * config.mamba_d_state
+    conv = (2 * config.hidden_size + 2 * config.mamba_n_groups * config.mamba_d_state) * (config.mamba_d_conv - 1)
+    assert shape.state_bytes_per_step(1, 2) == mamba * 2 * (ssm * 4 + conv * 2)
+
+
+def test_a_sliding_layer_reads_at_most_its_window_of_kv_whatever_the_context():
+    from transformers import GraniteSWAConfig
+
+    config = GraniteSWAConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                              sliding_window=16, vocab_size=100, bos_token_id=1, eos_token_id=2)   # 1 full, 3 sliding
+    shape = ModelShape.of(config)
+    assert (shape.sliding_layers, shape.window) == (3, 16)
+    per_position = 2 * 2 * 16          # k and v, 2 KV heads, head_dim 16, batch 1
+    assert shape.kv_elements_read(1, 10) == 4 * 10 * per_position
+    assert shape.kv_elements_read(1, 4096) == (4096 + 3 * 16) * per_position
+    assert shape.kv_elements_read(1, 32768) - shape.kv_elements_read(1, 4096) == (32768 - 4096) * per_position

@@ -55,6 +55,8 @@ def fill_store(root: Path) -> ResultStore:
     store.write("eval_summary", [{"task": t, "model": "canary", "metric": m, "impl_value": a, "impl_stderr": 0.01,
                                   "ref_value": a, "argmax_agreement": 1.0}
                                  for t, m, a in (("canary_recall", "acc", 0.95), ("canary_copy", "exact_match", 0.9),
+                                                 ("a_task_whose_name_is_longer_than_the_old_label_column", "acc",
+                                                  0.5),
                                                  ("canary_text", "word_perplexity", 3.2))],
                 meta(n, "eval/canary")); n += 1
     run_compare(CompareSettings(baseline=meta(n - 4, "").run_id, candidate=meta(n - 3, "").run_id,
@@ -90,7 +92,7 @@ def test_every_section_gets_data_from_a_full_store(full_store):
     data = dashboard_data(full_store)
     counts = expected_marks(data)
     assert counts["parity-matrix"] == 3  # (tiny-gqa, fp32), (tiny-gqa, bf16), (canary, fp32)
-    assert counts["accuracy"] == 2 * 3  # two scored tasks x (impl, ref, agreement); perplexity is not a fraction
+    assert counts["accuracy"] == 3 * 3  # three scored tasks x (impl, ref, agreement); perplexity is not a fraction
     assert counts["perf-ratios"] == 2 * 2 and counts["perf-roofline"] == 2 * 3
     assert counts["comparison"] == len(data["comparison"]["rows"]) > 0
     assert counts["gate-power"] == 3  # null, 10% and prefill-only points of the one calibrated gate
@@ -193,6 +195,8 @@ def test_dashboard_draws_every_chart_in_headless_chromium_without_console_errors
     for chart_id, attrs in dom.charts.items():
         assert int(attrs["data-expected"]) > 0, chart_id
         assert attrs.get("data-drawn") == attrs["data-expected"], (chart_id, attrs)
+    bars = [a for a in dom.charts.values() if a["data-chart"] == "bars"]
+    assert len(bars) == 3 and all(a.get("data-clipped") == "0" for a in bars), bars  # no label cut at either edge
     tpot_trends = [a for a in dom.charts.values() if a["data-chart"] == "trend" and a.get("data-changepoints") == "1"]
     assert len(tpot_trends) >= 2  # both tpot series show the change point at STEP_AT
 
@@ -204,3 +208,21 @@ def test_empty_store_gives_a_page_that_says_no_data(tmp_path):
     assert console == []
     assert dom.body.get("data-status") == "ok"
     assert all(a["data-expected"] == "0" and a.get("data-drawn") == "0" for a in dom.charts.values())
+
+
+def test_a_bf16_cell_shows_the_top50_error_it_is_judged_on_and_not_absent_metrics():
+    from granite_bench.results.dashboard import parity_matrix
+    rows = [{"model": "tiny-gqa", "dtype": "bfloat16", "device": "cpu", "tp_degree": 1, "run_id": "r2",
+             "utc_time": "2025-01-02", "git_sha": "b" * 40, "run_passed": True, "worst_max_abs_err": 0.59,
+             "worst_err_top50": 0.033, "rtol_top50": 0.04, "worst_err_top5": None, "worst_err_all": None,
+             "worst_kl_ref_impl": 0.012, "greedy_match_rate": 0.0, "divergence_acceptable": True},
+            {"model": "tiny-gqa", "dtype": "float32", "device": "cpu", "tp_degree": 1, "run_id": "r1",
+             "utc_time": "2025-01-01", "git_sha": "a" * 40, "run_passed": True, "worst_max_abs_err": 2e-5,
+             "worst_err_top50": None, "rtol_top50": None, "worst_err_top5": 8e-7, "worst_err_all": 8e-7,
+             "worst_kl_ref_impl": 3e-7, "greedy_match_rate": 1.0, "divergence_acceptable": True}]
+    import pandas as pd
+    cells = {c["column"]: c for c in parity_matrix(pd.DataFrame(rows))["cells"]}
+    bf16, fp32 = cells["bfloat16 · tp1 · cpu"], cells["float32 · tp1 · cpu"]
+    assert list(bf16["errors"]) == ["worst_max_abs_err", "worst_err_top50", "worst_kl_ref_impl"]
+    assert bf16["judged"] == {"worst_err_top50": 0.04} and bf16["divergence_accepted"] is True
+    assert set(fp32["errors"]) == {"worst_max_abs_err", "worst_err_top5", "worst_err_all", "worst_kl_ref_impl"}

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import pandas as pd
 
 from granite_bench.gate.bisect import BisectResult, BisectSettings, Step, steps_frame
 from granite_bench.results.dashboard import (bisect_steps_panel, build_dashboard, ceiling_suspect_panel,
@@ -108,3 +109,16 @@ def test_the_page_shows_both_panels_with_the_stored_data(store_with_panels, tmp_
 def test_the_page_of_an_empty_store_says_both_panels_have_no_data(tmp_path):
     page = build_dashboard(ResultStore(tmp_path / "empty"), tmp_path / "site").read_text()
     assert 'id="bisect-none"' in page and 'id="suspect-none"' in page
+
+
+def test_rows_stored_before_the_flag_are_judged_from_their_fractions_not_called_absent():
+    """Older perf rows have roofline fractions but no ceiling_suspect column: the panel must not say 'no rows'
+    beside a roofline chart drawn from them."""
+    old = pd.DataFrame([perf_row(1, False), {**perf_row(2, False), "decode_frac_read": 1.3}]).drop(
+        columns=["ceiling_suspect", "ceiling_suspect_of"]).assign(run_id=["r1", "r2"], utc_time=["t1", "t2"],
+                                                                  git_sha="c" * 40)
+    panel = ceiling_suspect_panel(old)
+    assert "no perf rows with roofline ceilings" not in panel
+    assert "1 of 2 perf rows flagged" in panel and "decode_frac_read 130%" in panel
+    clean = ceiling_suspect_panel(old.iloc[:1])
+    assert "no perf row is flagged ceiling_suspect (1 rows checked)" in clean

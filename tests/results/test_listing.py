@@ -72,3 +72,21 @@ def test_cli_refuses_an_unknown_table_and_bad_sql_in_one_line(store, tmp_path):
     assert unknown.exit_code == 2 and "no table 'nope'" in unknown.output
     bad_sql = runner.invoke(app, ["results", "--results-dir", str(tmp_path), "--sql", "selec 1"])
     assert bad_sql.exit_code == 2 and "query failed" in bad_sql.output
+
+
+def test_without_a_terminal_every_column_and_cell_is_printed_whole():
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from granite_bench.results.listing import render_frame
+    frame = pd.DataFrame([{f"column_{i}": f"value {i} " + "x" * 40 for i in range(30)}])
+    out = io.StringIO()
+    render_frame(Console(file=out, width=100_000), frame, "wide")  # a StringIO is no terminal
+    text = out.getvalue()
+    assert "…" not in text and "more columns not shown" not in text
+    assert "column_29" in text and "value 29 " + "x" * 40 in text
+    narrow = io.StringIO()
+    render_frame(Console(file=narrow, width=120, force_terminal=True), frame, "wide")
+    assert "more columns not shown" in narrow.getvalue()  # a terminal still gets the columns that fit

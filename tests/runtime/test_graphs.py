@@ -18,7 +18,7 @@ from granite_bench.parity.check import run_parity
 from granite_bench.parity.tolerances import profile_for
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import load_hf_config, resolve_model_dir
-from granite_bench.runtime import devices, neuron
+from granite_bench.runtime import devices, hardware, neuron
 from granite_bench.runtime.graphs import (GraphBreakError, GraphInfo, GraphSet, RecompilationError, inductor_patches,
                                           recompile_reason)
 from granite_bench.runtime.runner import InputError, load_rank_model
@@ -136,7 +136,7 @@ def test_compiled_graphs_pass_parity_like_eager_ones():
 
 
 def test_neuron_without_its_packages_stops_in_one_line_saying_what_to_install_and_where(monkeypatch):
-    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(hardware.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match=r"torch-neuronx, neuronx-distributed .*pip.repos.neuron.amazonaws.com.*"
                                          r"Trainium/Inferentia") as info:
         devices.require_neuron()
@@ -145,7 +145,7 @@ def test_neuron_without_its_packages_stops_in_one_line_saying_what_to_install_an
 
 def test_neuron_is_refused_before_any_weights_are_created(monkeypatch):
     import granite_bench.reference.weights as weights
-    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(hardware.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(weights, "resolve_model_dir", lambda *a, **k: pytest.fail("weights were resolved"))
     with pytest.raises(devices.NeuronUnavailableError):
         build_runner("tiny-gqa", device="neuron")

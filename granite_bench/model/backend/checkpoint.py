@@ -113,9 +113,11 @@ def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qk
 
 
 def convert_attention_and_norms(hf: Mapping[str, torch.Tensor], src: str, plan: HeadPlan, rank: int,
-                                fused_qkv: bool) -> dict[str, torch.Tensor]:
-    """A Granite decoder layer's attention (`self_attn.*`, this rank's heads) and its two RMSNorm weights."""
-    out = {f"self_attn.{k}": v for k, v in convert_attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
+                                fused_qkv: bool, attention: Callable = None) -> dict[str, torch.Tensor]:
+    """A Granite decoder layer's attention (`self_attn.*`, this rank's heads; `attention` converts it, default
+    `convert_attention`) and its two RMSNorm weights."""
+    attention = attention or convert_attention
+    out = {f"self_attn.{k}": v for k, v in attention(hf, f"{src}.self_attn", plan, rank, fused_qkv).items()}
     for norm in ("input_layernorm", "post_attention_layernorm"):
         out[f"{norm}.weight"] = hf[f"{src}.{norm}.weight"]
     return out

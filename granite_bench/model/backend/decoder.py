@@ -79,11 +79,13 @@ class GraniteDecoderLayerBase(nn.Module):
     norm, the architecture's feed-forward (`feed_forward`: MLP, MoE, ...), scaled and added. Records the residual
     stream after each branch ("attention", "mlp") for localisation."""
 
+    attention_class = GraniteAttention   # an architecture may use another attention (sliding window, sinks)
+
     def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
         super().__init__()
         dtype = neuron_config.dtype
         self.layer_idx = layer_idx
-        self.self_attn = GraniteAttention(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
+        self.self_attn = self.attention_class(config, layout, layer_idx, dtype, fused_qkv=neuron_config.fused_qkv)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.residual_multiplier = float(config.residual_multiplier)

@@ -15,11 +15,14 @@ RAW_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}   # a
 
 class KVCacheManager(nn.Module):
     def __init__(self, num_layers: int, batch_size: int, kv_heads: int, sequence_length: int, head_dim: int,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, layer_lengths: list[int] | None = None):
+        """`layer_lengths`: each layer's number of slots (default `sequence_length` for every layer; a rolling
+        window layer holds fewer)."""
         super().__init__()
         self.num_layers = num_layers
-        shape = (batch_size, kv_heads, sequence_length, head_dim)
-        for layer_idx in range(num_layers):
+        self.layer_lengths = list(layer_lengths) if layer_lengths is not None else [sequence_length] * num_layers
+        for layer_idx, length in enumerate(self.layer_lengths):
+            shape = (batch_size, kv_heads, length, head_dim)
             self.register_buffer(f"k_cache_{layer_idx}", torch.zeros(shape, dtype=dtype), persistent=False)
             self.register_buffer(f"v_cache_{layer_idx}", torch.zeros(shape, dtype=dtype), persistent=False)
 

@@ -177,3 +177,15 @@ def convert_moe(hf: Mapping[str, torch.Tensor], prefix: str, rank: int, tp: int,
     return {"router.weight": first_present(hf, f"{prefix}.router.layer.weight", f"{prefix}.router.weight"),
             "experts.gate_up_proj": torch.cat([gate[:, part], up[:, part]], dim=1),
             "experts.down_proj": down[first:first + local, :, part]}
+
+
+def experts_plus_shared(moe: GraniteMoE, shared_mlp: nn.Module | None, normed: torch.Tensor, step,
+                        layer_idx: int) -> torch.Tensor:
+    """Granite MoE-shared's feed-forward: the routed experts plus, when the layer has one, the shared MLP on the same
+    normed input (its output recorded as "shared_mlp" for localisation)."""
+    out = moe(normed, step, layer_idx)
+    if shared_mlp is not None:
+        shared_out = shared_mlp(normed)
+        step.record(layer_idx, "shared_mlp", shared_out)
+        out = out + shared_out
+    return out

@@ -11,8 +11,8 @@ import torch
 class DecodeStep:
     """What one graph call hands every decoder layer."""
 
-    cos: torch.Tensor                       # [B, 1, L, d] fp32 RoPE tables at this call's positions
-    sin: torch.Tensor
+    cos: torch.Tensor                       # [B, 1, L, d] fp32 RoPE tables at this call's positions (per-layer RoPE
+    sin: torch.Tensor                       # bases: a dict base -> table, built by the model's rotary module)
     mask: torch.Tensor | None               # additive [B, 1, 1, kv_len] (token generation), None = causal prefill
     positions: torch.Tensor | None = None   # [B] token generation positions; None = context encoding
     kv_len: int = 0                         # KV slots token generation attends over (its bucket)

@@ -73,10 +73,16 @@
                               "title": "run " + cell.run_id + " · " + cell.git_sha + " · " + cell.utc_time +
                                        " · " + cell.history + " runs" });
         td.appendChild(html("div", { "class": "verdict" }, cell.passed ? "pass" : "FAIL"));
+        var judged = cell.judged || {};
         Object.keys(cell.errors).forEach(function (name) {
-          td.appendChild(html("div", { "class": "err" }, name.replace("worst_", "") + " " + fmt(cell.errors[name])));
+          var limit = judged[name] !== undefined ? " (limit " + fmt(judged[name]) + ")" : "";
+          td.appendChild(html("div", { "class": "err" + (limit ? " judged" : "") },
+                              name.replace("worst_", "") + " " + fmt(cell.errors[name]) + limit));
         });
-        if (cell.greedy !== null) td.appendChild(html("div", { "class": "err" }, "greedy " + fmt(cell.greedy)));
+        if (cell.greedy !== null) {
+          var accepted = cell.greedy < 1 && cell.passed && cell.divergence_accepted ? " (near-tie divergence accepted)" : "";
+          td.appendChild(html("div", { "class": "err" }, "greedy match " + fmt(cell.greedy) + accepted));
+        }
         row.appendChild(td);
         drawn += 1;
       });
@@ -89,7 +95,7 @@
   /* ---- perf trend with change points ----------------------------------------------------------------------- */
   function drawTrend(container, chart) {
     if (!chart) return noData(container, "no perf history yet: run granite-bench perf");
-    var width = 460, height = 220, left = 56, right = 12, top = 28, bottom = 44;
+    var width = 460, height = 200, left = 56, right = 12, top = 12, bottom = 44;
     var points = chart.points;
     var values = points.map(function (p) { return p.value; });
     var low = Math.min.apply(null, values), high = Math.max.apply(null, values);
@@ -98,7 +104,7 @@
     var x = function (i) { return left + (points.length > 1 ? i * (width - left - right) / (points.length - 1) : (width - left - right) / 2); };
     var y = function (v) { return top + (high - v) / (high - low) * (height - top - bottom); };
     var svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" });
-    svg.appendChild(el("text", { x: left, y: 14, "class": "title" }, chart.title));
+    container.appendChild(html("div", { "class": "chart-title", style: "max-width:" + width + "px" }, chart.title));
     svg.appendChild(el("text", { x: left, y: height - 4, "class": "axis" }, chart.machine));
     [low, (low + high) / 2, high].forEach(function (tick) {
       svg.appendChild(el("line", { x1: left, x2: width - right, y1: y(tick), y2: y(tick), "class": "grid" }));
@@ -133,22 +139,39 @@
   /* ---- grouped horizontal bars ----------------------------------------------------------------------------- */
   var COLORS = ["#3b6fb6", "#e08a2c", "#4a9a5b", "#b64a7a", "#7a5cb6", "#888"];
 
-  /* Bars start at zero; the scale ends at the largest value (rounded up), and the reference line (1 = HF speed,
-   * or the measured ceiling) is drawn when it falls inside that scale. The legend wraps onto as many rows as needed. */
-  function drawBars(container, items, metrics, reference, emptyText) {
+  /* Widest rendered width of `texts` in an SVG text of `cls` (measured in the page, so labels are never clipped). */
+  function textWidth(texts, cls) {
+    var probe = el("svg", { width: 1, height: 1, style: "position:absolute;visibility:hidden" });
+    document.body.appendChild(probe);
+    var widest = 0;
+    texts.forEach(function (t) {
+      var node = el("text", { "class": cls }, t);
+      probe.appendChild(node);
+      widest = Math.max(widest, node.getComputedTextLength());
+    });
+    document.body.removeChild(probe);
+    return Math.ceil(widest);
+  }
+
+  /* Bars start at zero; the scale ends at the largest value (rounded up). The reference line (1 = HF speed, or the
+   * measured ceiling) is drawn when it falls inside that scale, labelled above the bars so it never sits on an axis
+   * tick. The label column is as wide as the widest label; the legend wraps onto as many rows as needed. */
+  function drawBars(container, items, metrics, reference, emptyText, referenceText) {
     if (!items.length || !metrics.length) return noData(container, emptyText);
-    var labelWidth = 260, barHeight = 12, gap = 10, width = 780, right = 70, legendStep = 170;
-    var perRow = Math.max(1, Math.floor((width - labelWidth) / legendStep));
+    var plotWidth = 480, barHeight = 12, gap = 10, right = 60, legendStep = 170;
+    var labelWidth = Math.min(560, textWidth(items.map(function (i) { return i.label; }), "label") + 12);
+    var width = labelWidth + plotWidth + right;
+    var perRow = Math.max(1, Math.floor(plotWidth / legendStep));
     var legendHeight = 16 * Math.ceil(metrics.length / perRow);
     var groupHeight = metrics.length * barHeight + gap;
-    var top = legendHeight + 12;
+    var top = legendHeight + 26;
     var height = top + items.length * groupHeight + 22;
     var max = 0;
     items.forEach(function (item) {
       metrics.forEach(function (m) { if (item.values[m] !== null && item.values[m] > max) max = item.values[m]; });
     });
     max = niceMax(max);
-    var scale = function (v) { return (width - labelWidth - right) * v / max; };
+    var scale = function (v) { return plotWidth * v / max; };
     var svg = el("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" });
     metrics.forEach(function (m, i) {
       var lx = labelWidth + (i % perRow) * legendStep, ly = 4 + 16 * Math.floor(i / perRow);
@@ -159,7 +182,7 @@
     items.forEach(function (item, g) {
       var y0 = top + g * groupHeight;
       svg.appendChild(el("text", { x: labelWidth - 6, y: y0 + metrics.length * barHeight / 2 + 4, "class": "label",
-                                   "text-anchor": "end" }, item.label));
+                                   "text-anchor": "end", "data-label": "1" }, item.label));
       metrics.forEach(function (m, i) {
         var value = item.values[m];
         if (value === null || value === undefined) return;
@@ -173,16 +196,32 @@
       });
     });
     var bottom = height - 8;
-    svg.appendChild(el("line", { x1: labelWidth, x2: width - right, y1: bottom - 10, y2: bottom - 10, "class": "grid" }));
-    svg.appendChild(el("text", { x: labelWidth, y: bottom, "class": "axis" }, "0"));
-    svg.appendChild(el("text", { x: width - right, y: bottom, "class": "axis", "text-anchor": "end" }, fmt(max)));
+    svg.appendChild(el("line", { x1: labelWidth, x2: labelWidth + plotWidth, y1: bottom - 10, y2: bottom - 10,
+                                 "class": "grid" }));
+    [0, max / 2, max].forEach(function (tick, i) {
+      svg.appendChild(el("text", { x: labelWidth + scale(tick), y: bottom, "class": "axis",
+                                   "text-anchor": ["start", "middle", "end"][i] }, fmt(tick)));
+    });
     if (reference && reference <= max) {
       var rx = labelWidth + scale(reference);
-      svg.appendChild(el("line", { x1: rx, x2: rx, y1: top - 4, y2: bottom - 10, "class": "reference" }));
-      svg.appendChild(el("text", { x: rx, y: bottom, "class": "axis", "text-anchor": "middle" }, fmt(reference)));
+      svg.appendChild(el("line", { x1: rx, x2: rx, y1: top - 8, y2: bottom - 10, "class": "reference" }));
+      svg.appendChild(el("text", { x: rx, y: top - 12, "class": "axis reference-label",
+                                   "text-anchor": rx > labelWidth + plotWidth - 40 ? "end" : "middle" },
+                         referenceText || fmt(reference)));
     }
     container.appendChild(svg);
     container.setAttribute("data-drawn", String(drawn));
+    container.setAttribute("data-clipped", String(clippedTexts(svg, width)));
+  }
+
+  /* How many texts of an SVG (drawn in the page) reach outside its 0..width box: 0 when nothing is cut. */
+  function clippedTexts(svg, width) {
+    var clipped = 0;
+    svg.querySelectorAll("text").forEach(function (node) {
+      var box = node.getBBox();
+      if (box.x < -0.5 || box.x + box.width > width + 0.5) clipped += 1;
+    });
+    return clipped;
   }
 
   /* ---- latest comparison table ----------------------------------------------------------------------------- */
@@ -274,9 +313,9 @@
     });
     var grid = data.perf_grid;
     drawBars(document.getElementById("perf-ratios"), grid.ratios, grid.ratio_metrics, 1,
-             "no implementation/HF ratios yet: run granite-bench perf with HF baselines");
+             "no implementation/HF ratios yet: run granite-bench perf with HF baselines", "1 = as fast as HF");
     drawBars(document.getElementById("perf-roofline"), grid.roofline, grid.roofline_metrics, 1,
-             "no roofline fractions yet: run granite-bench perf");
+             "no roofline fractions yet: run granite-bench perf", "1 = the measured ceiling");
     drawBars(document.getElementById("accuracy"), data.accuracy.tasks, data.accuracy.metrics, 0,
              "no accuracy results yet: run granite-bench eval");
     drawComparison(document.getElementById("comparison"), data.comparison);
