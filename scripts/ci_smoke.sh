@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Smoke suite that .ci/run calls after the tests: parity, perf and eval on the tiny and canary presets into a parquet
-# store, `granite-bench compare` against the previous commit, and `granite-bench dashboard`.
+# store, `granite-bench compare` of this run's parity and eval against the committed baselines in results/, the
+# decode-step timings of the previous commit and this tree side by side, and `granite-bench dashboard`.
 #
 # Fails when a smoke command fails (a parity or eval check that does not pass is a failure) or when the comparison
-# finds a deterministic regression (parity verdicts and errors, greedy match, canary accuracy). Timings are compared
-# side by side with few trials and shown, but do not fail CI (a shared 2-core machine is too noisy to gate on few
-# trials; use `granite-bench compare` with more trials for that).
+# finds a deterministic regression (parity verdicts and errors, greedy match, canary accuracy) against the newest
+# committed clean run of each model in results/ (refresh them by committing `granite-bench parity/eval
+# --results-dir results` runs when a change is meant to move them). Without committed baselines it compares with the
+# previous commit, re-running parity and eval in its tree. Timings are compared side by side with few trials and
+# shown, but do not fail CI (a shared 2-core machine is too noisy to gate on few trials; use `granite-bench compare`
+# with more trials for that; SMOKE_TIMING=0 skips them).
 #
 #   bash scripts/ci_smoke.sh                 # the whole smoke suite
 #   bash scripts/ci_smoke.sh install-browser # only make sure Debian's chromium is installed (for the browser tests)
@@ -16,12 +20,29 @@ cd "$(dirname "$0")/.."
 
 OUT="${SMOKE_OUT:-out}"
 STORE="$OUT/results"
+RUN="$OUT/run"   # this run's results alone, copied into $STORE after
 DASHBOARD="$OUT/dashboard"
 TRIALS="${SMOKE_TRIALS:-6}"
 REPS="${SMOKE_REPS:-16}"
+TIMING="${SMOKE_TIMING:-1}"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 log() { printf '\n== [%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+# Comma-separated run ids in store $1: per deterministic table and configuration, the newest run (of a clean tree
+# unless $2 is "any").
+newest_runs() {
+  local store="$1" clean="" query="" table
+  [ "${2:-}" = any ] || clean="where not git_dirty"
+  for table in parity_summary eval_summary; do
+    [ -d "$store/$table" ] || continue
+    query="${query:+$query union }select run_id from (select run_id, row_number() over (partition by suite, model, \
+dtype, device, tp_degree order by utc_time desc) as n from $table $clean) where n = 1"
+  done
+  [ -n "$query" ] || return 0
+  granite-bench results --results-dir "$store" --sql "$query" --limit 0 --csv "$OUT/run_ids.csv" >/dev/null
+  tail -n +2 "$OUT/run_ids.csv" | paste -sd, -
+}
 
 install_browser() {
   if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
@@ -45,10 +66,13 @@ start=$(date +%s)
 COMMANDS="$(granite-bench --help | sed -n 's/^│ \([a-z][a-z-]*\) .*/\1/p')"
 has() { grep -qx "$1" <<<"$COMMANDS"; }
 
-mkdir -p "$STORE"
+rm -rf "$RUN"
+mkdir -p "$STORE" "$RUN"
+BASELINE=""
 if [ -d results ]; then
-  # Committed baselines give the dashboard its history and `compare` the previous commit's results.
+  # Committed baselines give the dashboard its history and `compare` its baseline.
   cp -R results/. "$STORE"/
+  BASELINE="$(newest_runs results)"
 fi
 
 # The canary preset, when it is there with its committed checkpoint folder.
@@ -65,7 +89,7 @@ MODELS="tiny-gqa${CANARY:+ $CANARY}"
 if has parity; then
   for model in $MODELS; do
     log "parity $model"
-    granite-bench parity --model "$model" --results-dir "$STORE"
+    granite-bench parity --model "$model" --results-dir "$RUN"
   done
 fi
 
@@ -73,21 +97,32 @@ if has perf; then
   for model in $MODELS; do
     log "perf $model (batch 1, bucket 32, 3 rounds)"
     granite-bench perf --model "$model" --batch-sizes 1 --buckets 32 --new-tokens 16 --rounds 3 --warmup 1 \
-      --results-dir "$STORE"
+      --results-dir "$RUN"
   done
 fi
 
 if has eval && [ -n "$CANARY" ]; then
   log "eval (default canary tasks)"
-  granite-bench eval --results-dir "$STORE"
+  granite-bench eval --results-dir "$RUN"
 fi
+cp -R "$RUN"/. "$STORE"/
+CANDIDATE="$(newest_runs "$RUN" any)"
 
-if has compare && git rev-parse --verify --quiet HEAD~1 >/dev/null; then
-  log "compare HEAD~1 -> this tree ($TRIALS interleaved trials per side)"
+if has compare && [ -n "$BASELINE" ] && [ -n "$CANDIDATE" ]; then
+  log "compare the committed baselines ($BASELINE) -> this run ($CANDIDATE)"
+  granite-bench compare --baseline "$BASELINE" --candidate "$CANDIDATE" --results-dir "$STORE" --no-timing \
+    --fail-on deterministic
+  if [ "$TIMING" != 0 ] && git rev-parse --verify --quiet HEAD~1 >/dev/null; then
+    log "compare timings HEAD~1 -> this tree ($TRIALS interleaved trials per side, shown, not gated)"
+    granite-bench compare --baseline HEAD~1 --candidate worktree --results-dir "$STORE" --no-deterministic \
+      --trials "$TRIALS" --looks 1 --reps "$REPS" --fail-on deterministic
+  fi
+elif has compare && git rev-parse --verify --quiet HEAD~1 >/dev/null; then
+  log "compare HEAD~1 -> this tree (no committed baselines; $TRIALS interleaved trials per side)"
   granite-bench compare --baseline HEAD~1 --candidate worktree --results-dir "$STORE" \
     --trials "$TRIALS" --looks 1 --reps "$REPS" --fail-on deterministic
 elif has compare; then
-  log "compare skipped: no previous commit"
+  log "compare skipped: no committed baselines and no previous commit"
 fi
 
 if has dashboard; then

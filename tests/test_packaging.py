@@ -1,6 +1,7 @@
-"""The wheel, installed into a fresh venv (no system site packages, the CPU build of torch first, as the README
-says), runs parity, perf, eval and dashboard from a folder outside the repository: its suites ship as package data,
-its results land where the user runs, and nothing is written into the installed package."""
+"""The wheel ships every suite file (the canary's weights included) as package data; installed into a fresh venv (no
+system site packages, the CPU build of torch first, as the README says; nightly: installing torch and the rest takes
+minutes), it runs parity, perf, eval and dashboard from a folder outside the repository: its results land where the
+user runs, and nothing is written into the installed package."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,14 +29,18 @@ def file_set(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """(venv bin folder, installed package folder, clean environment): one venv for the module."""
-    root = tmp_path_factory.mktemp("wheel")
+def clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
-    started = time.monotonic()
+    return env
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The package's wheel, built from a copy of the repository's files (no dependencies)."""
+    root = tmp_path_factory.mktemp("wheel")
+    env = clean_env()
     source = root / "source"   # a copy: setuptools' build/ folder must not leak stale modules into the wheel
     shutil.copytree(REPO / "granite_bench", source / "granite_bench", symlinks=False,
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -43,7 +49,24 @@ def installed(tmp_path_factory):
     built = run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                  "-w", str(root / "dist")], root, env)
     assert built.returncode == 0, built.stderr[-2000:]
-    wheel = next((root / "dist").glob("granite_bench-*.whl"))
+    return next((root / "dist").glob("granite_bench-*.whl"))
+
+
+def test_the_wheel_ships_every_suite_file_as_package_data(wheel):
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    suites = REPO / "granite_bench" / "suites"
+    expected = {f"granite_bench/{p.relative_to(REPO / 'granite_bench')}" for p in suites.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert "granite_bench/suites/models/canary/model.safetensors" in expected
+    assert expected <= shipped, sorted(expected - shipped)[:10]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, wheel):
+    """(venv bin folder, installed package folder, clean environment): one venv for the module."""
+    root = tmp_path_factory.mktemp("venv")
+    env = clean_env()
+    started = time.monotonic()
     venv = root / "venv"
     made = run([sys.executable, "-m", "venv", str(venv)], root, env)   # no --system-site-packages
     assert made.returncode == 0, made.stderr[-2000:]
@@ -58,6 +81,7 @@ def installed(tmp_path_factory):
     yield venv / "bin", package, env
 
 
+@pytest.mark.nightly
 def test_installed_wheel_runs_every_command_from_outside_the_repository(installed, tmp_path):
     bin_dir, package, env = installed
     assert venv_owns(package, bin_dir.parent), f"granite_bench imported from {package}, not the venv"

@@ -4,8 +4,9 @@ Ceilings, each timed over at least `reps` calls and at least `min_seconds` after
 count of the points they serve; the median and the best call are kept, and fractions use the best (a busy machine
 only ever slows a call down, so the fastest call is the closest to what the machine can do):
 - plain read bandwidth: `sum` over a buffer far larger than the caches;
-- large matrix-vector bandwidth in the model's dtype: the faster of `linear(x[1, K], W[N, K])` and `mv(W, x)` (the
-  kernels a decode step's projections use) over a weight far larger than the caches, which is what a decode step
+- large matrix-vector bandwidth in the model's dtype: the fastest of the one-row kernels a decode step's projections
+  choose from (`model.backend.single_row.KERNELS`: oneDNN's `linear`, `mv`, `linear` on ATen's own kernels; on CUDA
+  `linear` and `mv`) over a weight far larger than the caches, which is what a decode step
   mostly is. "Far larger" is measured, not assumed: both buffers are at least twice the last-level cache the OS
   reports (some servers have hundreds of MiB of L3: a 256 MiB weight there is partly served from cache, which gives
   a ceiling no decode over a model that does not fit the cache can reach). On CPU both buffers sit in memory
@@ -31,6 +32,7 @@ import torch
 from ..model.config import DTYPES
 from ..model.auto import parallel_plan
 from ..model.backend.decoder import config_dict, head_dim_of
+from ..model.backend.single_row import KERNELS
 from ..runtime.huge_pages import huge_page_tensor
 
 MIB = 2**20
@@ -176,13 +178,14 @@ def _measure(dtype, device, read_mib, matvec_mib, matmul_n, reps, min_seconds) -
         weight = (torch.empty(n, k, dtype=torch_dtype, device=device) if cuda
                   else huge_page_tensor((n, k), torch_dtype)).uniform_(-1, 1)  # no fp32 copy of it
         x = torch.randn(1, k, device=device).to(torch_dtype)
-        t_med, t_best = min(timed(lambda: torch.nn.functional.linear(x, weight)), timed(lambda: torch.mv(weight, x[0])),
-                            key=lambda median_best: median_best[1])  # the faster kernel by its best call
+        kernels = ([lambda: torch.nn.functional.linear(x, weight), lambda: torch.mv(weight, x[0])] if cuda
+                   else [lambda kernel=kernel: kernel(x, weight) for kernel in KERNELS.values()])
+        t_med, t_best = min((timed(kernel) for kernel in kernels),
+                            key=lambda median_best: median_best[1])  # the fastest kernel by its best call
         nbytes = weight.numel() * weight.element_size()
         matvec = (nbytes / t_med / 1e9, nbytes / t_best / 1e9)
-        matvec_cpu = math.nan if cuda else nbytes / min(
-            best_cpu_seconds(lambda: torch.nn.functional.linear(x, weight), reps, synced),
-            best_cpu_seconds(lambda: torch.mv(weight, x[0]), reps, synced)) / 1e9
+        matvec_cpu = math.nan if cuda else nbytes / min(best_cpu_seconds(kernel, reps, synced)
+                                                        for kernel in kernels) / 1e9
         del weight, x
 
         a = torch.randn(matmul_n, matmul_n, device=device).to(torch_dtype)

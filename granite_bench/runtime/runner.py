@@ -12,6 +12,7 @@ import torch
 from ..model.auto import build_model, convert_checkpoint
 from ..model.backend import parallel_state as ps
 from ..model.backend.checkpoint import load_hf_state_dict
+from ..model.backend.single_row import choose_for_model
 from ..model.config import BucketError, NeuronConfig, pick_bucket
 from .errors import InputError
 from .generation import GenerationResult, greedy_generate
@@ -52,6 +53,8 @@ def load_rank_model(model_dir: Path, hf_config, neuron_config: NeuronConfig, dev
         for module in model.modules():   # the LM head, MoE experts: short-row matrices stream faster laid out [in, out]
             if hasattr(module, "use_input_major_layout"):
                 module.use_input_major_layout()
+    if device == "cpu":
+        choose_for_model(model)   # the one-row bf16/fp16 kernel, measured here before any graph is compiled
     return model.eval()
 
 

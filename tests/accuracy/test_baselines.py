@@ -59,6 +59,7 @@ def test_a_lists_answers_length_is_no_better_than_chance(docs):
         assert scores[name] <= chance("canary_lists", lists) + 0.1, (name, scores[name])
 
 
+@pytest.mark.nightly
 @pytest.mark.parametrize("task", ["canary_recall", "canary_lists", "canary_copy", "canary_text"])
 def test_the_canary_beats_every_trivial_baseline_by_a_margin(task, canary, docs):
     scores = baseline_scores(task, docs[task], canary)

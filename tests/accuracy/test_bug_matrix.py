@@ -44,14 +44,14 @@ def matrix():
     return run_bug_matrix(limit=LIMIT, log=lambda line: None)
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_the_clean_canary_is_far_above_chance_through_the_implementation(matrix):
     clean = matrix[matrix["bug"] == "none"].set_index("task")["value"]
     assert clean["canary_recall"] >= 0.9 and clean["canary_copy"] >= 0.9  # chance: 0.1 and ~0
     assert clean["canary_lists"] >= 0.9                                     # chance: 0.25
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_every_bug_is_caught_by_accuracy_far_below_the_canarys_and_none_leaves_every_task_untouched(matrix):
     verdicts = bug_verdicts(matrix).set_index("bug")
     assert sorted(verdicts.index) == sorted(SEEDED_BUGS)
@@ -59,7 +59,7 @@ def test_every_bug_is_caught_by_accuracy_far_below_the_canarys_and_none_leaves_e
     assert verdicts["caught_by_accuracy"].all(), verdicts
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_a_temperature_only_bug_is_caught_by_the_lists_accuracy_alone(matrix):
     """Dividing every logit by a constant moves no argmax: single-token choices (recall) and greedy copying are
     unchanged; only the summed log-likelihood over choices of different token counts (lists) falls."""
@@ -69,7 +69,7 @@ def test_a_temperature_only_bug_is_caught_by_the_lists_accuracy_alone(matrix):
     assert scaled.loc["canary_lists", "far_worse"], scaled
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 def test_the_matrix_is_stored_with_run_metadata_and_drawn_on_the_dashboard(matrix, tmp_path):
     path = store_matrix(matrix, tmp_path / "results", {"model": "canary", "limit": LIMIT})
     assert path.parent.name == "schema_version=1" and path.parent.parent.name == bug_matrix.TABLE

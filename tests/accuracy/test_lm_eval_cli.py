@@ -15,7 +15,7 @@ from granite_bench.reference.weights import resolve_model_dir
 LIMIT = 5
 
 
-@pytest.mark.slow
+@pytest.mark.nightly
 @pytest.mark.skipif(shutil.which("lm_eval") is None, reason="lm-eval's console script is not on PATH")
 def test_lm_evals_own_cli_runs_every_canary_task_from_another_directory(tmp_path):
     out = tmp_path / "out"

@@ -126,6 +126,7 @@ def settings_for(repo: Path, shas: dict, mode: str, prompts: Path, results_dir=N
                           results_dir=results_dir, **changes)
 
 
+@pytest.mark.nightly
 def test_bisect_by_decode_time_finds_the_planted_slowdown_and_skips_the_commit_that_does_not_import(
         history, tmp_path):
     repo, shas, prompts = history

@@ -51,3 +51,36 @@ def test_microbench_attention_over_full_cache(benchmark):
     mask = torch.ones(BATCH, 1, 1, SEQ_LEN, dtype=torch.bool)
     out = benchmark(grouped_attention, q, k, v, mask, 0.015625)
     assert out.shape == (BATCH, Q_HEADS, 1, HEAD_DIM)
+
+
+@pytest.fixture(scope="module")
+def bf16_projection():
+    """granite-3.1-2b's gate projection in bf16 (8192 x 2048, 32 MiB: as large as this host's L3) and one row."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(8192, 2048, generator=gen).to(torch.bfloat16), torch.randn(1, 1, 2048, generator=gen).bfloat16()
+
+
+def test_microbench_one_bf16_row_through_the_measured_kernel(benchmark, bf16_projection):
+    from granite_bench.model.backend.parallel_layers import linear
+    weight, x = bf16_projection
+    out = benchmark(linear, x, weight)
+    torch.testing.assert_close(out.float(), torch.nn.functional.linear(x.float(), weight.float()), rtol=2e-2, atol=0.5)
+
+
+def test_microbench_one_bf16_decode_query_over_a_full_cache(benchmark):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(BATCH, Q_HEADS, 1, HEAD_DIM, generator=gen).bfloat16()
+    k = torch.randn(BATCH, KV_HEADS, SEQ_LEN, HEAD_DIM, generator=gen).bfloat16()
+    v = torch.randn(BATCH, KV_HEADS, SEQ_LEN, HEAD_DIM, generator=gen).bfloat16()
+    mask = torch.zeros(BATCH, 1, 1, SEQ_LEN, dtype=torch.bfloat16)
+    out = benchmark(grouped_attention, q, k, v, mask, 0.015625)
+    assert out.shape == (BATCH, Q_HEADS, 1, HEAD_DIM) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kernel", ["linear", "mv", "aten_linear"])
+def test_microbench_one_bf16_row_per_candidate_kernel(benchmark, bf16_projection, kernel):
+    """Each candidate single_row measures, on the same projection: which one this host should pick."""
+    from granite_bench.model.backend.single_row import KERNELS
+    weight, x = bf16_projection
+    out = benchmark(KERNELS[kernel], x, weight)
+    assert out.shape == (1, 1, 8192) and out.dtype == torch.bfloat16

@@ -8,13 +8,12 @@ At tensor-parallel size 1 every collective is the identity.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.distributed._functional_collectives as funcol
 from torch import nn
 
 from . import parallel_state as ps
+from .single_row import KERNELS, REDUCED_PRECISION, kernel_for
 
 
 # torch >= 2.10 names it all_gather_single (all_gather_tensor still works there but warns on every call).
@@ -50,31 +49,17 @@ def gather_from_tp_region(x: torch.Tensor, comm_dtype: torch.dtype = torch.float
     return gathered.movedim(0, -1).to(x.dtype)
 
 
-REDUCED_PRECISION = (torch.bfloat16, torch.float16)
-
-
-@functools.cache
-def single_row_uses_mv() -> bool:
-    """Whether one row of bf16/fp16 is multiplied with torch.mv rather than linear: where torch dispatches its CPU
-    kernels at AVX-512 (fixed per process: ATEN_CPU_CAPABILITY is read once)."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512"
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ weight[N, K]^T (+ bias) -> [..., N], as nn.functional.linear.
 
     One row of bf16/fp16 on CPU (a decode step at batch 1) is a matrix-vector product, and which kernel streams the
-    weights fastest depends on the CPU's kind (measured on the 4-layer granite-3.1-2b decode step, process CPU
-    time): with AVX-512 kernels torch.mv's (fp32 accumulation) beats linear's oneDNN matrix-matrix path with one
-    row, 81 vs 102 ms; with AVX2 kernels (no bf16 dot-product units) it loses, 8.6 vs 7.1 ms per 8192 x 2048
-    projection, so there it stays with linear. AVX2 kernels are bound by converting bf16 to fp32 at these row
-    lengths (rows of 2048: 7.3 GB/s, rows of 4096: 10). A column-major weight streams at 9.6 GB/s through torch.mv
-    there, but every matrix-matrix product against it (prefill, batched decode) falls to a path ~60x slower, so the
-    weights stay row-major."""
+    weights fastest depends on the host: `single_row` measures the candidates once per process and this uses its
+    choice. The weights stay row-major: a column-major weight streams faster through torch.mv on AVX2 kernels
+    (9.6 vs 7.3 GB/s at rows of 2048), but every matrix-matrix product against it (prefill, batched decode) falls to
+    a path ~60x slower."""
     if (x.device.type == "cpu" and weight.dtype in REDUCED_PRECISION and x.numel() == x.shape[-1]
-            and weight.is_contiguous() and single_row_uses_mv()):
-        y = torch.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])   # [..., N]
-        return y if bias is None else y + bias
+            and weight.is_contiguous()):
+        return KERNELS[kernel_for(weight)](x, weight, bias)   # [..., N]
     return nn.functional.linear(x, weight, bias)
 
 
