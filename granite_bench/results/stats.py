@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+
+def scipy_stats():
+    """scipy.stats, imported on first use: a command that refuses its input before judging anything never pays
+    for it (~2.4 s of import under load)."""
+    from scipy import stats
+    return stats
 
 DEFAULT_ALPHA = 0.05
 DEFAULT_FLOOR = 0.10          # a slowdown under 10% never fails, however significant
@@ -49,7 +55,7 @@ def median_ratio(baseline, candidate) -> float:
 
 def mann_whitney_slower(baseline, candidate) -> float:
     """p-value of H1 'candidate values tend to be larger than baseline values' (exact for small samples)."""
-    return float(stats.mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
+    return float(scipy_stats().mannwhitneyu(candidate, baseline, alternative="greater").pvalue)
 
 
 def bootstrap_ratio_ci(baseline, candidate, confidence: float = DEFAULT_CONFIDENCE,
@@ -66,7 +72,7 @@ def bootstrap_ratio_ci(baseline, candidate, confidence: float = DEFAULT_CONFIDEN
     def ratio_of_medians(b, c, axis=-1):
         return np.median(c, axis=axis) / np.median(b, axis=axis)
 
-    result = stats.bootstrap((base, cand), ratio_of_medians, n_resamples=n_resamples, vectorized=True,
+    result = scipy_stats().bootstrap((base, cand), ratio_of_medians, n_resamples=n_resamples, vectorized=True,
                              paired=False, confidence_level=confidence, method="percentile",
                              rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -96,7 +102,7 @@ def compare_timing(metric: str, baseline, candidate, seed: int = 0, with_ci: boo
                       baseline_median=float(np.median(base)), candidate_median=float(np.median(cand)),
                       ratio=median_ratio(base, cand), ci_low=low, ci_high=high,
                       p_slower=mann_whitney_slower(base, cand),
-                      p_faster=float(stats.mannwhitneyu(cand, base, alternative="less").pvalue))
+                      p_faster=float(scipy_stats().mannwhitneyu(cand, base, alternative="less").pvalue))
 
 
 def gate_timings(samples: dict[str, tuple[list[float], list[float]]], floor: float = DEFAULT_FLOOR,
@@ -174,7 +180,7 @@ def median_ci(values, confidence: float) -> tuple[float, float]:
     n = len(x)
     if n < 2:
         return float("nan"), float("nan")
-    k = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))   # ranks k .. n-1-k cover the median
+    k = int(scipy_stats().binom.ppf((1 - confidence) / 2, n, 0.5))   # ranks k .. n-1-k cover the median
     k = max(0, min(k, (n - 1) // 2))
     return float(x[k]), float(x[n - 1 - k])
 
@@ -189,8 +195,8 @@ def paired_timing(metric: str, baseline, candidate, confidence: float = 0.90) ->
         # tie correction otherwise (scipy's automatic choice would run a slow permutation test)
         exact = len(logs) <= 50 and np.all(logs != 0) and len(np.unique(np.abs(logs))) == len(logs)
         method = "exact" if exact else "asymptotic"
-        p_slower = float(stats.wilcoxon(logs, alternative="greater", method=method).pvalue)
-        p_faster = float(stats.wilcoxon(logs, alternative="less", method=method).pvalue)
+        p_slower = float(scipy_stats().wilcoxon(logs, alternative="greater", method=method).pvalue)
+        p_faster = float(scipy_stats().wilcoxon(logs, alternative="less", method=method).pvalue)
     else:
         p_slower = p_faster = 1.0
     return TimingTest(metric=metric, n_baseline=len(logs), n_candidate=len(logs),
