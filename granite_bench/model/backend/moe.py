@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from . import parallel_state as ps
-from .checkpoint import first_present
+from .checkpoint import convert_fused_gated_mlp, first_present
+from .decoder import GraniteDecoderLayerBase
+from .mlp import GatedMLP
 from .parallel_layers import divide, linear, reduce_from_tp_region
 
 
@@ -179,13 +181,30 @@ def convert_moe(hf: Mapping[str, torch.Tensor], prefix: str, rank: int, tp: int,
             "experts.down_proj": down[first:first + local, :, part]}
 
 
-def experts_plus_shared(moe: GraniteMoE, shared_mlp: nn.Module | None, normed: torch.Tensor, step,
-                        layer_idx: int) -> torch.Tensor:
-    """Granite MoE-shared's feed-forward: the routed experts plus, when the layer has one, the shared MLP on the same
-    normed input (its output recorded as "shared_mlp" for localisation)."""
-    out = moe(normed, step, layer_idx)
-    if shared_mlp is not None:
-        shared_out = shared_mlp(normed)
-        step.record(layer_idx, "shared_mlp", shared_out)
-        out = out + shared_out
+class ExpertsAndSharedMLPLayer(GraniteDecoderLayerBase):
+    """Granite MoE-shared's decoder layer: the routed experts plus, when `shared_intermediate_size` > 0, a shared gated
+    MLP on the same normed input (its output recorded as "shared_mlp" for localisation). Architectures differ only in
+    their attention class (`attention_class`)."""
+
+    def __init__(self, config, layout, layer_idx: int, neuron_config):
+        super().__init__(config, layout, layer_idx, neuron_config)
+        self.block_sparse_moe = GraniteMoE(config, neuron_config.dtype, neuron_config.moe_ep_degree)
+        shared = int(getattr(config, "shared_intermediate_size", 0) or 0)
+        self.shared_mlp = GatedMLP(config.hidden_size, shared, neuron_config.dtype) if shared else None
+
+    def feed_forward(self, normed: torch.Tensor, step) -> torch.Tensor:
+        out = self.block_sparse_moe(normed, step, self.layer_idx)
+        if self.shared_mlp is not None:
+            shared_out = self.shared_mlp(normed)
+            step.record(self.layer_idx, "shared_mlp", shared_out)
+            out = out + shared_out
+        return out
+
+
+def convert_experts_and_shared_mlp(hf: Mapping[str, torch.Tensor], src: str, config, rank: int, tp: int,
+                                   ep: int) -> dict[str, torch.Tensor]:
+    """A layer's `block_sparse_moe` (either expert layout) and, when the config has one, its fused `shared_mlp`."""
+    out = {f"block_sparse_moe.{k}": v for k, v in convert_moe(hf, f"{src}.block_sparse_moe", rank, tp, ep).items()}
+    if int(getattr(config, "shared_intermediate_size", 0) or 0):
+        out.update({f"shared_mlp.{k}": v for k, v in convert_fused_gated_mlp(hf, f"{src}.shared_mlp", rank, tp).items()})
     return out
