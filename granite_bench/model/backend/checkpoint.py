@@ -113,7 +113,7 @@ def convert_attention(hf: dict, prefix: str, plan: HeadPlan, rank: int, fused_qk
 
 
 def convert_attention_and_norms(hf: Mapping[str, torch.Tensor], src: str, plan: HeadPlan, rank: int,
-                                fused_qkv: bool, attention: Callable = None) -> dict[str, torch.Tensor]:
+                                fused_qkv: bool, attention: Callable | None = None) -> dict[str, torch.Tensor]:
     """A Granite decoder layer's attention (`self_attn.*`, this rank's heads; `attention` converts it, default
     `convert_attention`) and its two RMSNorm weights."""
     attention = attention or convert_attention
