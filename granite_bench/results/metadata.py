@@ -97,6 +97,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "decode_frac_*": ("higher", SHOWN), "prefill_frac_*": ("higher", SHOWN),
         "padding_waste_*": ("lower", SHOWN), "peak_rss_mb": ("lower", SHOWN), "device_peak_mb": ("lower", SHOWN),
         "compile_seconds_total": ("lower", SHOWN),
+        # the implementation's KV cache as allocated (one rank): all layers, and per layer kind (sliding/full)
+        "kv_cache_bytes": ("lower", SHOWN), "kv_cache_*_bytes": ("lower", SHOWN), "kv_cache_*": (None, SHOWN),
         "ttft_n": (None, SHOWN), "tpot_n": (None, SHOWN), "e2e_n": (None, SHOWN), "layers": (None, SHOWN),
         "tp": (None, SHOWN),
         "compiled": (None, SHOWN), "batch_size": (None, SHOWN), "bucket": (None, SHOWN),

@@ -23,18 +23,25 @@ QUERY_BLOCK = 256   # context encoding: queries per block (bounds the fp32 score
 
 
 def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scaling: float,
-                   sinks: torch.Tensor | None) -> torch.Tensor:
+                   sinks: torch.Tensor | None, upcast: bool = True) -> torch.Tensor:
     """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], allowed boolean [B or 1, 1, Lq, Lk] (every row admits a key),
-    sinks [Hq] or None -> [B, Hq, Lq, d] in q's dtype. Query head h uses KV head h // (Hq / Hkv); scores, softmax,
-    log-sum-exp and the sink scale in fp32."""
+    sinks [Hq] or None -> [B, Hq, Lq, d] in q's dtype. Query head h uses KV head h // (Hq / Hkv); the scores, softmax,
+    log-sum-exp and the sink scale in fp32.
+
+    upcast: q, k, v in fp32 for both matmuls (context encoding). Off (token generation), the two matmuls run in the
+    cache's dtype, as HF's eager attention runs them: q·K^T accumulates in fp32 inside the kernel and only the
+    [B, Hq, Lq, Lk] scores are upcast, the fp32 probabilities are rounded to the cache's dtype for probs·V; the cache
+    is never copied to fp32 (in bf16 that copy cost more than the matmuls). In fp32 both settings are the same ops."""
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     groups = q_heads // kv_heads
-    q32 = q.float().reshape(batch, kv_heads, groups * q_len, dim)                     # heads grouped by KV head
-    scores = torch.matmul(q32, k.float().transpose(-1, -2)).view(batch, q_heads, q_len, k_len) * scaling
+    grouped = q.reshape(batch, kv_heads, groups * q_len, dim)                          # heads grouped by KV head
+    scores = torch.matmul(grouped, k.transpose(-1, -2)).float().view(batch, q_heads, q_len, k_len) * scaling
     scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, groups * q_len, k_len)
-    out = torch.matmul(probs, v.float()).view(batch, q_heads, q_len, dim)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, groups * q_len, k_len)
+    out = torch.matmul(probs, v).float().view(batch, q_heads, q_len, dim)
     if sinks is not None:
         lse = torch.logsumexp(scores, dim=-1)                                         # [B, Hq, Lq]
         out = out * torch.sigmoid(lse - sinks.float().view(1, -1, 1)).unsqueeze(-1)
@@ -112,7 +119,8 @@ class SlidingWindowAttention(GraniteAttention):
         return torch.cat(blocks, dim=2)
 
     def decode_attention(self, q, k_cache, v_cache, allowed):
-        return sink_attention(q, k_cache, v_cache, allowed, self.scaling, self.sinks)
+        """One query per row over the cache slots read, the matmuls in the cache's dtype (see sink_attention)."""
+        return sink_attention(q, k_cache, v_cache, allowed, self.scaling, self.sinks, upcast=False)
 
     def forward(self, hidden: torch.Tensor, step: DecodeStep, kv_cache: WindowedKVCache) -> torch.Tensor:
         q, k, v = self.project_qkv(hidden)
