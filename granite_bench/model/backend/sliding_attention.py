@@ -32,6 +32,7 @@ def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: t
     cache's dtype, as HF's eager attention runs them: q·K^T accumulates in fp32 inside the kernel and only the
     [B, Hq, Lq, Lk] scores are upcast, the fp32 probabilities are rounded to the cache's dtype for probs·V; the cache
     is never copied to fp32 (in bf16 that copy cost more than the matmuls). In fp32 both settings are the same ops."""
+    out_dtype = q.dtype
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
     batch, q_heads, q_len, dim = q.shape
@@ -45,7 +46,7 @@ def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: t
     if sinks is not None:
         lse = torch.logsumexp(scores, dim=-1)                                         # [B, Hq, Lq]
         out = out * torch.sigmoid(lse - sinks.float().view(1, -1, 1)).unsqueeze(-1)
-    return out.to(q.dtype)
+    return out.to(out_dtype)
 
 
 def window_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
