@@ -170,3 +170,17 @@ def test_decode_attention_in_the_caches_dtype_is_the_same_ops_in_fp32_and_never_
     assert fast.dtype == torch.bfloat16 and (2, 2, 40, 16) not in upcasts   # only scores / outputs upcast
     assert sink_attention(qb, kb, vb, allowed, 0.25, sinks.bfloat16()).dtype == torch.bfloat16
     torch.testing.assert_close(fast.float(), exact, atol=0.03, rtol=0.03)
+
+
+def test_one_decode_mask_per_layer_kind_is_each_of_its_layers_own_mask():
+    """The model builds token generation's masks once per step, one per layer kind: equal to what each layer's own
+    (ring or full) slots and window give, before and after the ring wraps."""
+    cache = WindowedKVCache(KINDS, WINDOW, 2, KV_HEADS, SEQ, HEAD_DIM, torch.float32)
+    for positions in (torch.tensor([3, 5]), torch.tensor([20, 9]), torch.tensor([40, 63])):
+        masks = cache.decode_masks(positions, 64)
+        assert set(masks) == {"sliding_attention", "full_attention"}
+        for layer, kind in enumerate(KINDS):
+            window = WINDOW if kind == "sliding_attention" else None
+            assert torch.equal(masks[kind], cache.allowed(layer, positions, 64, window))
+        assert masks["sliding_attention"].shape == (2, 1, 1, WINDOW)
+        assert masks["full_attention"].shape == (2, 1, 1, 64)

@@ -133,7 +133,9 @@ class SlidingWindowAttention(GraniteAttention):
         else:
             kv_cache.update_token_generation(self.layer_idx, k, v, step.positions)
             k_all, v_all = kv_cache.read(self.layer_idx, kv_cache.slots_read(self.layer_idx, step.kv_len))
-            allowed = kv_cache.allowed(self.layer_idx, step.positions, step.kv_len, self.window)
+            allowed = step.mask.get(self.layer_type) if isinstance(step.mask, dict) else None   # the step's, per kind
+            if allowed is None:
+                allowed = kv_cache.allowed(self.layer_idx, step.positions, step.kv_len, self.window)
             out = self.decode_attention(q, k_all, v_all, allowed)
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))

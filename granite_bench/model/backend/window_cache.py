@@ -88,3 +88,10 @@ class WindowedKVCache(KVCacheManager):
         if window is not None:
             ok = ok & (held > positions[:, None] - window)
         return ok[:, None, None, :]
+
+    def decode_masks(self, positions: torch.Tensor, kv_len: int) -> dict[str, torch.Tensor]:
+        """{layer kind: `allowed` of its layers}: every sliding layer reads the same W-slot ring with the same window,
+        every full layer the first kv_len slots, so one mask per kind serves all of a step's layers."""
+        first = {kind: self.layer_types.index(kind) for kind in dict.fromkeys(self.layer_types)}
+        return {kind: self.allowed(idx, positions, kv_len, self.window if self.is_ring(idx) else None)
+                for kind, idx in first.items()}
