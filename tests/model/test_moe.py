@@ -32,8 +32,10 @@ def test_moe_block_matches_hf_granitemoe_routing_and_output(pair):
     step = DecodeStep(None, None, None, capture=[])
     out = ours(x, step, layer_idx=0)
     torch.testing.assert_close(out, hf(x), rtol=1e-5, atol=1e-6)
-    _, weights, index = hf.router(x.reshape(-1, H))
-    (_, _, routing), _ = step.capture
+    logits, weights, index = hf.router(x.reshape(-1, H))
+    (_, logits_name, router_logits), (_, routing_name, routing), _ = step.capture
+    assert (logits_name, routing_name) == ("router_logits", "router")
+    torch.testing.assert_close(router_logits.reshape(-1, E), logits.float(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(routing.reshape(-1, E), moe.routing_matrix(weights, index, E))
 
 
