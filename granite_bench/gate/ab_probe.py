@@ -18,6 +18,13 @@ shared caches and memory (the same code measured 1.4 to 3.8 ms per step, median 
 also within one process); whole trials of A then B left every round's ratio exposed to those drifts (per-round log
 ratio sd 0.19-0.28), calls alternated one by one pair A and B within a few milliseconds (sd 0.03; issue 20).
 
+Why one CPU per round: the host's CPUs are not equally fast at any moment (other tenants share the physical cores
+and caches behind them); with the CPUs idle, the two children of a round often ran on different ones for the whole
+round, and the round's ratio carried that difference (sd of its log 0.14-0.18 at load 1.1-1.9, against 0.02-0.05
+when the load kept them on one CPU). Every round's children are therefore pinned to the CPU the server runs on when
+the round starts (sd 0.015 where unpinned rounds gave 0.03-0.05 side by side). Only one child runs at a time, so
+pinning costs no parallelism.
+
 Why fresh processes per round: a long-lived worker keeps one memory layout for its life (where its heap objects,
 tensors and the interpreter's own structures land), and on the 2-core host two workers running the same code differed
 in CPU time per decode step by up to ~4% for as long as they lived (gate/calibrate.py's campaigns, README). Forking
@@ -32,6 +39,7 @@ import sys
 sys.path.pop(0)  # this script's folder (granite_bench/gate) holds modules named like the standard library's (bisect)
 
 import argparse  # noqa: E402  (after the sys.path fix above)
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -211,7 +219,39 @@ def call_order(n_sides: int, call: int, first: int) -> list[int]:
     return list(range(shift, n_sides)) + list(range(shift))
 
 
+def current_cpu() -> int | None:
+    """The CPU this process runs on now (Linux: field 39 of /proc/self/stat), or None where that is unknown."""
+    try:
+        with open("/proc/self/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def on_one_cpu():
+    """Pin this process, and so every child it forks meanwhile, to the CPU it runs on now (yielded; None where
+    affinity cannot be set); its earlier CPU mask is restored afterwards."""
+    cpu = current_cpu()
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else set()
+    if cpu is None or cpu not in allowed:
+        yield None
+        return
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield cpu
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 def lockstep_round(args, trees: list[str], reps: int, seed: int, first: int = 0) -> list[dict]:
+    """A lockstep round with every tree's process on one CPU (on_one_cpu, chosen afresh each round)."""
+    with on_one_cpu() as cpu:
+        sides = timed_round(args, trees, reps, seed, first)
+    return [side | {"cpu": cpu} for side in sides]
+
+
+def timed_round(args, trees: list[str], reps: int, seed: int, first: int = 0) -> list[dict]:
     """Fork one child per tree (one after the other, each ready before the next, starting with tree `first`), then
     time every call in each child in turn (call_order); per tree its per-call seconds and which granite_bench it
     imported."""
