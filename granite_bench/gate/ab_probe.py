@@ -48,6 +48,7 @@ import traceback  # noqa: E402
 
 PREFIX = "@@ab "
 PREFILL_REPEATS = 8                 # prefill calls per trial (a 32-token prefill is a few ms: one is noisy)
+DECODE_BLOCK = 1                    # decode steps a side runs per turn of a lockstep round
 WARMUP_STEPS = 8                    # untimed decode steps (and prefills) first: allocator, caches, lazy init
 SHARED_LIBRARIES = ("numpy", "torch", "safetensors.torch", "transformers",
                     "transformers.models.granite.modeling_granite")
@@ -244,14 +245,22 @@ def on_one_cpu():
         os.sched_setaffinity(0, allowed)
 
 
-def lockstep_round(args, trees: list[str], reps: int, seed: int, first: int = 0) -> list[dict]:
+def lockstep_round(args, trees: list[str], reps: int, seed: int, first: int = 0,
+                   block: int = DECODE_BLOCK) -> list[dict]:
     """A lockstep round with every tree's process on one CPU (on_one_cpu, chosen afresh each round)."""
     with on_one_cpu() as cpu:
-        sides = timed_round(args, trees, reps, seed, first)
+        sides = timed_round(args, trees, reps, seed, first, block)
     return [side | {"cpu": cpu} for side in sides]
 
 
-def timed_round(args, trees: list[str], reps: int, seed: int, first: int = 0) -> list[dict]:
+def turns(reps: int, block: int) -> list[tuple[str, int]]:
+    """(command, calls) per turn of a side: each prefill alone, then the decode steps in blocks of `block`."""
+    steps = [("step", min(block, reps - done)) for done in range(0, reps, block)]
+    return [("prefill", 1)] * PREFILL_REPEATS + steps
+
+
+def timed_round(args, trees: list[str], reps: int, seed: int, first: int = 0,
+                block: int = DECODE_BLOCK) -> list[dict]:
     """Fork one child per tree (one after the other, each ready before the next, starting with tree `first`), then
     time every call in each child in turn (call_order); per tree its per-call seconds and which granite_bench it
     imported."""
@@ -264,13 +273,13 @@ def timed_round(args, trees: list[str], reps: int, seed: int, first: int = 0) ->
             readies[index] = sides[index].answer()
         out = [{"prefill_s": [], "prefill_cpu_s": [], "decode_s": [], "decode_cpu_s": [],
                 "granite_bench": readies[i]["granite_bench"], "pid": readies[i]["pid"]} for i in range(len(trees))]
-        calls = ["prefill"] * PREFILL_REPEATS + ["step"] * reps
-        for number, command in enumerate(calls):
+        for number, (command, calls) in enumerate(turns(reps, block)):
             wall, cpu = ("prefill_s", "prefill_cpu_s") if command == "prefill" else ("decode_s", "decode_cpu_s")
             for index in call_order(len(sides), number, first):
-                timed = sides[index].call(command)
-                out[index][wall].append(timed["wall"])
-                out[index][cpu].append(timed["cpu"])
+                for _ in range(calls):
+                    timed = sides[index].call(command)
+                    out[index][wall].append(timed["wall"])
+                    out[index][cpu].append(timed["cpu"])
         return out
     finally:
         for side in sides.values():
@@ -281,7 +290,7 @@ def serve_one(args, request: dict) -> None:
     """One round (lockstep_round); a child that fails or dies is reported with its tree's index."""
     try:
         sides = lockstep_round(args, list(request["trees"]), int(request["reps"]), int(request.get("seed", 0)),
-                               int(request.get("first", 0)))
+                               int(request.get("first", 0)), int(request.get("block", DECODE_BLOCK)))
     except SideFailed as err:
         send(err.message | {"side": err.index})
         return

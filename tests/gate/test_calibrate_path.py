@@ -244,3 +244,9 @@ def test_every_process_of_a_round_is_pinned_to_one_cpu_and_the_servers_mask_come
     masks = [json.loads(line) for line in log.read_text().splitlines()]
     assert masks == [[sides[0]["cpu"]]] * 2 and sides[0]["cpu"] in before
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_round_times_each_prefill_alone_then_the_decode_steps_in_blocks_of_a_turn():
+    prefills = [("prefill", 1)] * ab_probe.PREFILL_REPEATS
+    assert ab_probe.turns(5, 1) == prefills + [("step", 1)] * 5
+    assert ab_probe.turns(10, 4) == prefills + [("step", 4), ("step", 4), ("step", 2)]
