@@ -31,8 +31,8 @@ def sinks_dropped():
     """The learned sinks are ignored: plain softmax attention (no extra logit in the denominator)."""
     original = sliding_attention.sink_attention
 
-    def attend(q, k, v, allowed, scaling, sinks):
-        return original(q, k, v, allowed, scaling, None)
+    def attend(q, k, v, allowed, scaling, sinks, upcast=True):
+        return original(q, k, v, allowed, scaling, None, upcast)
 
     return mock.patch.object(sliding_attention, "sink_attention", attend)
 
@@ -42,8 +42,8 @@ def sinks_added_after_normalisation():
     (1 + exp(sink)) instead of exp(s)·V / (sum exp(s) + exp(sink))."""
     original = sliding_attention.sink_attention
 
-    def attend(q, k, v, allowed, scaling, sinks):
-        out = original(q, k, v, allowed, scaling, None)
+    def attend(q, k, v, allowed, scaling, sinks, upcast=True):
+        out = original(q, k, v, allowed, scaling, None, upcast)
         return (out.float() * torch.sigmoid(-sinks.float()).view(1, -1, 1, 1)).to(out.dtype)
 
     return mock.patch.object(sliding_attention, "sink_attention", attend)

@@ -33,8 +33,8 @@ class SubBlock:
     """A point in a decoder layer where localisation compares residual streams (or a block's own output).
 
     `hf_module`: the module of HF's decoder layer to hook ("" = the layer itself); `capture`: "input" (its first
-    argument), "output" (its output, the first element of a tuple) or "routing" (a router's (logits, top-k weights,
-    top-k index) as a dense [tokens, experts] routing matrix). Sub-blocks whose module a layer lacks are skipped,
+    argument), "output" (its output, the first element of a tuple), "routing" (a router's (logits, top-k weights,
+    top-k index) as a dense [tokens, experts] routing matrix) or "router_logits" (that router's raw logits). Sub-blocks whose module a layer lacks are skipped,
     and so are those whose `requires` module it lacks (a hybrid's "mamba" point on its attention layers)."""
 
     name: str
@@ -45,6 +45,7 @@ class SubBlock:
 
 ATTENTION = SubBlock("attention", "post_attention_layernorm", "input")   # residual stream after attention
 LAYER_OUT = SubBlock("mlp", "", "output")                                # residual stream after the MLP / MoE
+ROUTER_LOGITS = SubBlock("router_logits", "block_sparse_moe.router", "router_logits")   # raw [tokens, experts]
 ROUTER = SubBlock("router", "block_sparse_moe.router", "routing")
 EXPERTS = SubBlock("experts", "block_sparse_moe.experts", "output")
 SHARED_MLP = SubBlock("shared_mlp", "shared_mlp", "output")
@@ -114,7 +115,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         converter="granite_bench.model.modeling_granitemoe:convert_hf_state_dict",
         hf_class="GraniteMoeForCausalLM", hf_config_class="GraniteMoeConfig",
         description="Granite 3.0/3.1 MoE (top-k routed experts)",
-        sub_blocks=(ATTENTION, ROUTER, EXPERTS, LAYER_OUT),
+        sub_blocks=(ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, LAYER_OUT),
         layer_tensors={**ATTENTION_TENSORS, **MOE_TENSORS}, moe=True,
         checkpoint_names=MOE_CHECKPOINT_NAMES),
     "granitemoeshared": Architecture(
@@ -123,7 +124,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         converter="granite_bench.model.modeling_granitemoeshared:convert_hf_state_dict",
         hf_class="GraniteMoeSharedForCausalLM", hf_config_class="GraniteMoeSharedConfig",
         description="Granite MoE with a shared MLP beside the experts",
-        sub_blocks=(ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+        sub_blocks=(ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
         layer_tensors={**ATTENTION_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
         tp_divides=("hidden", "intermediate", "shared"), moe=True,
         checkpoint_names=MOE_CHECKPOINT_NAMES),
@@ -150,7 +151,7 @@ ARCHITECTURES.update({
         converter="granite_bench.model.modeling_granitemoe_swa:convert_hf_state_dict",
         hf_class="GraniteMoeSWAForCausalLM", hf_config_class="GraniteMoeSWAConfig",
         description="sliding-window Granite MoE with attention sinks and per-layer RoPE (swash MoE)",
-        sub_blocks=(ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+        sub_blocks=(ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
         layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
         tp_divides=("hidden", "intermediate", "shared"), moe=True,
         hf_attn_implementation="eager", sliding_window=True),   # save_pretrained keeps the in-memory expert names
@@ -317,7 +318,8 @@ ARCHITECTURES["granitemoehybrid"] = Architecture(
     converter="granite_bench.model.modeling_granitemoehybrid:convert_hf_state_dict",
     hf_class="GraniteMoeHybridForCausalLM", hf_config_class="GraniteMoeHybridConfig",
     description="Granite 4.0 hybrid: Mamba2 and attention layers, shared MLP, optional routed experts",
-    sub_blocks=(MAMBA_GATED_NORM, MAMBA_SUB_BLOCK, HYBRID_ATTENTION, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+    sub_blocks=(MAMBA_GATED_NORM, MAMBA_SUB_BLOCK, HYBRID_ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, SHARED_MLP,
+                LAYER_OUT),
     layer_tensors={**HYBRID_LAYER_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
     kind_tensors={"mamba": MAMBA_TENSORS, "attention": HYBRID_ATTENTION_TENSORS},
     tp_divides=("hidden", "shared"), hybrid=True,

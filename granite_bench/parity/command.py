@@ -173,6 +173,7 @@ def compile_summary(runner) -> dict:
 
 
 def render(console, outcome: ParityOutcome, profile) -> None:
+    from .routing import near_tie_line
     table = Table(title="parity against the HF reference (fp32, CPU)", title_justify="left")
     for column in ("prompt", "len", "positions", "failed", "max |Δ|", "worst top-k err", "max KL",
                    "greedy match", "verdict", "greedy divergence"):
@@ -181,15 +182,19 @@ def render(console, outcome: ParityOutcome, profile) -> None:
         topk = [(k, v) for k, v in s.items() if k.startswith("worst_err_") and not k.endswith("_position")]
         worst_k = max(topk, key=lambda kv: kv[1]) if topk else ("-", None)
         framework = s.get(f"framework_{worst_k[0]}")  # HF's own error in this dtype on the same prompt
-        table.add_row(str(s["prompt"]), str(s["prompt_len"]), str(s["n_positions"]), str(s["n_failed"]),
+        failed = str(s["n_failed"]) + (f" ({s['n_routing_near_ties']} near-tie)" if s["n_routing_near_ties"] else "")
+        table.add_row(str(s["prompt"]), str(s["prompt_len"]), str(s["n_positions"]), failed,
                       f"{s.get('worst_max_abs_err', float('nan')):.2e}",
                       (f"{worst_k[1]:.2e} ({worst_k[0][len('worst_err_'):]})"
                        + (f" HF {framework:.2e}" if framework is not None else "")) if worst_k[1] is not None else "-",
                       f"{s.get('worst_kl_ref_impl', float('nan')):.2e}", f"{s['greedy_match_rate']:.0%}",
                       "[green]pass[/]" if s["passed"] else "[red]FAIL[/]", divergence_note(s, profile))
     console.print(table)
+    for tie in outcome.routing_ties:
+        console.print(f"accepted (a routing near-tie): {escape(near_tie_line(tie))}")
     if outcome.passed:
-        console.print(f"[bold green]PASS[/] every position within profile '{profile.name}' "
+        ties = f" (or a routing near-tie, {len(outcome.routing_ties)} above)" if outcome.routing_ties else ""
+        console.print(f"[bold green]PASS[/] every position within profile '{profile.name}'{ties} "
                       f"and greedy tokens agree (or part only where the reference's own gap is within the divergence tolerance)")
         return
     where = outcome.localisation or {}

@@ -261,6 +261,7 @@ def render(console, rows: list[dict]) -> None:
                       _num(r.get("compile_seconds_total"), 3) if r["compiled"] else "-",
                       _num(r["peak_rss_mb"], 4), _num(r["padding_waste_prefill"], pct=True))
     console.print(table)
+    render_kv_cache(console, impls)
     baselines = [r for r in rows if r["impl"] != "granite"]
     if baselines:
         hf = Table(title="HF Transformers generate (same weights, same process, interleaved; p50 ms)",
@@ -287,6 +288,41 @@ def render(console, rows: list[dict]) -> None:
         console.print(f"host load average (1 min) while measuring: {min(loads):.1f}-{max(loads):.1f} on "
                       f"{impls[0].get('cores_available', '?')} cores; torch threads {threads}: compare ratios "
                       f"measured in one run, not absolute times across runs")
+
+
+def kv_cache_layouts(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(row, {layer kind: layers, slots, bytes_per_slot, bytes}) once per built cache (dtype, TP degree, batch size,
+    sequence length) of the implementation rows, for caches with more than full-attention layers (sliding ones)."""
+    import json
+    seen, out = set(), []
+    for r in rows:
+        text = r.get("kv_cache_json")
+        key = (r["dtype"], r["tp"], r["batch_size"], r["seq_len"])
+        if not isinstance(text, str) or key in seen:
+            continue
+        layout = json.loads(text)
+        if set(layout) - {"full_attention"}:
+            seen.add(key)
+            out.append((r, layout))
+    return out
+
+
+def render_kv_cache(console, rows: list[dict]) -> None:
+    """The KV cache as allocated per layer kind (a sliding layer's slots stay W at any sequence length)."""
+    layouts = kv_cache_layouts(rows)
+    if not layouts:
+        return
+    table = Table(title="KV cache per layer kind (as allocated, one rank; K and V, every row of the batch)",
+                  title_justify="left")
+    for column in ("dtype", "tp", "batch", "seq len", "layer kind", "layers", "slots/layer", "bytes/slot", "bytes",
+                   "MiB"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r, layout in layouts:
+        for kind, entry in sorted(layout.items()):
+            table.add_row(str(r["dtype"]), str(r["tp"]), str(r["batch_size"]), str(r["seq_len"]), kind,
+                          str(entry["layers"]), str(entry["slots"]), str(entry["bytes_per_slot"]),
+                          str(entry["bytes"]), f"{entry['bytes'] / 2**20:.2f}")
+    console.print(table)
 
 
 # -- command-line wiring helpers (kept here so cli.py stays thin) -------------------------------------------------

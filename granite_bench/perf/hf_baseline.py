@@ -15,7 +15,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from ..model.config import DTYPES
-from ..reference.hf_classes import hf_model_class
+from ..reference.hf_classes import checkpoint_architecture, hf_model_class
 from .timing import GenerationTiming, now_ns
 
 HF_IMPLEMENTATIONS = {"hf_eager": None, "hf_static": "static", "hf_grouped_mm": None,
@@ -33,10 +33,17 @@ def use_experts_implementation(model: PreTrainedModel, baseline: str) -> str | N
 HF_ATTENTION = "sdpa"            # HF's default attention kernel, what a user of generate gets
 
 
+def hf_attention(model_dir: Path, attn_implementation: str = HF_ATTENTION) -> str:
+    """The attention HF runs for the checkpoint: the architecture's forced one (the registry's; e.g. eager for the
+    sliding-window Granites, which HF does not run on SDPA), else `attn_implementation`."""
+    return checkpoint_architecture(model_dir).hf_attn_implementation or attn_implementation
+
+
 def load_hf_model(model_dir: Path, dtype: str = "float32", device: str = "cpu",
                   attn_implementation: str = HF_ATTENTION) -> PreTrainedModel:
     """HF's model for the checkpoint on the same files as the implementation, in the implementation's dtype."""
-    model = hf_model_class(model_dir).from_pretrained(model_dir, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    model = hf_model_class(model_dir).from_pretrained(model_dir, dtype=DTYPES[dtype],
+                                                      attn_implementation=hf_attention(model_dir, attn_implementation))
     return model.to(device).eval()
 
 

@@ -330,11 +330,23 @@ class ModelShape:
         return ((self.weight_elements_per_step(batch) + self.kv_elements_read(batch, kv_len)) * itemsize
                 + self.state_bytes_per_step(batch, itemsize))
 
+    def attention_keys(self, length: int) -> tuple[int, int]:
+        """(keys a full layer's prefill scores over `length` queries, keys a sliding layer's): the full square
+        length², as a full layer computes it; a sliding layer's query i sees min(i + 1, W) keys."""
+        if not self.window:
+            return length * length, length * length
+        w = min(self.window, length)
+        return length * length, w * (w + 1) // 2 + (length - w) * w   # queries 0..w-1 see i+1 keys, the rest w
+
     def prefill_flops(self, batch: int, length: int, all_logits: bool = False) -> float:
-        """Matmul FLOPs of context encoding over `length` positions per row (full square attention, as computed; a
-        Mamba layer's projections, not its scan)."""
+        """Matmul FLOPs of context encoding over `length` positions per row (a full layer's attention over the full
+        square, as computed; a sliding layer's over each query's window; a Mamba layer's projections, not its
+        scan)."""
         tokens = batch * length
         linear = 2 * tokens * (self.layers * self.layer_linear_params() + self.mixer_swap())
-        attention = (self.layers - self.mamba_layers) * 2 * 2 * batch * self.q_heads * length * length * self.head_dim
+        full_keys, sliding_keys = self.attention_keys(length)
+        full = self.layers - self.mamba_layers - self.sliding_layers
+        keys = full * full_keys + self.sliding_layers * sliding_keys
+        attention = 2 * 2 * batch * self.q_heads * keys * self.head_dim   # QK^T and PV
         head = 2 * (tokens if all_logits else batch) * self.hidden * self.vocab_padded
         return float(linear + attention + head)

@@ -101,6 +101,8 @@ class PointContext:
     device_peak_bytes: int | None
     threads: dict
     cpu: dict = field(default_factory=dict)    # perf.cpu.cpu_kind_columns(): which kind of CPU was measured
+    hf_attention: str = "sdpa"                 # the attention the HF baselines ran (hf_baseline.hf_attention)
+    kv_cache: dict = field(default_factory=dict)   # the runner's KV cache per layer kind (kv_cache_columns)
 
 
 def roofline_fractions(decode_gbs: float, prefill_gflops: float, ceilings: Ceilings,
@@ -160,11 +162,11 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
             **ctx.ceilings.columns(),
             "peak_rss_mb": ctx.peak_rss_bytes / 2**20,
             "device_peak_mb": ctx.device_peak_bytes / 2**20 if ctx.device_peak_bytes is not None else None,
-            **ctx.threads, **ctx.cpu,
+            **ctx.threads, **ctx.cpu, **(ctx.kv_cache if impl == IMPL else {}),
         }
         if impl != IMPL:
-            from .hf_baseline import HF_ATTENTION, HF_EXPERTS, HF_IMPLEMENTATIONS
-            rows[impl].update(hf_attn_implementation=HF_ATTENTION,
+            from .hf_baseline import HF_EXPERTS, HF_IMPLEMENTATIONS
+            rows[impl].update(hf_attn_implementation=ctx.hf_attention,
                               hf_cache_implementation=HF_IMPLEMENTATIONS.get(impl) or "dynamic")
             if shape.experts:   # text column, MoE models only (an all-missing column would read as numeric)
                 rows[impl]["hf_experts_implementation"] = HF_EXPERTS[impl]
@@ -177,6 +179,25 @@ def summary_rows(point: PerfPoint, timed: dict[str, list[GenerationTiming]], ctx
                 if f"{metric}_p50_ms" in ours and f"{metric}_p50_ms" in rows[base]:
                     ours[f"{metric}_ratio_{base}"] = ours[f"{metric}_p50_ms"] / rows[base][f"{metric}_p50_ms"]
     return list(rows.values())
+
+
+def kv_cache_layout(runner) -> dict[str, dict[str, int]]:
+    """The runner's KV cache per layer kind (contract.Runner.kv_cache_layout: one rank's, as allocated); {} from a
+    runner that cannot say."""
+    ask = getattr(runner, "kv_cache_layout", None)
+    return ask() if callable(ask) else {}
+
+
+def kv_cache_columns(layout: dict[str, dict[str, int]]) -> dict:
+    """Summary columns of a KV cache layout: kv_cache_bytes (all layers, one rank), kv_cache_<kind>_<layers | slots |
+    bytes_per_slot | bytes> per layer kind, and the layout itself as JSON (kv_cache_json); {} for none."""
+    if not layout:
+        return {}
+    columns = {"kv_cache_bytes": sum(entry["bytes"] for entry in layout.values()),
+               "kv_cache_json": json.dumps(layout, sort_keys=True)}
+    for kind, entry in layout.items():
+        columns.update({f"kv_cache_{kind}_{name}": value for name, value in entry.items()})
+    return columns
 
 
 # -- a sweep session: runners, HF models and ceilings built once and reused ----------------------------------------
@@ -285,8 +306,16 @@ class SweepSession:
                            peak_rss_bytes(pids), device_peak_bytes(point.device),
                            {**self.threads, "threads_per_rank": rank_threads(point, self.threads),
                             "load_avg_1m_start": load_start, "load_avg_1m_end": load_average()},
-                           self.cpu)
+                           self.cpu, hf_attention=self.hf_attention_of(runner),
+                           kv_cache=kv_cache_columns(kv_cache_layout(runner)))
         return sample_rows(point, timed), summary_rows(point, timed, ctx)
+
+    def hf_attention_of(self, runner) -> str:
+        """The attention the HF baselines run on this runner's checkpoint ("sdpa" when there are none)."""
+        if not self.spec.baselines:
+            return "sdpa"
+        from .hf_baseline import hf_attention
+        return hf_attention(runner.model_dir)
 
     def close_runner(self) -> None:
         if self.runner is not None:

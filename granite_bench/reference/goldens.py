@@ -39,7 +39,8 @@ import torch
 from .golden_files import (GOLDEN_FILE, GoldenError, check_goldens_target, read_digests, redo,
                            swap_into_place, verify_file, write_digests)
 
-FORMAT_VERSION = 2   # 2: sub-blocks stored with their execution order (MoE routers, experts, shared MLPs)
+FORMAT_VERSION = 3   # 2: sub-blocks stored with their execution order (MoE routers, experts, shared MLPs);
+                     # 3: MoE routers' raw logits too (routing near-ties)
 REFERENCE_DTYPE = "float32"
 # A stored greedy token must be the top token of the logits that chose it, up to this share of the row's largest
 # |logit| (HF generate's cached decode and the full forward differ by rounding only).

@@ -191,6 +191,9 @@ def capture_hook(module: torch.nn.Module, layer: int, sub, captured: list):
             dense = torch.zeros(logits.shape, dtype=torch.float32).scatter(-1, index, weights.float())
             captured.append((layer, sub.name, tokens_first(dense)))
         return module.register_forward_hook(routing)
+    if sub.capture == "router_logits":
+        return module.register_forward_hook(
+            lambda _m, _args, output: captured.append((layer, sub.name, tokens_first(output[0].float()))))
     return module.register_forward_hook(
         lambda _m, _args, output: captured.append(
             (layer, sub.name, tokens_first(output[0] if isinstance(output, tuple) else output))))

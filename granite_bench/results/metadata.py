@@ -46,6 +46,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "worst_max_rel_err": ("lower", GATED), "worst_kl_ref_impl": ("lower", GATED),
         "n_failed": ("lower", SHOWN), "n_diverged_rows": ("lower", SHOWN),
         "n_unacceptable_divergences": ("lower", SHOWN), "tp_vs_tp1_max_abs_diff": ("lower", GATED),
+        "n_routing_near_ties": ("lower", SHOWN),   # failing positions accepted as MoE router near-ties
         "compile_seconds_total": ("lower", SHOWN),
         "run_passed": (None, SHOWN), "tp_degree": (None, SHOWN), "compiled": (None, SHOWN), "prompt": (None, SHOWN),
         "prompt_len": (None, SHOWN), "num_tokens": (None, SHOWN), "n_positions": (None, SHOWN),
@@ -71,6 +72,7 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "num_layers": (None, SHOWN), "batch_size": (None, SHOWN), "seq_len": (None, SHOWN),
         "logprob_err": ("lower", SHOWN), "token_logprob_err": ("lower", SHOWN),
         "ref_top1_in_served": ("higher", SHOWN), "served_top1_rank": ("lower", SHOWN), "top_k": (None, SHOWN),
+        "routing_near_tie": (None, SHOWN),
     },
     "eval_summary": {
         "passed": ("higher", GATED), "argmax_agreement": ("higher", GATED),
@@ -97,6 +99,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "decode_frac_*": ("higher", SHOWN), "prefill_frac_*": ("higher", SHOWN),
         "padding_waste_*": ("lower", SHOWN), "peak_rss_mb": ("lower", SHOWN), "device_peak_mb": ("lower", SHOWN),
         "compile_seconds_total": ("lower", SHOWN),
+        # the implementation's KV cache as allocated (one rank): all layers, and per layer kind (sliding/full)
+        "kv_cache_bytes": ("lower", SHOWN), "kv_cache_*_bytes": ("lower", SHOWN), "kv_cache_*": (None, SHOWN),
         "ttft_n": (None, SHOWN), "tpot_n": (None, SHOWN), "e2e_n": (None, SHOWN), "layers": (None, SHOWN),
         "tp": (None, SHOWN),
         "compiled": (None, SHOWN), "batch_size": (None, SHOWN), "bucket": (None, SHOWN),

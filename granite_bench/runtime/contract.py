@@ -52,3 +52,7 @@ class Runner(Protocol):
 
     def close(self) -> None:
         """Release processes and devices (safe to call twice)."""
+
+    def kv_cache_layout(self) -> dict:
+        """One rank's KV cache per layer kind as allocated: {kind: {"layers", "slots" (per layer), "bytes_per_slot",
+        "bytes"}}; {} where the runner cannot see it."""

@@ -126,6 +126,12 @@ class GraniteRunner:
     def reset(self) -> None:
         self.model.kv_cache.reset()
 
+    def kv_cache_layout(self) -> dict[str, dict[str, int]]:
+        """This rank's KV cache per layer kind, as allocated ({kind: layers, slots, bytes_per_slot, bytes}); {} where
+        the cache lives elsewhere (a device's graphs)."""
+        layout = getattr(self.model.kv_cache, "kv_bytes_per_layer_kind", None)
+        return layout() if callable(layout) else {}
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
                  stop_token_ids: Iterable[int] = ()) -> GenerationResult:
         """Greedy decode through the one loop (generation.greedy_generate), stopping early on stop tokens."""

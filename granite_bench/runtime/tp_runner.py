@@ -276,6 +276,10 @@ class TPRunner:
     def reset(self) -> None:
         self._call("reset")
 
+    def kv_cache_layout(self) -> dict:
+        """Rank 0's KV cache per layer kind (every rank holds its own heads' share, the same shape)."""
+        return self._call("kv_cache_layout")
+
     def graph_info(self) -> dict:
         return self.graphs.info()
 

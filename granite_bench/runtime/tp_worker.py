@@ -22,7 +22,7 @@ from .graphs import GraphInfo
 from .runner import GraniteRunner, load_rank_model
 
 START_TIMEOUT_S = 600.0       # start-up (process start, rendezvous, shard load) on a busy host
-WORKER_METHODS = ("context_encode", "token_generate", "generate", "reset", "graph_info")
+WORKER_METHODS = ("context_encode", "token_generate", "generate", "reset", "graph_info", "kv_cache_layout")
 
 
 class TPRankError(RuntimeError):

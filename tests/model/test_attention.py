@@ -7,7 +7,8 @@ import torch
 from transformers import GraniteConfig
 from transformers.models.granite import modeling_granite as hf
 
-from granite_bench.model.backend.attention import GraniteAttention, HeadLayout
+from granite_bench.model.backend import attention as attention_module
+from granite_bench.model.backend.attention import GraniteAttention, HeadLayout, grouped_attention, one_query_attention
 from granite_bench.model.backend.kv_cache import KVCacheManager
 from granite_bench.model.backend.rope import RotaryEmbedding, rope_parameters
 from granite_bench.model.backend.step import DecodeStep
@@ -154,3 +155,40 @@ def test_decode_scales_scores_by_attention_multiplier_not_inverse_sqrt_head_dim(
 def test_attention_uses_attention_multiplier_as_its_scale():
     _, _, ours = make_pair(kv_heads=2)
     assert ours.scaling == ATTENTION_MULTIPLIER
+
+
+# ----- one bf16/fp16 query on CPU: fp32 grouped products instead of the fused kernel ---------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("boolean_mask", [False, True])
+def test_one_reduced_precision_query_matches_fp32_attention_to_its_dtypes_rounding(dtype, boolean_mask):
+    gen = torch.Generator().manual_seed(0)
+    q = (torch.randn(2, 8, 1, 16, generator=gen) * 2).to(dtype)
+    k = (torch.randn(2, 2, 40, 16, generator=gen) * 2).to(dtype)
+    v = torch.randn(2, 2, 40, 16, generator=gen).to(dtype)
+    allowed = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    allowed[0, ..., 25:] = False                                            # row 0 sees its first 25 positions
+    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed,
+                                                                scale=0.3, enable_gqa=True)
+    out = grouped_attention(q, k, v, allowed if boolean_mask else additive, 0.3)
+    assert out.shape == (2, 8, 1, 16) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=torch.finfo(dtype).eps * 4)
+    assert torch.equal(out, one_query_attention(q, k, v, additive, 0.3))
+
+
+def test_each_query_head_reads_the_kv_head_of_its_group():
+    """Query head h reads KV head h // groups: with a constant v per KV head, that constant is the output."""
+    q = torch.randn(1, 6, 1, 4).to(torch.bfloat16)
+    k = torch.randn(1, 3, 5, 4).to(torch.bfloat16)
+    v = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 5, 4).to(torch.bfloat16)
+    out = one_query_attention(q, k, v, torch.zeros(1, 1, 1, 5, dtype=torch.bfloat16), 0.5)
+    assert out[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+
+
+def test_fp32_prefill_and_causal_attention_keep_the_fused_kernel(monkeypatch):
+    monkeypatch.setattr(attention_module, "one_query_attention", lambda *args: pytest.fail("took the one-query path"))
+    q, k = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 6, 8)
+    mask = torch.zeros(1, 1, 1, 6)
+    grouped_attention(q, k, k, mask, 0.5)                                                       # fp32
+    grouped_attention(q.repeat(1, 1, 6, 1).bfloat16(), k.bfloat16(), k.bfloat16(), None, 0.5)  # causal prefill

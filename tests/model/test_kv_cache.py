@@ -76,3 +76,20 @@ def test_reset_zeroes_every_layer():
     for layer in range(LAYERS):
         k, v = cache.caches(layer)
         assert not k.any() and not v.any()
+
+
+def test_kv_bytes_per_layer_kind_of_a_plain_cache_are_every_layer_full_length():
+    per_slot = 2 * BATCH * KV_HEADS * HEAD_DIM * 2        # K and V, bf16
+    assert make_cache(torch.bfloat16).kv_bytes_per_layer_kind() == {
+        "full_attention": {"layers": LAYERS, "slots": SEQ, "bytes_per_slot": per_slot, "bytes": LAYERS * SEQ * per_slot}}
+
+
+def test_kv_bytes_per_layer_kind_count_only_the_layers_that_hold_kv():
+    """A hybrid's Mamba layers hold states, not KV: only its attention layers are counted."""
+    from granite_bench.model.backend.mamba import MambaShape
+    from granite_bench.model.backend.state_cache import HybridStateCache
+    shape = MambaShape(heads=2, head_dim=4, groups=1, state=8, conv_kernel=4, chunk=16)
+    cache = HybridStateCache([1], [0, 2], BATCH, KV_HEADS, SEQ, HEAD_DIM, torch.float32, shape)
+    per_slot = 2 * BATCH * KV_HEADS * HEAD_DIM * 4
+    assert cache.kv_bytes_per_layer_kind() == {
+        "full_attention": {"layers": 1, "slots": SEQ, "bytes_per_slot": per_slot, "bytes": SEQ * per_slot}}

@@ -37,6 +37,7 @@ def test_the_choice_is_measured_once_per_dtype_and_row_length(monkeypatch, chose
 
 def test_measurement_times_every_kernel_on_a_bounded_slice_of_the_weight(monkeypatch):
     monkeypatch.setattr(single_row, "PROBE_BYTES", 64 * 16 * 2)
+    monkeypatch.setattr(single_row, "COLD_BYTES", 300 * 16 * 2)    # the weight is large enough to be read cold
     shapes = {name: [] for name in single_row.KERNELS}
 
     def recording(name):
@@ -47,6 +48,16 @@ def test_measurement_times_every_kernel_on_a_bounded_slice_of_the_weight(monkeyp
     for name, calls in shapes.items():
         assert calls == [((1, 16), (64, 16))] * (single_row.ROUNDS + 1)
         assert 0 <= best[name] < float("inf")
+
+
+def test_a_weight_smaller_than_the_cold_size_is_timed_on_a_scratch_matrix_of_its_row_length_that_large(monkeypatch):
+    monkeypatch.setattr(single_row, "COLD_BYTES", 1000 * 16 * 2)
+    small = torch.zeros(3, 100, 16, dtype=torch.bfloat16)
+    scratch = single_row.cold_matrix(small)
+    assert scratch.shape == (1000, 16) and scratch.dtype == torch.bfloat16
+    assert scratch.untyped_storage().data_ptr() != small.untyped_storage().data_ptr()
+    large = torch.zeros(2000, 16, dtype=torch.bfloat16)
+    assert single_row.cold_matrix(large).untyped_storage().data_ptr() == large.untyped_storage().data_ptr()
 
 
 def test_a_real_measurement_on_this_host_times_every_kernel():

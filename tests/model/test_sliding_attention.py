@@ -3,6 +3,7 @@ own eager `GraniteSWAAttention` on the same random weights and sinks: sliding an
 across several wraps of the ring, and right-padded rows of different lengths."""
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -149,3 +150,37 @@ def test_sink_is_one_extra_logit_in_the_softmax_denominator():
     torch.testing.assert_close(sink_attention(q, k, v, allowed, 0.7, sinks), expected, atol=1e-6, rtol=0)
     without = sink_attention(q, k, v, allowed, 0.7, None)
     assert (without - expected).abs().max() > 0.05   # the sinks matter at these values
+
+
+def test_decode_attention_in_the_caches_dtype_is_the_same_ops_in_fp32_and_never_upcasts_a_bf16_cache():
+    """Token generation (upcast off) runs the two matmuls in the cache's dtype: in fp32 bitwise the same as the
+    upcast path; in bf16 it returns bf16 close to the fp32 result, without an fp32 copy of K or V."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 8, 1, 16, generator=gen)
+    k, v = (torch.randn(2, 2, 40, 16, generator=gen) for _ in range(2))
+    sinks = torch.randn(8, generator=gen)
+    allowed = torch.rand(2, 1, 1, 40, generator=gen) > 0.3
+    exact = sink_attention(q, k, v, allowed, 0.25, sinks)
+    assert torch.equal(sink_attention(q, k, v, allowed, 0.25, sinks, upcast=False), exact)
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    upcasts = []
+    real_float = torch.Tensor.float
+    with mock.patch.object(torch.Tensor, "float", lambda t: upcasts.append(tuple(t.shape)) or real_float(t)):
+        fast = sink_attention(qb, kb, vb, allowed, 0.25, sinks.bfloat16(), upcast=False)
+    assert fast.dtype == torch.bfloat16 and (2, 2, 40, 16) not in upcasts   # only scores / outputs upcast
+    assert sink_attention(qb, kb, vb, allowed, 0.25, sinks.bfloat16()).dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), exact, atol=0.03, rtol=0.03)
+
+
+def test_one_decode_mask_per_layer_kind_is_each_of_its_layers_own_mask():
+    """The model builds token generation's masks once per step, one per layer kind: equal to what each layer's own
+    (ring or full) slots and window give, before and after the ring wraps."""
+    cache = WindowedKVCache(KINDS, WINDOW, 2, KV_HEADS, SEQ, HEAD_DIM, torch.float32)
+    for positions in (torch.tensor([3, 5]), torch.tensor([20, 9]), torch.tensor([40, 63])):
+        masks = cache.decode_masks(positions, 64)
+        assert set(masks) == {"sliding_attention", "full_attention"}
+        for layer, kind in enumerate(KINDS):
+            window = WINDOW if kind == "sliding_attention" else None
+            assert torch.equal(masks[kind], cache.allowed(layer, positions, 64, window))
+        assert masks["sliding_attention"].shape == (2, 1, 1, WINDOW)
+        assert masks["full_attention"].shape == (2, 1, 1, 64)

@@ -89,6 +89,10 @@ def test_tensor_parallel_points_run_through_the_tp_runner(tmp_path, tiny_model_d
     rows, _ = run(PerfArgs(spec, results_dir=None))
     assert [(r["tp"], r["impl"]) for r in rows] == [(2, "granite")]
     assert rows[0]["tpot_n"] == 2
+    # rank 0's cache: 1 of the 2 KV heads (dim 16), K and V in fp32, 4 layers of seq_len slots
+    per_slot = 2 * 1 * 16 * 4
+    assert rows[0]["kv_cache_full_attention_bytes_per_slot"] == per_slot
+    assert rows[0]["kv_cache_bytes"] == 4 * rows[0]["seq_len"] * per_slot
 
 
 def test_cli_refuses_a_bad_shard_in_one_line():
@@ -192,3 +196,38 @@ def test_a_point_stored_by_other_code_is_measured_again_and_the_header_says_why(
     measured.clear()
     _, text = run(PerfArgs(spec, results_dir=tmp_path))
     assert "2 already stored · 0 to run" in text and not measured
+
+
+@pytest.mark.parametrize("seq_len", [4096, 32768, 131072])
+def test_perf_prints_and_stores_a_sliding_layers_kv_cache_as_w_slots_whatever_the_sequence_length(tmp_path, seq_len):
+    """tiny-swa (window 16; 2 full layers, 3 sliding; 2 KV heads of dim 16): the cache as the runner allocated it."""
+    spec = GridSpec(model="tiny-swa", buckets=[8], new_tokens=3, rounds=1, warmup=0, baselines=[], threads=1,
+                    seq_len=seq_len)
+    _, text = run(PerfArgs(spec, results_dir=tmp_path))
+    row = ResultStore(tmp_path).read("perf_summary").iloc[0]
+    per_slot = 2 * 2 * 16 * 4                      # K and V, 2 KV heads, head_dim 16, fp32, batch 1
+    sliding = [row[f"kv_cache_sliding_attention_{k}"] for k in ("layers", "slots", "bytes_per_slot", "bytes")]
+    full = [row[f"kv_cache_full_attention_{k}"] for k in ("layers", "slots", "bytes_per_slot", "bytes")]
+    assert sliding == [3, 16, per_slot, 3 * 16 * per_slot]
+    assert full == [2, seq_len, per_slot, 2 * seq_len * per_slot]
+    assert row["kv_cache_bytes"] == (3 * 16 + 2 * seq_len) * per_slot
+    assert "KV cache per layer kind" in text
+    line = next(text_line for text_line in text.splitlines() if "sliding_attention" in text_line)
+    assert [cell.strip() for cell in line.split("│")[5:10]] == ["sliding_attention", "3", "16", str(per_slot),
+                                                               str(3 * 16 * per_slot)]
+
+
+def test_the_kv_cache_table_is_printed_for_caches_with_layer_kinds_only():
+    import json
+
+    from granite_bench.perf.command import kv_cache_layouts
+    from granite_bench.perf.sweep import kv_cache_columns
+    dense = kv_cache_columns({"full_attention": {"layers": 2, "slots": 64, "bytes_per_slot": 8, "bytes": 1024}})
+    window = kv_cache_columns({"full_attention": {"layers": 1, "slots": 64, "bytes_per_slot": 8, "bytes": 512},
+                               "sliding_attention": {"layers": 2, "slots": 4, "bytes_per_slot": 8, "bytes": 64}})
+    assert window["kv_cache_bytes"] == 576 and window["kv_cache_sliding_attention_slots"] == 4
+    point = {"dtype": "float32", "tp": 1, "batch_size": 1, "seq_len": 64}
+    assert kv_cache_layouts([{**point, **dense}]) == []
+    rows = [{**point, **window, "bucket": b} for b in (8, 16)] + [{**point, "kv_cache_json": float("nan")}]
+    assert [layout for _, layout in kv_cache_layouts(rows)] == [json.loads(window["kv_cache_json"])]   # once per cache
+    assert kv_cache_columns({}) == {}

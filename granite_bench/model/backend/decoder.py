@@ -159,15 +159,19 @@ class NeuronGraniteBase(nn.Module):
             hidden = hidden[torch.arange(batch, device=hidden.device), last].unsqueeze(1)
         return self.lm_head(hidden).float()
 
+    def decode_mask(self, positions: torch.Tensor, kv_len: int):
+        """Token generation's mask, built once per step for every layer: additive [B, 1, 1, kv_len], 0 where slot <=
+        the row's position (what attention turns a boolean mask into in every layer), -inf elsewhere."""
+        slots = torch.arange(kv_len, device=positions.device)
+        allowed = (slots[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, kv_len]
+        return torch.zeros(allowed.shape, dtype=self.neuron_config.dtype, device=allowed.device).masked_fill(
+            ~allowed, float("-inf"))
+
     def token_generation(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_len: int,
                          capture=None) -> torch.Tensor:
         """input_ids [B, 1] at positions [B]; attends over the first kv_len cache slots -> logits [B, 1, V]."""
-        slots = torch.arange(kv_len, device=input_ids.device)
-        allowed = (slots[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, kv_len]
-        # the additive form of the mask, built once per step: what attention turns a boolean mask into in every layer
-        mask = torch.zeros(allowed.shape, dtype=self.neuron_config.dtype, device=allowed.device).masked_fill(
-            ~allowed, float("-inf"))
         cos, sin = self.rotary_emb(positions.unsqueeze(1))
-        step = DecodeStep(cos, sin, mask, positions, kv_len, cache=self.kv_cache, capture=capture)
+        step = DecodeStep(cos, sin, self.decode_mask(positions, kv_len), positions, kv_len, cache=self.kv_cache,
+                          capture=capture)
         hidden = self.decode_layers(self.embed_tokens(input_ids), step)
         return self.lm_head(hidden).float()

@@ -56,3 +56,25 @@ class KVCacheManager(nn.Module):
     def reset(self) -> None:
         for buffer in self.buffers():
             buffer.zero_()
+
+    def layer_kind(self, layer_idx: int) -> str:
+        """What kind of attention layer `layer_idx` is ("full_attention" here; a windowed cache has sliding ones)."""
+        return "full_attention"
+
+    def kv_bytes_per_layer_kind(self) -> dict[str, dict[str, int]]:
+        """{layer kind: {"layers", "slots" (per layer), "bytes_per_slot" (K and V, all rows, this rank's heads),
+        "bytes" (all layers of the kind)}} of the KV caches this module holds (layers without a KV cache, e.g. a
+        hybrid's Mamba layers, are not counted), read from the buffers allocated."""
+        out: dict[str, dict[str, int]] = {}
+        for layer_idx in range(self.num_layers):
+            if not hasattr(self, f"k_cache_{layer_idx}"):
+                continue
+            k_cache, v_cache = self.caches(layer_idx)
+            batch, heads, slots, dim = k_cache.shape
+            per_slot = (k_cache.element_size() + v_cache.element_size()) * batch * heads * dim
+            entry = out.setdefault(self.layer_kind(layer_idx),
+                                   {"layers": 0, "slots": slots, "bytes_per_slot": per_slot, "bytes": 0})
+            entry["layers"] += 1
+            entry["slots"] = max(entry["slots"], slots)
+            entry["bytes"] += k_cache.nbytes + v_cache.nbytes
+        return out

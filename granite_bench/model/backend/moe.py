@@ -55,9 +55,11 @@ class TopKRouter(nn.Module):
         self.top_k = top_k
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight).float()              # [T, E] fp32
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = nn.functional.linear(x, self.weight).float()           # [T, E] fp32
-        top_logits, index = logits.topk(self.top_k, dim=-1)              # top-k of the raw logits
+        top_logits, index = self.logits(x).topk(self.top_k, dim=-1)      # top-k of the raw logits
         return torch.softmax(top_logits, dim=-1).to(x.dtype), index      # softmax over the k chosen only
 
 
@@ -153,11 +155,13 @@ class GraniteMoE(nn.Module):
                                     ep_degree)
 
     def forward(self, x: torch.Tensor, step, layer_idx: int) -> torch.Tensor:
-        """x [B, L, H] -> [B, L, H]; records the routing and the experts' output for localisation."""
+        """x [B, L, H] -> [B, L, H]; records the router's logits, the routing and the experts' output for
+        localisation."""
         batch, length, hidden = x.shape
         flat = x.reshape(-1, hidden)                                      # [T, H]
         weights, index = self.router(flat)
         if step.capture is not None:
+            step.record(layer_idx, "router_logits", self.router.logits(flat).view(batch, length, -1))
             step.record(layer_idx, "router", routing_matrix(weights, index, self.num_experts).view(batch, length, -1))
         out = self.experts(flat, weights, index).view(batch, length, hidden)
         step.record(layer_idx, "experts", out)

@@ -32,6 +32,7 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 DEFAULT_KERNEL = "linear"
 MARGIN = 0.9             # another kernel replaces linear when its best time is under 90% of linear's
 PROBE_BYTES = 8 << 20    # the slice of a weight each candidate is timed on
+COLD_BYTES = 64 << 20    # a weight smaller than this is timed on a scratch matrix of its row length this large instead
 ROUNDS = 5               # timed calls per candidate (after one untimed), interleaved; the best counts
 
 
@@ -75,8 +76,8 @@ def measure(weight: torch.Tensor, rounds: int = ROUNDS) -> dict[str, float]:
     calls take successive slices (round robin over the weight), so a weight larger than the last-level cache is read
     from memory as in a decode step, not from the cache the previous call filled (in cache, oneDNN's linear and ATen's
     came out within the margin of each other on the AMD host; from memory ATen's is 1.7x faster)."""
-    k = weight.shape[-1]
-    matrix = weight.reshape(-1, k)                                   # [rows, K]
+    matrix = cold_matrix(weight)                                     # [rows, K]
+    k = matrix.shape[-1]
     rows = max(1, min(matrix.shape[0], PROBE_BYTES // (k * weight.element_size())))
     probes = [matrix[start:start + rows] for start in range(0, matrix.shape[0] - rows + 1, rows)]
     calls = itertools.count()
@@ -88,6 +89,19 @@ def measure(weight: torch.Tensor, rounds: int = ROUNDS) -> dict[str, float]:
         for name, kernel in KERNELS.items():
             best[name] = min(best[name], seconds(kernel, x, probes[next(calls) % len(probes)]))
     return best
+
+
+def cold_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """weight [..., K] as [rows, K] when it holds at least COLD_BYTES, else a scratch [rows, K] matrix of its dtype that
+    does: round robin over a weight that fits in the last-level cache would time every kernel on cached rows, while a
+    decode step streams each weight from memory (on the AMD host oneDNN's linear wins in cache and loses by 2x from
+    memory, so a 5 MiB projection of rows of 1024 took the slower kernel)."""
+    k = weight.shape[-1]
+    matrix = weight.reshape(-1, k)
+    if matrix.numel() * matrix.element_size() >= COLD_BYTES:
+        return matrix
+    rows = -(-COLD_BYTES // (k * matrix.element_size()))
+    return torch.full((rows, k), 0.5, dtype=weight.dtype, device=weight.device)   # values do not change the speed
 
 
 def pick(best: dict[str, float]) -> str:

@@ -23,22 +23,30 @@ QUERY_BLOCK = 256   # context encoding: queries per block (bounds the fp32 score
 
 
 def sink_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scaling: float,
-                   sinks: torch.Tensor | None) -> torch.Tensor:
+                   sinks: torch.Tensor | None, upcast: bool = True) -> torch.Tensor:
     """q [B, Hq, Lq, d], k/v [B, Hkv, Lk, d], allowed boolean [B or 1, 1, Lq, Lk] (every row admits a key),
-    sinks [Hq] or None -> [B, Hq, Lq, d] in q's dtype. Query head h uses KV head h // (Hq / Hkv); scores, softmax,
-    log-sum-exp and the sink scale in fp32."""
+    sinks [Hq] or None -> [B, Hq, Lq, d] in q's dtype. Query head h uses KV head h // (Hq / Hkv); the scores, softmax,
+    log-sum-exp and the sink scale in fp32.
+
+    upcast: q, k, v in fp32 for both matmuls (context encoding). Off (token generation), the two matmuls run in the
+    cache's dtype, as HF's eager attention runs them: q·K^T accumulates in fp32 inside the kernel and only the
+    [B, Hq, Lq, Lk] scores are upcast, the fp32 probabilities are rounded to the cache's dtype for probs·V; the cache
+    is never copied to fp32 (in bf16 that copy cost more than the matmuls). In fp32 both settings are the same ops."""
+    out_dtype = q.dtype
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
     batch, q_heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     groups = q_heads // kv_heads
-    q32 = q.float().reshape(batch, kv_heads, groups * q_len, dim)                     # heads grouped by KV head
-    scores = torch.matmul(q32, k.float().transpose(-1, -2)).view(batch, q_heads, q_len, k_len) * scaling
+    grouped = q.reshape(batch, kv_heads, groups * q_len, dim)                          # heads grouped by KV head
+    scores = torch.matmul(grouped, k.transpose(-1, -2)).float().view(batch, q_heads, q_len, k_len) * scaling
     scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(batch, kv_heads, groups * q_len, k_len)
-    out = torch.matmul(probs, v.float()).view(batch, q_heads, q_len, dim)
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, groups * q_len, k_len)
+    out = torch.matmul(probs, v).float().view(batch, q_heads, q_len, dim)
     if sinks is not None:
         lse = torch.logsumexp(scores, dim=-1)                                         # [B, Hq, Lq]
         out = out * torch.sigmoid(lse - sinks.float().view(1, -1, 1)).unsqueeze(-1)
-    return out.to(q.dtype)
+    return out.to(out_dtype)
 
 
 def window_allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -112,7 +120,8 @@ class SlidingWindowAttention(GraniteAttention):
         return torch.cat(blocks, dim=2)
 
     def decode_attention(self, q, k_cache, v_cache, allowed):
-        return sink_attention(q, k_cache, v_cache, allowed, self.scaling, self.sinks)
+        """One query per row over the cache slots read, the matmuls in the cache's dtype (see sink_attention)."""
+        return sink_attention(q, k_cache, v_cache, allowed, self.scaling, self.sinks, upcast=False)
 
     def forward(self, hidden: torch.Tensor, step: DecodeStep, kv_cache: WindowedKVCache) -> torch.Tensor:
         q, k, v = self.project_qkv(hidden)
@@ -124,7 +133,9 @@ class SlidingWindowAttention(GraniteAttention):
         else:
             kv_cache.update_token_generation(self.layer_idx, k, v, step.positions)
             k_all, v_all = kv_cache.read(self.layer_idx, kv_cache.slots_read(self.layer_idx, step.kv_len))
-            allowed = kv_cache.allowed(self.layer_idx, step.positions, step.kv_len, self.window)
+            allowed = step.mask.get(self.layer_type) if isinstance(step.mask, dict) else None   # the step's, per kind
+            if allowed is None:
+                allowed = kv_cache.allowed(self.layer_idx, step.positions, step.kv_len, self.window)
             out = self.decode_attention(q, k_all, v_all, allowed)
         batch, _, length, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))

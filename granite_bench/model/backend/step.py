@@ -13,7 +13,8 @@ class DecodeStep:
 
     cos: torch.Tensor                       # [B, 1, L, d] fp32 RoPE tables at this call's positions (per-layer RoPE
     sin: torch.Tensor                       # bases: a dict base -> table, built by the model's rotary module)
-    mask: torch.Tensor | None               # additive [B, 1, 1, kv_len] (token generation), None = causal prefill
+    mask: torch.Tensor | None               # additive [B, 1, 1, kv_len] (token generation; a windowed model: a dict
+                                            # layer kind -> boolean mask), None = causal prefill
     positions: torch.Tensor | None = None   # [B] token generation positions; None = context encoding
     kv_len: int = 0                         # KV slots token generation attends over (its bucket)
     attention_mask: torch.Tensor | None = None  # [B, L] 1 = real token (context encoding)

@@ -42,6 +42,11 @@ class WindowedKVCache(KVCacheManager):
     def is_ring(self, layer_idx: int) -> bool:
         return self.layer_types[layer_idx] == SLIDING
 
+    def layer_kind(self, layer_idx: int) -> str:
+        """`layer_types[layer_idx]`: a sliding layer's KV cache (`kv_bytes_per_layer_kind`) is W slots at any
+        sequence length."""
+        return self.layer_types[layer_idx]
+
     def ring_slot(self, positions: torch.Tensor, layer_idx: int) -> torch.Tensor:
         """The slot of each position in layer `layer_idx`'s cache (position mod W in a ring)."""
         return torch.remainder(positions, self.window) if self.is_ring(layer_idx) else positions
@@ -84,15 +89,9 @@ class WindowedKVCache(KVCacheManager):
             ok = ok & (held > positions[:, None] - window)
         return ok[:, None, None, :]
 
-    def kv_bytes_per_layer_kind(self) -> dict[str, dict[str, int]]:
-        """{layer kind: {"layers", "slots" (per layer), "bytes_per_slot" (K and V, all rows, this rank's heads),
-        "bytes" (all layers of the kind)}}: a sliding layer's slots are W whatever the sequence length."""
-        out: dict[str, dict[str, int]] = {}
-        for layer_idx, kind in enumerate(self.layer_types):
-            k_cache, _ = self.caches(layer_idx)
-            batch, heads, slots, dim = k_cache.shape
-            per_slot = 2 * batch * heads * dim * k_cache.element_size()
-            entry = out.setdefault(kind, {"layers": 0, "slots": slots, "bytes_per_slot": per_slot, "bytes": 0})
-            entry["layers"] += 1
-            entry["bytes"] += per_slot * slots
-        return out
+    def decode_masks(self, positions: torch.Tensor, kv_len: int) -> dict[str, torch.Tensor]:
+        """{layer kind: `allowed` of its layers}: every sliding layer reads the same W-slot ring with the same window,
+        every full layer the first kv_len slots, so one mask per kind serves all of a step's layers."""
+        first = {kind: self.layer_types.index(kind) for kind in dict.fromkeys(self.layer_types)}
+        return {kind: self.allowed(idx, positions, kv_len, self.window if self.is_ring(idx) else None)
+                for kind, idx in first.items()}

@@ -20,6 +20,10 @@ class NeuronGraniteSWABase(NeuronGraniteBase):
     def build_rotary(self) -> torch.nn.Module:
         return PerThetaRotary(self.layout.head_dim, self.neuron_config.sequence_length, self.config)
 
+    def decode_mask(self, positions: torch.Tensor, kv_len: int) -> dict[str, torch.Tensor]:
+        """{layer kind: boolean [B, 1, 1, slots read]}: one mask per kind and step, shared by its layers."""
+        return self.kv_cache.decode_masks(positions, kv_len)
+
     def build_cache(self) -> torch.nn.Module:
         return WindowedKVCache(layer_kinds(self.config), self.config.sliding_window, self.neuron_config.batch_size,
                                self.layout.kv_heads_per_rank, self.neuron_config.sequence_length,
