@@ -533,9 +533,19 @@ def gate_power(
     clock: str = typer.Option("cpu", help="The gate's --clock: cpu, wall or both."),
     looks: int = typer.Option(3, help="The gate's --looks."),
     timing_model: str = typer.Option("tiny-gqa", help="The gate's --timing-model."),
+    path: str = typer.Option("copies", "--path", help="'copies': folder copies with busy work wrapped around the "
+                                                      "runner; 'compare': the user's path, `compare --baseline HEAD "
+                                                      "--candidate worktree` in a scratch clone whose decode forward "
+                                                      "carries the work as an uncommitted edit (no prefill arm)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the power table to this markdown "
+                                                                     "file."),
 ):
-    """The timing gate's power, measured: the real gate on tree copies with a known synthetic slowdown."""
+    """The timing gate's power, measured: the real gate on code with a known synthetic slowdown."""
     try:
+        if path not in ("copies", "compare"):
+            raise BadInput(f"--path takes 'copies' or 'compare', got {path!r}")
+        if markdown is not None and not markdown.parent.is_dir():
+            raise BadInput(f"--markdown {markdown}: its folder does not exist; create it or pass another file")
         try:
             level_values = [float(v) for v in levels.split(",") if v.strip()]
         except ValueError:
@@ -561,7 +571,11 @@ def gate_power(
             check_settings(settings)
             check_timing_settings(CompareSettings(baseline="", **compare_options))
             preflight.results_dir(results_dir)
-            run_calibration(settings, console)
+            if path == "compare":
+                from .gate.calibrate_path import run_path_campaign
+                run_path_campaign(settings, console)
+            else:
+                run_calibration(settings, console)
         frame = read_campaigns(results_dir, gate)
         table = power_table(frame)
         aa = aa_summary(frame, resamples) if (frame["kind"] == "null").any() else None
@@ -572,6 +586,9 @@ def gate_power(
     except KeyboardInterrupt:
         interrupted("gate-power", "the comparisons finished so far are stored")
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if markdown is not None:
+        from .gate.calibrate_path import markdown_table
+        markdown.write_text(markdown_table(table))
     recorded = frame.loc[frame["kind"] != "aa_resampled", "rounds"] if "rounds" in frame.columns else []
     rounds = int(min(12, min(recorded))) if len(recorded) else 0
     designs = design_table(frame, rounds) if rounds >= 6 else pd.DataFrame()

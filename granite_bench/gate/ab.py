@@ -2,12 +2,12 @@
 
 A side of a comparison that is code (a git ref, HEAD, or the work tree as it is) becomes a folder holding a
 granite_bench package: the repository itself for `worktree`, else a detached `git worktree` of the ref in a temp
-folder, removed afterwards. The trees are timed by one server subprocess (ab_probe.py) that forks a fresh process
-for every trial, of whichever tree the trial names, one at a time; trials alternate between the trees with the order
-rotated every round (AB, BA, AB, ... for two trees), so slow drifts of the machine's load fall on every side alike,
-and no process's memory layout stays with one side (ab_probe.py says why). Per trial each metric is the median of
-its repetitions, on two clocks: wall time and the trial process's CPU time. A caller may stop the trials early, after
-any complete round (the sequential gate's looks).
+folder, removed afterwards. The trees are timed by one server subprocess (ab_probe.py) in rounds: every round forks a
+fresh process per tree and times them in lockstep, each prefill and decode step run in every tree in turn with the
+order rotated from call to call, so what the machine's other processes do to a step's time falls on every side alike
+within milliseconds, and no process's memory layout stays with one side (ab_probe.py says why). Per round and tree
+each metric is the median of its repetitions, on two clocks: wall time and the trial process's CPU time. A caller
+may stop the rounds early, after any complete round (the sequential gate's looks).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def tree_env(tree: Path) -> dict:
 
 
 class ProbeServer:
-    """The ab_probe.py server: forks one fresh process per trial, for whichever tree the trial names."""
+    """The ab_probe.py server: forks fresh processes for every round, one per tree the round names."""
 
     def __init__(self, probe_args: list[str], log_dir: Path):
         self.log = open(log_dir / f"probe-{os.getpid()}-{id(self)}.log", "w+")
@@ -138,23 +138,35 @@ class ProbeServer:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
 
-    def receive(self, tree: CodeTree | None = None) -> dict:
+    def receive(self, trees: list[CodeTree] | None = None) -> dict:
+        """The server's next message; an error names the tree of the round that failed (its 'side')."""
+        trees = trees or []
         for line in self.proc.stdout:
             if line.startswith(PREFIX):
                 message = json.loads(line[len(PREFIX):])
                 if "error" in message:
+                    side = message.get("side")
+                    tree = trees[side] if side is not None and side < len(trees) else None
                     where = f"{tree.label} ({tree.path})" if tree is not None else "the timing server"
                     raise TreeError(f"timing probe failed in {where}: {message['error']}\n"
                                     f"{message.get('traceback', '')}", tree)
                 return message
         self.log.seek(0)
         tail = self.log.read()[-2000:]
-        raise TreeError(f"the timing server exited ({self.proc.wait()}) without answering:\n{tail}", tree)
+        raise TreeError(f"the timing server exited ({self.proc.wait()}) without answering:\n{tail}",
+                        trees[0] if len(trees) == 1 else None)
+
+    def round(self, trees: list[CodeTree], reps: int, seed: int, first: int = 0) -> list[dict]:
+        """One lockstep round over `trees` (ab_probe.lockstep_round), starting with trees[first]; per tree its
+        per-call seconds."""
+        self.proc.stdin.write(json.dumps({"trees": [str(t.path) for t in trees], "reps": reps, "seed": seed,
+                                          "first": first}) + "\n")
+        self.proc.stdin.flush()
+        return self.receive(trees)["sides"]
 
     def trial(self, tree: CodeTree, reps: int, seed: int) -> dict:
-        self.proc.stdin.write(json.dumps({"tree": str(tree.path), "reps": reps, "seed": seed}) + "\n")
-        self.proc.stdin.flush()
-        return self.receive(tree)
+        """One tree alone in a fresh process."""
+        return self.round([tree], reps, seed)[0]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -169,7 +181,8 @@ class ProbeServer:
 
 
 def trial_order(trials: int, sides: tuple[str, ...] = ("A", "B")) -> list[str]:
-    """Every side once per round, the order rotated each round: AB, BA, AB, ... for two sides."""
+    """Every side once per round, the order rotated each round: AB, BA, AB, ... for two sides (a lockstep round's
+    order at its first timed call; the calls after it rotate on)."""
     order = []
     for round_ in range(trials):
         shift = round_ % len(sides)
@@ -186,30 +199,33 @@ class SideTimings:
 
 def time_trees(trees: dict[str, CodeTree], trials: int = 8, reps: int = 32, probe_args: list[str] | None = None,
                on_trial=None, stop=None) -> tuple[dict[str, SideTimings], list[str]]:
-    """Time several trees in rotation, up to `trials` trials each, every trial in a fresh process forked by one
-    server (ab_probe.py); per trial the median of its repetitions.
+    """Time several trees in up to `trials` lockstep rounds (ab_probe.py), every round in fresh processes forked
+    by one server, its first call rotated over the trees; per round and tree the median of its repetitions.
 
-    stop(timings, rounds) -> bool, when given, is asked after every complete round; True ends the trials there."""
+    stop(timings, rounds) -> bool, when given, is asked after every round; True ends the rounds there."""
     probe_args = list(probe_args or [])
+    sides = tuple(trees)
+    listed = [trees[s] for s in sides]
     log_dir = Path(tempfile.mkdtemp(prefix="granite-bench-ab-"))
     server = ProbeServer(probe_args, log_dir)
     timings: dict[str, SideTimings] = {}
+    order: list[str] = []
     try:
         ready = server.receive()
-        for side, tree in trees.items():  # one warm-up trial each (it may create the preset's cached weights)
-            out = server.trial(tree, 1, seed=-1)
+        # a warm-up round (it may create the preset's cached weights), not recorded
+        for side, out in zip(sides, server.round(listed, 1, seed=-1)):
             timings[side] = SideTimings(ready={"granite_bench": out["granite_bench"], "torch": ready["torch"],
                                                "threads": ready["threads"]})
-        order = trial_order(trials, tuple(trees))
-        for i, side in enumerate(order):
-            out = server.trial(trees[side], reps, seed=i)
-            for metric, key in PROBE_KEYS.items():
-                timings[side].per_trial[metric].append(1e3 * float(np.median(out[key])))
-            timings[side].every_step_ms += [1e3 * s for s in out["decode_s"]]
+        for round_ in range(trials):
+            first = round_ % len(sides)
+            for side, out in zip(sides, server.round(listed, reps, seed=round_, first=first)):
+                for metric, key in PROBE_KEYS.items():
+                    timings[side].per_trial[metric].append(1e3 * float(np.median(out[key])))
+                timings[side].every_step_ms += [1e3 * s for s in out["decode_s"]]
+            order += list(sides[first:] + sides[:first])
             if on_trial is not None:
-                on_trial(i + 1, len(order))
-            if stop is not None and (i + 1) % len(trees) == 0 and stop(timings, (i + 1) // len(trees)):
-                order = order[:i + 1]
+                on_trial(len(order), trials * len(sides))
+            if stop is not None and stop(timings, round_ + 1):
                 break
     finally:
         server.close()

@@ -190,24 +190,29 @@ def finite_median(values) -> float:
 
 
 def power_table(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per gate and arm: comparisons, detected (the arm's own metric flagged; at level 0 a false alarm is any
-    timing metric flagged), the rate with its Wilson interval, other metrics flagged, median gate minutes and the
-    median measured paired ratio of the slowed metric, wall clock and CPU time."""
+    """Per gate, path and arm: comparisons, detected (the arm's own metric flagged; at level 0 a false alarm is any
+    timing metric flagged), the rate with its Wilson interval, other metrics flagged, median and longest gate
+    minutes, the median measured paired ratio of the slowed metric (wall clock and CPU time) and the load (1-minute
+    average after each comparison: median, highest)."""
     rows = []
     frame = frame[frame["kind"] != AA] if "kind" in frame.columns else frame
-    for (gate, kind, level), group in frame.groupby(["gate", "kind", "level"], sort=True):
+    # the path the comparisons took: folder copies wrapping the runner (rows from before the column), or compare's
+    frame = frame.assign(path=frame["path"].fillna("copies") if "path" in frame.columns else "copies")
+    for (gate, path, kind, level), group in frame.groupby(["gate", "path", "kind", "level"], sort=True):
         n = len(group)
         hits = int(group["detected"].sum())
         low, high = wilson_interval(hits, n, confidence)
         slowed = "prefill" if kind == PREFILL else "decode_step"
         wall = [paired_ratio(t, f"{slowed}_ms") for t in group["trials_json"]]
         cpu = [paired_ratio(t, f"{slowed}_cpu_ms") for t in group["trials_json"]]
-        rows.append({"gate": gate, "kind": kind, "level": float(level), "comparisons": n, "detected": hits,
+        rows.append({"gate": gate, "path": path, "kind": kind, "level": float(level), "comparisons": n,
+                     "detected": hits,
                      "rate": hits / n, "ci_low": low, "ci_high": high,
                      "other_flagged": int(group["other_flagged"].sum()),
                      "median_gate_minutes": float(group["gate_seconds"].median() / 60),
                      "median_wall_ratio": finite_median(wall), "median_cpu_ratio": finite_median(cpu),
-                     "median_load1": float(group["load1"].median())})
+                     "max_gate_minutes": float(group["gate_seconds"].max() / 60),
+                     "median_load1": float(group["load1"].median()), "max_load1": float(group["load1"].max())})
     return pd.DataFrame(rows)
 
 

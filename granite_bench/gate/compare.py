@@ -8,10 +8,10 @@ as they are) or a folder holding granite_bench/.
   matched by their key columns; a worse verdict, a lower greedy match or accuracy, or an error metric grown past
   `error_growth` times the baseline fails.
 - Timings: only when both sides are code, measured side by side (ab.py). The default gate (design 'sequential') is
-  paired and sequential: each round is one A and one B trial next to each other, the test is a one-sided Wilcoxon
-  signed-rank test of the per-round log ratios of the trial thread's CPU time (clock 'cpu'; wall time is reported
-  beside it), decided at a few looks (12, 24, 48 rounds) with alpha spent over them (stats.SequentialPlan), stopping
-  early when the answer is clear. Design 'pooled' is the earlier gate (Mann-Whitney on the pooled per-trial medians
+  paired and sequential: each round is a fresh process per side timed in lockstep (every prefill and decode step run
+  in A and B in turn), the test is a one-sided Wilcoxon signed-rank test of the per-round log ratios of the trial
+  thread's CPU time (clock 'cpu'; wall time is reported beside it), decided at a few looks (12, 24, 48 rounds) with
+  alpha spent over them (stats.SequentialPlan), stopping early when the answer is clear. Design 'pooled' is the earlier gate (Mann-Whitney on the pooled per-trial medians
   of wall time, stats.gate_timings). gate/calibrate.py measures what each detects (`granite-bench gate-power`).
   Timings of stored runs were not measured side by side and are not compared.
 

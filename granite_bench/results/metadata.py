@@ -142,6 +142,8 @@ METRIC_DIRECTIONS: dict[str, dict[str, tuple[str | None, bool]]] = {
         "load1": (None, SHOWN), "aa_false_alarms": ("lower", SHOWN), "aa_resamples": (None, SHOWN),
         "aa_rate": ("lower", SHOWN), "aa_ci_low": (None, SHOWN), "aa_ci_high": (None, SHOWN),
         "aa_sources": (None, SHOWN),
+        # the user's path (gate-power --path compare): the load before the comparison, the step the work was sized by
+        "load1_before": (None, SHOWN), "load5_before": (None, SHOWN), "planted_step_ms": (None, SHOWN),
     },
     "load_points": {
         # one row per level of a `granite-bench load` sweep; timings of an endpoint under load are shown and trended,

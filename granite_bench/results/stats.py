@@ -138,7 +138,7 @@ CLOCKS = ("cpu", "wall", "both")
 
 @dataclass(frozen=True)
 class SequentialPlan:
-    """A group-sequential design: the gate looks after `looks` rounds (one A and one B trial each) and spends
+    """A group-sequential design: the gate looks after `looks` rounds (one A and one B process each) and spends
     `alpha` over them with the power family alpha * t**rho (t = rounds / last look). A look flags a regression when
     its Holm-adjusted p is below that look's share, so by the union bound the false-alarm rate over all looks stays
     under alpha, whenever the gate stops. It stops early as `pass` when every gated metric's upper confidence bound
