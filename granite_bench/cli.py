@@ -578,11 +578,17 @@ def gate_power(
                 run_calibration(settings, console)
         frame = read_campaigns(results_dir, gate)
         table = power_table(frame)
+    except (CalibrationError, CompareError, BadInput) as err:
+        fail(err)
+    except KeyboardInterrupt:
+        interrupted("gate-power", "the comparisons finished so far are stored")
+    aa, aa_missing = None, None
+    try:   # the power table stands without it: too few null rounds only skip the A/A resampling
         aa = aa_summary(frame, resamples) if (frame["kind"] == "null").any() else None
         if aa is not None and save_summary:
             store_aa_summary(results_dir, frame, aa)
-    except (CalibrationError, CompareError, BadInput) as err:
-        fail(err)
+    except CalibrationError as err:
+        aa_missing = str(err)
     except KeyboardInterrupt:
         interrupted("gate-power", "the comparisons finished so far are stored")
     console.print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -596,6 +602,8 @@ def gate_power(
         console.print(f"the designs on the same recorded trials (first {rounds} rounds, floor 3%, alpha 0.01), "
                       f"detected/n:")
         console.print(designs.to_string(index=False))
+    if aa_missing is not None:
+        console.print(f"A/A resampling skipped: {aa_missing}", markup=False)
     if aa is not None:
         console.print(f"A/A resampled from the {aa['pooled_rounds']} rounds of {aa['sources']} null comparisons "
                       f"({aa['rounds']} rounds each, sides swapped at random): "

@@ -154,6 +154,15 @@ def test_each_comparison_runs_compare_head_against_the_worktree_inside_the_clone
     table = calibrate.power_table(calibrate.read_campaigns(tmp_path / "store", "t")).set_index("kind")
     assert table.loc["decode", ["path", "comparisons", "detected"]].tolist() == ["compare", 1, 1]
     assert table.loc["null", ["comparisons", "detected"]].tolist() == [2, 0]
+    # too few null rounds for an A/A resampling: the power table and its markdown still come out, exit 0
+    from typer.testing import CliRunner
+
+    from granite_bench.cli import app
+    summary = CliRunner().invoke(app, ["gate-power", "--summary-only", "--gate", "t", "--results-dir",
+                                       str(tmp_path / "store"), "--markdown", str(tmp_path / "power.md")])
+    assert summary.exit_code == 0, summary.output
+    assert "A/A resampling skipped" in summary.output and "cannot fill" in summary.output
+    assert (tmp_path / "power.md").read_text().startswith("| gate |")
 
 
 def test_power_table_keeps_the_two_paths_apart_and_reads_rows_from_before_the_path_column():
