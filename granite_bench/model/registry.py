@@ -135,6 +135,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 SINK_TENSORS = {"self_attn.sinks": ("heads",)}
 LAYER_KINDS = ("full_attention", "sliding_attention")
 
+# each head's attention output (o_proj's input): a sink only rescales it, head by head (parity/localise.py)
+ATTENTION_HEADS = SubBlock("attention_heads", "self_attn.o_proj", "input")
+
 ARCHITECTURES.update({
     "granite_swa": Architecture(
         model_type="granite_swa",
@@ -142,7 +145,7 @@ ARCHITECTURES.update({
         converter="granite_bench.model.modeling_granite_swa:convert_hf_state_dict",
         hf_class="GraniteSWAForCausalLM", hf_config_class="GraniteSWAConfig",
         description="sliding-window Granite with attention sinks and per-layer RoPE (swash dense)",
-        sub_blocks=(ATTENTION, LAYER_OUT),
+        sub_blocks=(ATTENTION_HEADS, ATTENTION, LAYER_OUT),
         layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **DENSE_MLP_TENSORS},
         hf_attn_implementation="eager", sliding_window=True),
     "granitemoe_swa": Architecture(
@@ -151,7 +154,7 @@ ARCHITECTURES.update({
         converter="granite_bench.model.modeling_granitemoe_swa:convert_hf_state_dict",
         hf_class="GraniteMoeSWAForCausalLM", hf_config_class="GraniteMoeSWAConfig",
         description="sliding-window Granite MoE with attention sinks and per-layer RoPE (swash MoE)",
-        sub_blocks=(ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
+        sub_blocks=(ATTENTION_HEADS, ATTENTION, ROUTER_LOGITS, ROUTER, EXPERTS, SHARED_MLP, LAYER_OUT),
         layer_tensors={**ATTENTION_TENSORS, **SINK_TENSORS, **MOE_TENSORS, **SHARED_MLP_TENSORS},
         tp_divides=("hidden", "intermediate", "shared"), moe=True,
         hf_attn_implementation="eager", sliding_window=True),   # save_pretrained keeps the in-memory expert names

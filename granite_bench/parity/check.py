@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from ..reference.goldens import PromptGolden, compute_goldens
-from .localise import first_failing_block, sub_block_errors
+from .localise import first_failing_block, sink_scaled_heads, sub_block_errors
 from .metrics import ParityVerdict, greedy_comparison, position_metrics, verdict
 from .routing import MAX_EXAMINED, near_tie_at
 from .teacher_forcing import hidden_states_at, teacher_forced_logits
@@ -152,6 +152,10 @@ def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_ind
         first = {"layer": None, "sub_block": "final_norm/lm_head", "rel_err": None}
     where = {"prompt": prompt_index, "position": position, "phase": phase, "layer": first["layer"],
              "sub_block": first["sub_block"], "rel_err": first["rel_err"], **greedy}
+    if first["sub_block"] == "attention" and sink_scaled_heads(expected_at, actual_hidden, first["layer"],
+                                                               runner.hf_config.num_attention_heads,
+                                                               profile.localisation_rtol):
+        where["cause"] = "sinks"
     return where, [{"prompt": prompt_index, "position": position, **e} for e in errors]
 
 

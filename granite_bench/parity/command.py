@@ -201,6 +201,9 @@ def render(console, outcome: ParityOutcome, profile) -> None:
     if where.get("layer") is not None:
         block = (f"layer {where['layer']} {where['sub_block']} (rel err {where['rel_err']:.2e} > "
                  f"{profile.localisation_rtol:g})")
+        if where.get("cause") == "sinks":
+            block += ("; every head's output is the reference's times one factor per head: the attention sinks "
+                      "(a sink only rescales its head)")
     elif "generated_token" in where:
         block = (f"no layer's residual stream left tolerance ({profile.localisation_rtol:g}) at that position: the "
                  f"logits agree within the profile there, only the near-tie between the two tokens flipped")
@@ -258,7 +261,7 @@ def store(args: ParityArgs, runner, profile, outcome: ParityOutcome, compile_inf
     loc = outcome.localisation or {}
     for row in summary:
         row.update({"run_passed": outcome.passed, "fail_layer": loc.get("layer"), "fail_sub_block": loc.get("sub_block"),
-                    "reduce_dtype": "float32", **compile_info})
+                    "fail_cause": loc.get("cause", ""), "reduce_dtype": "float32", **compile_info})
     positions = require_directions("parity_positions", [{**common, **r} for r in outcome.positions])
     summary = require_directions("parity_summary", summary)
     return ResultStore(args.results_dir).write_run(meta, {"parity_positions": positions, "parity_summary": summary})

@@ -52,6 +52,8 @@ def test_seeded_sliding_window_bug_fails_parity_and_is_localised_to_attention(na
     named = FIRST_FAILING.search(result.output)
     assert named, result.output
     assert (int(named.group(1)), named.group(2)) == (EXPECTED_LAYER[name], "attention"), result.output
+    told_sinks = "the attention sinks" in result.output     # one scale factor per head: only a sink bug does that
+    assert told_sinks == name.startswith("sinks_"), result.output
     phase = "context_encoding" if SWA_SEEDED_BUGS[name].in_context_encoding else "token_generation"
     assert f"({phase})" in result.output, result.output
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import parallel_state as ps
 from .attention import GraniteAttention, HeadLayout
+from .head_sharding import plan_heads
+from .parallel_layers import gather_from_tp_region
 from .rope import RotaryEmbedding, apply_rotary_pos_emb, rope_parameters
 from .step import DecodeStep
 from .window_cache import SLIDING, WindowedKVCache
@@ -98,6 +101,10 @@ class SlidingWindowAttention(GraniteAttention):
         self.window = int(config.sliding_window) if self.layer_type == SLIDING else None
         self.theta = layer_thetas(config)[layer_idx]          # 0 = NoPE
         self.sinks = nn.Parameter(torch.zeros(layout.q_heads_per_rank, dtype=dtype), requires_grad=False)
+        plan = plan_heads(config.num_attention_heads, config.num_key_value_heads,
+                          ps.get_tensor_model_parallel_size(), layout.head_dim)
+        held = [head for rank in plan.q_heads for head in rank]          # every rank's heads, None = padding
+        self.gathered_order = sorted((i for i, h in enumerate(held) if h is not None), key=lambda i: held[i])
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, step: DecodeStep):
         """RoPE at this layer's base (the step carries one table per base); NoPE layers are left as they are."""
@@ -138,4 +145,14 @@ class SlidingWindowAttention(GraniteAttention):
                 allowed = kv_cache.allowed(self.layer_idx, step.positions, step.kv_len, self.window)
             out = self.decode_attention(q, k_all, v_all, allowed)
         batch, _, length, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        heads = out.transpose(1, 2)                                                   # [B, L, Hq_rank, d]
+        if step.capture is not None:   # every TP rank captures, so every rank joins the gather
+            step.record(self.layer_idx, "attention_heads", self.all_heads(heads))
+        return self.o_proj(heads.reshape(batch, length, -1))
+
+    def all_heads(self, heads: torch.Tensor) -> torch.Tensor:
+        """This rank's head outputs [B, L, Hq_rank, d] -> every rank's, in HF's head order, padding dropped:
+        [B, L, Hq * d] (HF's o_proj input, which localisation compares to tell a sink error from others)."""
+        batch, length, _, dim = heads.shape
+        gathered = gather_from_tp_region(heads.reshape(batch, length, -1)).view(batch, length, -1, dim)
+        return gathered[:, :, self.gathered_order].reshape(batch, length, -1)
