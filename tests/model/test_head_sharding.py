@@ -6,7 +6,8 @@ import torch
 from transformers import GraniteConfig
 
 from granite_bench.model.config import NeuronConfig
-from granite_bench.model.backend.head_sharding import MAX_TP_DEGREE, TPDegreeError, plan_heads, validate_tp_degree
+from granite_bench.model.backend.head_sharding import (MAX_TP_DEGREE, TPDegreeError, gathered_head_order, plan_heads,
+                                                       validate_tp_degree)
 from granite_bench.reference.hf_reference import load_reference
 from granite_bench.reference.weights import DEFAULT_INIT, create_random_checkpoint
 from granite_bench.runtime.select import build_runner
@@ -109,3 +110,10 @@ def test_tp_logits_equal_hf_on_shapes_that_need_padding_or_mha(tmp_path, num_q, 
     expected = load_reference(model_dir)(torch.tensor([prompt])).logits[0]
     assert expected.std() > 1.0  # a realistic spread, so a wrong head placement would show
     torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("num_q, num_kv, tp", [(8, 2, 2), (6, 2, 4), (6, 3, 4), (4, 1, 4)])
+def test_gathered_head_order_puts_every_ranks_heads_back_in_hf_order_without_padding(num_q, num_kv, tp):
+    plan = plan_heads(num_q, num_kv, tp, head_dim=16)
+    held = [head for rank in plan.q_heads for head in rank]            # what a gather over the ranks concatenates
+    assert [held[i] for i in gathered_head_order(plan)] == list(range(num_q))

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from granite_bench.cli import app
-from granite_bench.parity.localise import first_failing_block, sub_block_errors
+from granite_bench.parity.localise import PER_HEAD, first_failing_block, sink_scaled_heads, sub_block_errors
 from granite_bench.parity.tolerances import LOCALISATION_HEADROOM, profile_for
 
 FAST = ["--batch-size", "2", "--seq-len", "96", "--buckets", "16,32,64", "--num-tokens", "4", "--no-save"]
@@ -54,3 +54,24 @@ def test_bug_adding_small_error_to_every_layers_residual_stream_is_localised_to_
     assert 3e-5 < float(named.group(2)) < 1e-4  # an error the old fixed 1e-4 threshold could not see
     old = CliRunner().invoke(app, ["parity", *FAST, "--prompts", str(prompts), "--tolerance", "loc=1e-4"])
     assert "first out of tolerance: layer 0" not in old.output
+
+
+def heads_pair(actual_heads: torch.Tensor, expected_heads: torch.Tensor):
+    return [(0, PER_HEAD, expected_heads.flatten())], [(0, PER_HEAD, actual_heads.flatten())]
+
+
+def test_an_attention_error_of_one_scale_factor_per_head_is_told_apart_as_the_sinks():
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.randn(4, 8, generator=gen)                                  # 4 heads of 8
+    scaled = expected * torch.tensor([[1.0], [0.7], [1.3], [0.9]])               # what a sink changes
+    assert sink_scaled_heads(*heads_pair(scaled, expected), layer=0, heads=4, rtol=0.01)
+    turned = expected.clone()
+    turned[1] = torch.randn(8, generator=gen)                                    # one head's direction changed
+    assert not sink_scaled_heads(*heads_pair(turned, expected), layer=0, heads=4, rtol=0.01)
+    assert not sink_scaled_heads(*heads_pair(expected + 1e-4, expected), layer=0, heads=4, rtol=0.01)   # no error
+    assert not sink_scaled_heads(*heads_pair(scaled, expected), layer=1, heads=4, rtol=0.01)   # layer not recorded
+
+
+def test_per_head_outputs_are_shown_but_never_named_as_the_first_failing_block():
+    rows = [{"layer": 0, "sub_block": PER_HEAD, "rel_err": 0.5}, {"layer": 0, "sub_block": "attention", "rel_err": 0.2}]
+    assert first_failing_block(rows, 0.1)["sub_block"] == "attention"

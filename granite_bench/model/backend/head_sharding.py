@@ -59,6 +59,12 @@ def plan_heads(num_q: int, num_kv: int, tp: int, head_dim: int) -> HeadPlan:
     return HeadPlan("mha", q, kv, head_dim)
 
 
+def gathered_head_order(plan: HeadPlan) -> list[int]:
+    """Where HF's query heads 0..Hq-1 sit among every rank's heads concatenated in rank order (padding skipped)."""
+    held = [head for rank in plan.q_heads for head in rank]
+    return sorted((i for i, head in enumerate(held) if head is not None), key=lambda i: held[i])
+
+
 def validate_tp_degree(num_q: int, num_kv: int, tp: int) -> None:
     """Refuse, in one line, a TP degree the model cannot use."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import parallel_state as ps
 from .attention import GraniteAttention, HeadLayout
-from .head_sharding import plan_heads
+from .head_sharding import gathered_head_order, plan_heads
 from .parallel_layers import gather_from_tp_region
 from .rope import RotaryEmbedding, apply_rotary_pos_emb, rope_parameters
 from .step import DecodeStep
@@ -101,10 +101,9 @@ class SlidingWindowAttention(GraniteAttention):
         self.window = int(config.sliding_window) if self.layer_type == SLIDING else None
         self.theta = layer_thetas(config)[layer_idx]          # 0 = NoPE
         self.sinks = nn.Parameter(torch.zeros(layout.q_heads_per_rank, dtype=dtype), requires_grad=False)
-        plan = plan_heads(config.num_attention_heads, config.num_key_value_heads,
-                          ps.get_tensor_model_parallel_size(), layout.head_dim)
-        held = [head for rank in plan.q_heads for head in rank]          # every rank's heads, None = padding
-        self.gathered_order = sorted((i for i, h in enumerate(held) if h is not None), key=lambda i: held[i])
+        self.gathered_order = gathered_head_order(plan_heads(
+            config.num_attention_heads, config.num_key_value_heads, ps.get_tensor_model_parallel_size(),
+            layout.head_dim))
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, step: DecodeStep):
         """RoPE at this layer's base (the step carries one table per base); NoPE layers are left as they are."""
