@@ -23,6 +23,11 @@ def sub_block_errors(expected: list, actual: list) -> list[dict]:
 PER_HEAD = "attention_heads"   # each head's attention output (o_proj's input): shown, not a residual stream
 
 
+def stream_at(streams: list, layer: int, sub: str):
+    """One position's [(layer, sub-block, Tensor)] -> the tensor of (layer, sub), or None."""
+    return next((tensor for l, s, tensor in streams if l == layer and s == sub), None)
+
+
 def first_failing_block(rows: list[dict], rtol: float) -> dict | None:
     """The first sub-block (execution order) whose relative error exceeds rtol, or None (per-head outputs are
     read by `sink_scaled_heads`, not named here)."""
@@ -37,10 +42,7 @@ def sink_scaled_heads(expected: list, actual: list, layer: int, heads: int, rtol
     times its own factor (what a sink changes: out = softmax(s)·V·sigmoid(lse - sink)) to within rtol, while it is
     not equal to it within rtol. expected/actual: one position's [(layer, sub-block, Tensor)]; False when the layer
     has no per-head outputs."""
-    def at(streams: list):
-        return next((t for l, s, t in streams if l == layer and s == PER_HEAD), None)
-
-    e, a = at(expected), at(actual)
+    e, a = stream_at(expected, layer, PER_HEAD), stream_at(actual, layer, PER_HEAD)
     if e is None or a is None:
         return False
     e, a = e.float().view(heads, -1), a.float().view(heads, -1)                 # [Hq, d]

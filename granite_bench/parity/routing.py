@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .localise import stream_at
+
 ROUTER, ROUTER_LOGITS = "router", "router_logits"
 MAX_EXAMINED = 8   # failing positions of one prompt examined for near-ties; more failures are judged as failures
 
@@ -42,14 +44,11 @@ def near_tie_at(expected: list, actual: list, first_failing: dict | None) -> dic
     if first_failing is None or first_failing["sub_block"] != ROUTER:
         return None
     layer = first_failing["layer"]
-
-    def at(streams: list, sub: str):
-        return next((t for l, s, t in streams if l == layer and s == sub), None)
-
-    logits = at(expected, ROUTER_LOGITS), at(actual, ROUTER_LOGITS)
+    logits = stream_at(expected, layer, ROUTER_LOGITS), stream_at(actual, layer, ROUTER_LOGITS)
     if logits[0] is None or logits[1] is None:
         return None
-    flip = routing_flip_within_error(logits[0], logits[1], at(expected, ROUTER), at(actual, ROUTER))
+    flip = routing_flip_within_error(logits[0], logits[1], stream_at(expected, layer, ROUTER),
+                                     stream_at(actual, layer, ROUTER))
     return None if flip is None else {"layer": layer, **flip}
 
 
