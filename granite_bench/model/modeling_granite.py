@@ -34,12 +34,13 @@ class NeuronGraniteForCausalLM(NeuronGraniteBase):
 
 
 def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp: int, dtype: torch.dtype,
-                          fused_qkv: bool = True, ep: int = 1) -> dict[str, torch.Tensor]:
-    """HF `GraniteForCausalLM` tensors -> rank `rank` of `tp`'s state dict for `NeuronGraniteForCausalLM`."""
+                          fused_qkv: bool = True, ep: int = 1, *, attention=None) -> dict[str, torch.Tensor]:
+    """HF `GraniteForCausalLM` tensors -> rank `rank` of `tp`'s state dict for `NeuronGraniteForCausalLM`
+    (`attention`: another architecture's attention converter, see `convert_attention_and_norms`)."""
     plan = head_plan(config, tp, ep)
 
     def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        out = convert_attention_and_norms(hf, src, plan, rank, fused_qkv)
+        out = convert_attention_and_norms(hf, src, plan, rank, fused_qkv, attention=attention)
         out.update({f"mlp.{k}": v for k, v in convert_gated_mlp(hf, f"{src}.mlp", rank, tp).items()})
         return out
 

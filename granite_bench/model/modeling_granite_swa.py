@@ -9,26 +9,16 @@ from collections.abc import Mapping
 
 import torch
 
-from .backend.attention import HeadLayout
-from .backend.checkpoint import convert_attention_and_norms, convert_gated_mlp, convert_model
-from .backend.decoder import GraniteDecoderLayerBase, head_plan
-from .backend.mlp import GatedMLP
 from .backend.sliding_attention import SlidingWindowAttention
-from .backend.step import DecodeStep
 from .backend.window_decoder import NeuronGraniteSWABase, convert_window_attention
-from .config import NeuronConfig
+from .modeling_granite import GraniteDecoderLayer
+from .modeling_granite import convert_hf_state_dict as convert_granite_state_dict
 
 
-class GraniteSWADecoderLayer(GraniteDecoderLayerBase):
+class GraniteSWADecoderLayer(GraniteDecoderLayer):
+    """Granite's decoder layer with the sliding-window attention (kind, sinks, per-layer RoPE base)."""
+
     attention_class = SlidingWindowAttention
-
-    def __init__(self, config, layout: HeadLayout, layer_idx: int, neuron_config: NeuronConfig):
-        super().__init__(config, layout, layer_idx, neuron_config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, neuron_config.dtype,
-                            bool(getattr(config, "mlp_bias", False)))
-
-    def feed_forward(self, normed: torch.Tensor, step: DecodeStep) -> torch.Tensor:
-        return self.mlp(normed)
 
 
 class NeuronGraniteSWAForCausalLM(NeuronGraniteSWABase):
@@ -41,11 +31,4 @@ class NeuronGraniteSWAForCausalLM(NeuronGraniteSWABase):
 def convert_hf_state_dict(hf: Mapping[str, torch.Tensor], config, rank: int, tp: int, dtype: torch.dtype,
                           fused_qkv: bool = True, ep: int = 1) -> dict[str, torch.Tensor]:
     """HF `GraniteSWAForCausalLM` tensors -> rank `rank` of `tp`'s state dict (sinks sharded with their heads)."""
-    plan = head_plan(config, tp, ep)
-
-    def convert_layer(src: str) -> dict[str, torch.Tensor]:
-        out = convert_attention_and_norms(hf, src, plan, rank, fused_qkv, attention=convert_window_attention)
-        out.update({f"mlp.{k}": v for k, v in convert_gated_mlp(hf, f"{src}.mlp", rank, tp).items()})
-        return out
-
-    return convert_model(hf, config, rank, tp, dtype, convert_layer)
+    return convert_granite_state_dict(hf, config, rank, tp, dtype, fused_qkv, ep, attention=convert_window_attention)
