@@ -113,13 +113,10 @@ def routing_near_ties(runner, profile, batch: list[PromptGolden], row: int, rows
     failing = [r for r in rows if not r["passed"]]
     if len(failing) > MAX_EXAMINED:
         return []
-    prompts, forced = [g.prompt for g in batch], [g.tokens for g in batch]
     ties = []
     for r in failing:
-        actual = hidden_states_at(runner, prompts, forced, row, r["position"])
-        expected = batch[row].residual_streams_at(r["position"])
-        tie = near_tie_at(expected, actual, first_failing_block(sub_block_errors(expected, actual),
-                                                                profile.localisation_rtol))
+        expected, actual, errors = streams_at(runner, batch, row, r["position"])
+        tie = near_tie_at(expected, actual, first_failing_block(errors, profile.localisation_rtol))
         if tie is None or not tie["accepted"]:
             return []
         ties.append({"prompt": r["prompt"], "position": r["position"], "phase": r["phase"], **tie})
@@ -139,21 +136,27 @@ def accept_near_ties(result: ParityVerdict, rows: list[dict], summary: dict, tie
     return result
 
 
+def streams_at(runner, batch: list[PromptGolden], row: int, position: int):
+    """(the reference's, the implementation's per-layer streams, their sub-block errors) of `row` at `position`, on
+    the goldens' teacher-forced inputs."""
+    actual = hidden_states_at(runner, [g.prompt for g in batch], [g.tokens for g in batch], row, position)
+    expected = batch[row].residual_streams_at(position)
+    return expected, actual, sub_block_errors(expected, actual)
+
+
 def localise_failure(runner, profile, batch: list[PromptGolden], row, prompt_index, result, summary: dict):
     """Compare per-layer hidden states at the first failing position or, when only the free-running greedy check
     failed, at the position whose logits chose the first diverging token (prompt length - 1 + its step)."""
-    prompts, forced = [g.prompt for g in batch], [g.tokens for g in batch]
+    prompt_len = len(batch[row].prompt)
     position, greedy = result.first_failed, {}
     if position is None:  # only the free-running greedy failed: look where it diverged
         step = summary["first_divergence"]
-        position = len(prompts[row]) - 1 + step
+        position = prompt_len - 1 + step
         greedy = {"generated_token": step, "divergence_gap": summary["divergence_gap"],
                   "divergence_tolerance": profile.divergence_tolerance}
-    actual_hidden = hidden_states_at(runner, prompts, forced, row, position)
-    expected_at = batch[row].residual_streams_at(position)
-    errors = sub_block_errors(expected_at, actual_hidden)
+    expected_at, actual_hidden, errors = streams_at(runner, batch, row, position)
     first = first_failing_block(errors, profile.localisation_rtol)
-    phase = "context_encoding" if position < len(prompts[row]) else "token_generation"
+    phase = "context_encoding" if position < prompt_len else "token_generation"
     if first is None:  # every residual stream within tolerance: the error enters after the last layer
         first = {"layer": None, "sub_block": "final_norm/lm_head", "rel_err": None}
     where = {"prompt": prompt_index, "position": position, "phase": phase, "layer": first["layer"],
